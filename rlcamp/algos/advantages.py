@@ -1,0 +1,151 @@
+"""Advantage estimators, registered by the name ``algorithm.adv_estimator`` uses.
+
+Shapes: ``token_level_rewards``, ``values``, ``response_mask`` are [batch, response_len];
+``index`` [batch] holds a group id per response (responses to the same prompt share it).
+Every estimator returns ``(advantages, returns)``, both [batch, response_len], zero on padding.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from rlcamp.algos.masked import masked_whiten
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def register_advantage(name: str):
+    def wrap(fn):
+        if name in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage estimator '{name}' is registered twice")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+    return wrap
+
+
+def get_advantage_estimator(name: str):
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise KeyError(f"unknown algorithm.adv_estimator '{name}'; known: {sorted(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[name]
+
+
+def gae(token_level_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016), raw (not whitened).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1};  returns = A + V.
+    Padding positions inside a response are skipped: they pass V and A through unchanged, so a
+    masked token never leaks into its neighbours. Vectorised over the batch, a loop over time.
+    """
+    next_value = torch.zeros_like(values[:, 0])
+    next_advantage = torch.zeros_like(values[:, 0])
+    advantages = torch.zeros_like(values)
+    for t in reversed(range(values.shape[1])):
+        m = response_mask[:, t].to(values.dtype)
+        delta = token_level_rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = advantage * m
+        next_value = values[:, t] * m + next_value * (1 - m)
+        next_advantage = advantage * m + next_advantage * (1 - m)
+    returns = advantages + values * response_mask
+    return advantages, returns
+
+
+@register_advantage("gae")
+def gae_advantages(token_level_rewards, values, response_mask, gamma: float = 1.0, lam: float = 1.0, **_):
+    """PPO's default: GAE, advantages whitened over the batch's response tokens (as verl and OpenAI do)."""
+    advantages, returns = gae(token_level_rewards, values, response_mask, gamma, lam)
+    return masked_whiten(advantages, response_mask) * response_mask, returns
+
+
+def _group_stats(scores: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-response group mean, unbiased group std and group size, gathered back to [batch]."""
+    _, group = torch.unique(index, return_inverse=True)
+    n_groups = int(group.max()) + 1 if group.numel() else 0
+    count = torch.zeros(n_groups, dtype=scores.dtype).index_add_(0, group, torch.ones_like(scores))
+    mean = torch.zeros(n_groups, dtype=scores.dtype).index_add_(0, group, scores) / count
+    sq_dev = torch.zeros(n_groups, dtype=scores.dtype).index_add_(0, group, (scores - mean[group]) ** 2)
+    std = torch.sqrt(sq_dev / (count - 1).clamp(min=1))
+    return mean[group], std[group], count[group]
+
+
+def _as_index(index) -> torch.Tensor:
+    if isinstance(index, torch.Tensor):
+        return index
+    # group ids may be strings (prompt uids): map them to integers in order of appearance
+    ids: dict = {}
+    return torch.tensor([ids.setdefault(x, len(ids)) for x in index], dtype=torch.long)
+
+
+@register_advantage("grpo")
+def grpo_advantages(token_level_rewards, response_mask, index, norm_adv_by_std_in_grpo: bool = True,
+                    epsilon: float = 1e-6, **_):
+    """GRPO (Shao et al. 2024): outcome score minus its group's mean, divided by the group's std.
+
+    ``norm_adv_by_std_in_grpo=False`` drops the division (Dr. GRPO, Liu et al. 2025), which removes
+    the bias towards groups with nearly equal scores. A group of one has no baseline: as in verl, its
+    mean is taken as 0 and its std as 1, so it keeps its score.
+    """
+    scores = token_level_rewards.sum(-1)
+    mean, std, count = _group_stats(scores, _as_index(index))
+    mean = torch.where(count > 1, mean, torch.zeros_like(mean))
+    std = torch.where(count > 1, std, torch.ones_like(std))
+    advantage = scores - mean
+    if norm_adv_by_std_in_grpo:
+        advantage = advantage / (std + epsilon)
+    advantages = advantage.unsqueeze(-1) * response_mask
+    return advantages, advantages
+
+
+@register_advantage("rloo")
+def rloo_advantages(token_level_rewards, response_mask, index, **_):
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): score minus the mean of the *other* responses.
+
+    With n responses: r_i - (sum_j r_j - r_i)/(n-1) = n/(n-1) * (r_i - mean). A group of one has no
+    baseline and keeps its score.
+    """
+    scores = token_level_rewards.sum(-1)
+    mean, _, count = _group_stats(scores, _as_index(index))
+    advantage = torch.where(count > 1, (scores - mean) * count / (count - 1).clamp(min=1), scores)
+    advantages = advantage.unsqueeze(-1) * response_mask
+    return advantages, advantages
+
+
+@register_advantage("reinforce_plus_plus")
+def reinforce_plus_plus_advantages(token_level_rewards, response_mask, gamma: float = 1.0, **_):
+    """REINFORCE++ (Hu 2025): discounted return-to-go per token, whitened over the batch.
+
+    The running return restarts after padding, so nothing flows across a masked position.
+    """
+    returns = torch.zeros_like(token_level_rewards)
+    running = torch.zeros_like(token_level_rewards[:, 0])
+    for t in reversed(range(token_level_rewards.shape[1])):
+        running = token_level_rewards[:, t] + gamma * running
+        returns[:, t] = running
+        running = running * response_mask[:, t]
+    advantages = masked_whiten(returns, response_mask) * response_mask
+    return advantages, returns
+
+
+@register_advantage("reinforce_plus_plus_baseline")
+def reinforce_plus_plus_baseline_advantages(token_level_rewards, response_mask, index, **_):
+    """REINFORCE++-baseline: score minus its group's mean, broadcast to tokens, whitened over the batch."""
+    scores = token_level_rewards.sum(-1)
+    mean, _, count = _group_stats(scores, _as_index(index))
+    scores = scores - torch.where(count > 1, mean, torch.zeros_like(mean))
+    advantages = masked_whiten(scores.unsqueeze(-1) * response_mask, response_mask) * response_mask
+    return advantages, advantages
+
+
+def compute_advantages(name: str, *, token_level_rewards, response_mask, values=None, index=None,
+                       gamma: float = 1.0, lam: float = 1.0, norm_adv_by_std_in_grpo: bool = True):
+    """Dispatch to the estimator ``name`` with the arguments it needs."""
+    estimator = get_advantage_estimator(name)
+    if name == "gae" and values is None:
+        raise ValueError("adv_estimator=gae needs the critic's values")
+    if name in ("grpo", "rloo", "reinforce_plus_plus_baseline") and index is None:
+        raise ValueError(f"adv_estimator={name} needs the group index of each response")
+    return estimator(token_level_rewards=token_level_rewards, values=values, response_mask=response_mask,
+                     index=index, gamma=gamma, lam=lam, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo)

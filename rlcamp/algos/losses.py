@@ -1,0 +1,106 @@
+"""PPO losses: clipped policy loss (asymmetric + dual clip), clipped value loss, entropy, aggregation.
+
+Shapes: per-token tensors are [batch, response_len]; ``response_mask`` is 1 on real tokens.
+Losses return a scalar plus metrics as 0-d tensors (no ``.item()``: the caller decides when to sync).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from rlcamp.algos.masked import masked_mean
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str,
+             norm_length: int | None = None) -> torch.Tensor:
+    """Reduce a [batch, len] loss matrix to a scalar.
+
+    - token-mean: every token counts equally (DAPO's choice; longer answers weigh more).
+    - seq-mean-token-sum: sum over each sequence's tokens, mean over sequences.
+    - seq-mean-token-mean: mean over each sequence's tokens, mean over sequences (original GRPO).
+    - seq-mean-token-sum-norm: sum over all tokens / (batch x norm_length) (Dr. GRPO): a constant
+      normaliser, so no length bias. ``norm_length`` defaults to the padded response length.
+    Sequences without any token are left out of the seq-mean modes.
+    """
+    mask = loss_mask.to(loss_mat.dtype)
+    if loss_agg_mode == "token-mean":
+        return masked_mean(loss_mat, mask)
+    seq_sum = (loss_mat * mask).sum(-1)
+    seq_len = mask.sum(-1)
+    if loss_agg_mode == "seq-mean-token-sum":
+        return masked_mean(seq_sum, (seq_len > 0).to(mask.dtype))
+    if loss_agg_mode == "seq-mean-token-mean":
+        return masked_mean(seq_sum / seq_len.clamp(min=1), (seq_len > 0).to(mask.dtype))
+    if loss_agg_mode == "seq-mean-token-sum-norm":
+        return seq_sum.sum() / (loss_mat.shape[0] * (norm_length or loss_mat.shape[-1]))
+    raise ValueError(f"unknown loss_agg_mode '{loss_agg_mode}'; known: {LOSS_AGG_MODES}")
+
+
+class PolicyLoss(NamedTuple):
+    loss: torch.Tensor
+    clipfrac: torch.Tensor  # fraction of tokens where the ratio clip was active
+    ppo_kl: torch.Tensor  # mean (old - new) log-prob: a first-order KL(old || new)
+    clipfrac_lower: torch.Tensor  # fraction of tokens where the dual clip was active
+
+
+def policy_loss(old_log_probs: torch.Tensor, log_probs: torch.Tensor, advantages: torch.Tensor,
+                response_mask: torch.Tensor, clip_ratio_low: float = 0.2, clip_ratio_high: float = 0.2,
+                clip_ratio_c: float = 3.0, loss_agg_mode: str = "token-mean") -> PolicyLoss:
+    """PPO clipped surrogate (Schulman et al. 2017) with asymmetric clip and dual clip.
+
+    L = max(-A r, -A clip(r, 1 - low, 1 + high)) and, where A < 0, min(that, -A c): the dual clip
+    (Ye et al. 2020) bounds the loss of a very unlikely action with a negative advantage, whose
+    ratio is otherwise unbounded above.
+    """
+    if clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c={clip_ratio_c} must be > 1")
+    # the log-ratio is clamped before exp so one wild token cannot overflow the loss
+    log_ratio = torch.clamp(log_probs - old_log_probs, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    ppo_kl = masked_mean(-log_ratio, response_mask)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
+    clip_loss = torch.maximum(unclipped, clipped)
+    clipfrac = masked_mean(torch.gt(clipped, unclipped).to(advantages.dtype), response_mask)
+    dual_bound = -advantages * clip_ratio_c
+    dual_loss = torch.minimum(dual_bound, clip_loss)
+    clipfrac_lower = masked_mean((torch.gt(clip_loss, dual_bound) & (advantages < 0)).to(advantages.dtype),
+                                 response_mask)
+    token_loss = torch.where(advantages < 0, dual_loss, clip_loss)
+    return PolicyLoss(agg_loss(token_loss, response_mask, loss_agg_mode), clipfrac, ppo_kl, clipfrac_lower)
+
+
+class ValueLoss(NamedTuple):
+    loss: torch.Tensor
+    clipfrac: torch.Tensor  # fraction of tokens where the clipped value gave the larger loss
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor,
+               cliprange_value: float, loss_agg_mode: str = "token-mean") -> ValueLoss:
+    """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- eps) - R)^2), aggregated.
+
+    The clip keeps the new value estimate near the one the advantages were computed with, as the
+    policy clip does for the ratio (OpenAI baselines' PPO2).
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    loss_unclipped = (values - returns) ** 2
+    loss_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * agg_loss(torch.maximum(loss_unclipped, loss_clipped), response_mask, loss_agg_mode)
+    clipfrac = masked_mean(torch.gt(loss_clipped, loss_unclipped).to(values.dtype), response_mask)
+    return ValueLoss(loss, clipfrac)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last dim: logsumexp(z) - sum(softmax(z) * z)."""
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def log_probs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] over the last dim, without materialising the full log-softmax."""
+    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)

@@ -1,0 +1,40 @@
+"""The ``rlcamp`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _config_keys(prefix: str) -> int:
+    from rlcamp.config.loader import FIELDS, _type_name
+
+    for key, info in FIELDS.items():
+        if key.startswith(prefix):
+            follows = f" (follows {info.follows})" if info.follows else ""
+            print(f"{key}: {_type_name(info.hint)} = {info.default!r}{follows}\n    {info.doc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="rlcamp", description="RL post-training of LLMs (PPO, GRPO, RLOO, REINFORCE++).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train from key=value overrides (same as python -m rlcamp.trainer.main_ppo)",
+                   add_help=False)
+    keys = sub.add_parser("config", help="list config keys with their types, defaults and docs")
+    keys.add_argument("what", choices=["keys"])
+    keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. actor_rollout_ref.actor")
+    if argv and argv[0] == "train":
+        from rlcamp.trainer.main_ppo import main as train_main
+
+        return train_main(argv[1:])
+    args = parser.parse_args(argv)
+    if args.command == "config":
+        return _config_keys(args.prefix)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

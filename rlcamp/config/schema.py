@@ -1,0 +1,452 @@
+"""The typed config schema: one frozen dataclass per section, verl's key names and defaults.
+
+Every field carries a one-line doc (``metadata["doc"]``). A field whose verl default is an
+interpolation such as ``${actor_rollout_ref.actor.use_dynamic_bsz}`` is declared with
+``follows=<that key>``: it stays ``None`` until the loader copies the other key's resolved
+value into it, unless the user set it.
+
+Deliberate departures from verl's defaults, each because the verl default cannot run on a
+laptop (they are listed in the README too): ``rollout.name`` is ``hf`` (our own engine, not
+vllm), ``trainer.logger`` is ``["console"]`` (no wandb account needed), ``trainer.device`` is
+``auto`` (cuda, else npu, else cpu).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Literal
+
+
+def doc(text: str, default: Any = MISSING, *, factory: Any = None, follows: str | None = None):
+    """A dataclass field with its one-line doc (and, optionally, the key its default follows)."""
+    metadata = {"doc": text}
+    if follows is not None:
+        metadata["follows"] = follows
+        default = None
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+KLType = Literal["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "full"]
+Strategy = Literal["fsdp", "fsdp2", "megatron"]
+
+
+# ----------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class CustomClsConfig:
+    path: str | None = doc("Python file holding a custom dataset class (verl key; not supported yet).", None)
+    name: str | None = doc("Class name inside custom_cls.path.", None)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    tokenizer: str | None = doc("Tokenizer path; null uses the actor model's tokenizer.", None)
+    train_files: list[str] = doc("Training prompt files (parquet or jsonl, verl schema); a string or a list.",
+                                 factory=lambda: ["~/data/rlhf/gsm8k/train.parquet"])
+    val_files: list[str] = doc("Validation prompt files (parquet or jsonl, verl schema); a string or a list.",
+                               factory=lambda: ["~/data/rlhf/gsm8k/test.parquet"])
+    prompt_key: str = doc("Column that holds the chat messages of each prompt.", "prompt")
+    reward_fn_key: str = doc("Column whose value picks the reward scorer (usually data_source).", "data_source")
+    max_prompt_length: int = doc("Longest prompt, in tokens, after the chat template.", 512)
+    max_response_length: int = doc("Longest response, in tokens, that the rollout generates.", 512)
+    train_batch_size: int = doc("Prompts per training step (each sampled rollout.n times).", 1024)
+    val_batch_size: int | None = doc("Prompts per validation batch; null means the whole validation set.", None)
+    return_raw_input_ids: bool = doc("Also return the unpadded prompt ids (for a reward model with another tokenizer).", False)
+    return_raw_chat: bool = doc("Also return the raw chat messages (needed by async / multi-turn rollouts).", False)
+    return_full_prompt: bool = doc("Also return the templated prompt text.", False)
+    shuffle: bool = doc("Shuffle training prompts every epoch, seeded by data.seed.", True)
+    seed: int = doc("Seed of the training-prompt shuffle.", 1)
+    validation_shuffle: bool = doc("Shuffle the validation set.", False)
+    dataloader_num_workers: int = doc("Dataloader worker processes (prompts are pre-tokenised, so 0 is usually best).", 8)
+    filter_overlong_prompts: bool = doc("Drop prompts longer than max_prompt_length at load time.", False)
+    filter_overlong_prompts_workers: int = doc("Processes used to filter overlong prompts.", 1)
+    truncation: Literal["error", "left", "right", "middle"] = doc(
+        "What to do with a prompt longer than max_prompt_length: error, or keep its left/right/middle-cut part.", "error")
+    trust_remote_code: bool = doc("Allow the tokenizer's remote code.", False)
+    image_key: str = doc("Column with images (multimodal; not supported yet).", "images")
+    video_key: str = doc("Column with videos (multimodal; not supported yet).", "videos")
+    use_shm: bool = doc("Copy the model to shared memory before loading (verl key; no effect needed on a local path).", False)
+    custom_cls: CustomClsConfig = doc("A user's dataset class, by file and name.", factory=CustomClsConfig)
+
+
+# ---------------------------------------------------------------------------- shared sub-sections
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = doc("Peak learning rate of AdamW.", 1e-6)
+    lr_warmup_steps: int = doc("Warm-up steps; -1 means use lr_warmup_steps_ratio.", -1)
+    lr_warmup_steps_ratio: float = doc("Warm-up length as a fraction of total training steps.", 0.0)
+    min_lr_ratio: float | None = doc("Floor of the cosine schedule as a fraction of lr (null = 0).", 0.0)
+    num_cycles: float = doc("Cosine cycles over training (0.5 = one half-cosine decay).", 0.5)
+    warmup_style: Literal["constant", "cosine"] = doc("Schedule after warm-up: constant or cosine.", "constant")
+    total_training_steps: int = doc("Steps the schedule spans; -1 means derived from the trainer (set for you).", -1)
+    weight_decay: float = doc("AdamW weight decay.", 0.01)
+    betas: list[float] = doc("AdamW betas.", factory=lambda: [0.9, 0.999])
+    eps: float = doc("AdamW epsilon.", 1e-8)
+
+
+@dataclass(frozen=True)
+class WrapPolicyConfig:
+    min_num_params: int = doc("Wrap a module in its own FSDP unit once it has this many parameters (0 = per layer).", 0)
+
+
+@dataclass(frozen=True)
+class MixedPrecisionConfig:
+    param_dtype: str = doc("Dtype of parameters during forward/backward.", "bf16")
+    reduce_dtype: str = doc("Dtype of gradient reduction.", "fp32")
+    buffer_dtype: str = doc("Dtype of buffers.", "fp32")
+
+
+@dataclass(frozen=True)
+class FSDPConfig:
+    param_offload: bool = doc("Keep parameters on the CPU between uses.", False)
+    optimizer_offload: bool = doc("Keep optimizer state on the CPU between updates.", False)
+    offload_policy: bool = doc("Use FSDP2's CPUOffloadPolicy (params, grads and optimizer step on CPU).", False)
+    reshard_after_forward: bool = doc("Free gathered parameters after forward (less memory, more communication).", True)
+    fsdp_size: int = doc("Ranks per FSDP shard group; -1 means all data-parallel ranks.", -1)
+    forward_prefetch: bool = doc("Prefetch the next unit's parameters during forward.", False)
+    model_dtype: str = doc("Dtype the model's weights are held in (fp32 master weights by default).", "fp32")
+    mixed_precision: MixedPrecisionConfig = doc("Mixed-precision dtypes.", factory=MixedPrecisionConfig)
+    wrap_policy: WrapPolicyConfig = doc("How modules are grouped into FSDP units.", factory=WrapPolicyConfig)
+
+
+@dataclass(frozen=True)
+class RefFSDPConfig:
+    param_offload: bool = doc("Keep the reference model's parameters on the CPU between uses.", False)
+    reshard_after_forward: bool = doc("Free gathered parameters after forward.", True)
+    forward_prefetch: bool = doc("Prefetch the next unit's parameters during forward.", False)
+    model_dtype: str = doc("Dtype the reference weights are held in.", "fp32")
+    wrap_policy: WrapPolicyConfig = doc("How modules are grouped into FSDP units.", factory=WrapPolicyConfig)
+
+
+@dataclass(frozen=True)
+class MegatronConfig:
+    tensor_model_parallel_size: int = doc("Megatron tensor-parallel degree.", 1)
+    pipeline_model_parallel_size: int = doc("Megatron pipeline-parallel degree.", 1)
+    virtual_pipeline_model_parallel_size: int | None = doc("Interleaved pipeline stages per rank.", None)
+    context_parallel_size: int = doc("Megatron context-parallel degree.", 1)
+    expert_model_parallel_size: int = doc("Megatron expert-parallel degree (MoE).", 1)
+    expert_tensor_parallel_size: int | None = doc("Tensor-parallel degree inside experts.", None)
+    sequence_parallel: bool = doc("Megatron sequence parallelism alongside TP.", True)
+    use_distributed_optimizer: bool = doc("Shard optimizer state across data-parallel ranks.", True)
+    param_offload: bool = doc("Offload parameters to the CPU between uses.", False)
+    grad_offload: bool = doc("Offload gradients to the CPU between uses.", False)
+    optimizer_offload: bool = doc("Offload optimizer state to the CPU between updates.", False)
+    seed: int = doc("Megatron's RNG seed.", 42)
+
+
+@dataclass(frozen=True)
+class CheckpointContentsConfig:
+    save_contents: list[str] = doc("What a checkpoint holds: model, optimizer, extra (scheduler, RNG), hf_model.",
+                                   factory=lambda: ["model", "optimizer", "extra"])
+    load_contents: list[str] = doc("What a resume loads back.", factory=lambda: ["model", "optimizer", "extra"])
+
+
+# ------------------------------------------------------------------------------ actor_rollout_ref
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = doc("Local folder (or hub name when online) of the actor's HF model.", "~/models/deepseek-llm-7b-chat")
+    custom_chat_template: str | None = doc("A Jinja chat template that replaces the tokenizer's own.", None)
+    external_lib: str | None = doc("Python module imported before loading (registers custom models).", None)
+    override_config: dict[str, Any] = doc("Values that override the model's HF config (e.g. attn_implementation).", factory=dict)
+    trust_remote_code: bool = doc("Allow the model's remote code.", False)
+    enable_gradient_checkpointing: bool = doc("Recompute activations in backward to save memory.", True)
+    enable_activation_offload: bool = doc("Offload activations to the CPU during forward.", False)
+    use_remove_padding: bool = doc("Pack sequences without padding (varlen) where the model allows it.", False)
+    use_liger: bool = doc("Use Liger kernels (GPU only).", False)
+    use_fused_kernels: bool = doc("Fuse the LM head with log-prob computation.", False)
+    use_shm: bool = doc("Copy the model to shared memory before loading.", False)
+    lora_rank: int = doc("LoRA rank; 0 trains all weights.", 0)
+    lora_alpha: int = doc("LoRA alpha.", 16)
+    target_modules: str | list[str] = doc("Modules LoRA adapts.", "all-linear")
+    exclude_modules: str | None = doc("Modules LoRA leaves alone.", None)
+    dtype: str = doc("Dtype the model is loaded in for training (fp32 master weights are safest on CPU).", "fp32")
+
+
+@dataclass(frozen=True)
+class PolicyLossConfig:
+    loss_mode: Literal["vanilla"] = doc("Policy loss: vanilla PPO clip (with dual clip).", "vanilla")
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    strategy: Strategy = doc("Training backend: fsdp / fsdp2 (torch FSDP2) or megatron.", "fsdp")
+    ppo_mini_batch_size: int = doc("Prompts per PPO mini batch (x rollout.n responses), one optimizer step each.", 256)
+    ppo_micro_batch_size: int | None = doc("Deprecated global micro batch; use ppo_micro_batch_size_per_gpu.", None)
+    ppo_micro_batch_size_per_gpu: int | None = doc("Responses per forward/backward on one device (gradient accumulation).", None)
+    use_dynamic_bsz: bool = doc("Fill micro batches by token budget instead of a fixed count.", False)
+    ppo_max_token_len_per_gpu: int = doc("Token budget of one micro batch per device when use_dynamic_bsz.", 16384)
+    grad_clip: float = doc("Clip the global gradient norm to this.", 1.0)
+    clip_ratio: float = doc("PPO clip range epsilon (both sides unless clip_ratio_low/high are set).", 0.2)
+    # verl defaults both to 0.2 whatever clip_ratio says; following clip_ratio is what a user expects.
+    clip_ratio_low: float | None = doc("Lower clip epsilon (ratio >= 1 - low); defaults to clip_ratio.",
+                                       follows="actor_rollout_ref.actor.clip_ratio")
+    clip_ratio_high: float | None = doc("Upper clip epsilon (ratio <= 1 + high, DAPO's clip-higher); defaults to clip_ratio.",
+                                        follows="actor_rollout_ref.actor.clip_ratio")
+    clip_ratio_c: float = doc("Dual-clip constant (> 1): bounds the loss for negative advantages.", 3.0)
+    policy_loss: PolicyLossConfig = doc("Which policy loss.", factory=PolicyLossConfig)
+    loss_agg_mode: LossAggMode = doc("How token losses are averaged into one number.", "token-mean")
+    entropy_coeff: float = doc("Weight of the entropy bonus in the actor loss.", 0.0)
+    use_kl_loss: bool = doc("Add a KL(actor || reference) term to the actor loss (GRPO style).", False)
+    use_torch_compile: bool = doc("torch.compile the log-prob / entropy helpers.", True)
+    kl_loss_coef: float = doc("Weight of the KL loss.", 0.001)
+    kl_loss_type: KLType = doc("KL estimator of the KL loss: kl(k1) / abs / mse(k2) / low_var_kl(k3) / full.", "low_var_kl")
+    ppo_epochs: int = doc("Passes over each step's batch.", 1)
+    shuffle: bool = doc("Shuffle the batch between PPO epochs.", False)
+    ulysses_sequence_parallel_size: int = doc("Ulysses sequence-parallel degree (1 = off).", 1)
+    entropy_from_logits_with_chunking: bool = doc("Compute entropy in chunks to save memory.", False)
+    entropy_checkpointing: bool = doc("Recompute entropy in backward to save memory.", False)
+    checkpoint: CheckpointContentsConfig = doc("What actor checkpoints hold.", factory=CheckpointContentsConfig)
+    optim: OptimConfig = doc("Actor optimizer and learning-rate schedule.", factory=OptimConfig)
+    fsdp_config: FSDPConfig = doc("FSDP settings of the actor.", factory=FSDPConfig)
+    megatron: MegatronConfig = doc("Megatron settings of the actor.", factory=MegatronConfig)
+
+
+@dataclass(frozen=True)
+class RefConfig:
+    strategy: Strategy | None = doc("Backend of the reference model.", follows="actor_rollout_ref.actor.strategy")
+    log_prob_micro_batch_size: int | None = doc("Deprecated global micro batch; use the _per_gpu key.", None)
+    log_prob_micro_batch_size_per_gpu: int | None = doc("Responses per reference forward on one device.", None)
+    log_prob_use_dynamic_bsz: bool | None = doc("Token-budget micro batches for reference log-probs.",
+                                                follows="actor_rollout_ref.actor.use_dynamic_bsz")
+    log_prob_max_token_len_per_gpu: int | None = doc("Token budget per device for reference log-probs.",
+                                                     follows="actor_rollout_ref.actor.ppo_max_token_len_per_gpu")
+    ulysses_sequence_parallel_size: int | None = doc("Ulysses degree of the reference.",
+                                                     follows="actor_rollout_ref.actor.ulysses_sequence_parallel_size")
+    use_torch_compile: bool | None = doc("torch.compile the reference's helpers.", follows="actor_rollout_ref.actor.use_torch_compile")
+    entropy_from_logits_with_chunking: bool = doc("Compute entropy in chunks.", False)
+    entropy_checkpointing: bool = doc("Recompute entropy in backward.", False)
+    fsdp_config: RefFSDPConfig = doc("FSDP settings of the reference.", factory=RefFSDPConfig)
+    megatron: MegatronConfig = doc("Megatron settings of the reference.", factory=MegatronConfig)
+
+
+@dataclass(frozen=True)
+class ValKwargsConfig:
+    top_k: int = doc("Top-k for validation sampling (-1 = off).", -1)
+    top_p: float = doc("Top-p for validation sampling.", 1.0)
+    temperature: float = doc("Validation temperature (0 = greedy).", 0.0)
+    n: int = doc("Samples per validation prompt.", 1)
+    do_sample: bool = doc("Sample in validation; False is greedy.", False)
+
+
+@dataclass(frozen=True)
+class MultiTurnConfig:
+    enable: bool = doc("Multi-turn tool-calling rollouts (not supported yet).", False)
+    max_assistant_turns: int | None = doc("Most assistant turns per sample.", None)
+    tool_config_path: str | None = doc("YAML of the tools a multi-turn rollout may call.", None)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    name: Literal["hf", "vllm", "sglang"] = doc("Rollout engine: hf (rlcamp's own), vllm or sglang.", "hf")
+    mode: Literal["sync", "async"] = doc("sync: one batched generate; async: a server loop that does not wait on stragglers.", "sync")
+    temperature: float = doc("Sampling temperature.", 1.0)
+    top_k: int = doc("Top-k sampling (-1 = off).", -1)
+    top_p: float = doc("Top-p (nucleus) sampling.", 1.0)
+    do_sample: bool = doc("Sample; False is greedy.", True)
+    n: int = doc("Responses sampled per prompt (the group size of GRPO/RLOO).", 1)
+    prompt_length: int | None = doc("Longest prompt the engine accepts.", follows="data.max_prompt_length")
+    response_length: int | None = doc("Longest response the engine generates.", follows="data.max_response_length")
+    dtype: str = doc("Dtype of the rollout engine's weights.", "bfloat16")
+    gpu_memory_utilization: float = doc("Fraction of device memory the engine may take (weights + KV cache).", 0.5)
+    ignore_eos: bool = doc("Keep generating past EOS.", False)
+    enforce_eager: bool = doc("Disable CUDA graphs in the engine.", True)
+    free_cache_engine: bool = doc("Free the engine's KV cache during training (sleep/wake).", True)
+    load_format: str = doc("How the engine gets its first weights (dummy_dtensor: synced from the actor).", "dummy_dtensor")
+    layered_summon: bool = doc("Gather FSDP weights layer by layer for the sync.", False)
+    tensor_model_parallel_size: int = doc("Tensor-parallel degree of the rollout engine.", 2)
+    max_num_batched_tokens: int = doc("Tokens the engine schedules per iteration.", 8192)
+    max_model_len: int | None = doc("Context length of the engine; null = prompt + response length.", None)
+    max_num_seqs: int = doc("Sequences the engine runs at once.", 1024)
+    enable_chunked_prefill: bool = doc("Split long prefills into chunks.", True)
+    disable_log_stats: bool = doc("Silence the engine's periodic statistics.", True)
+    calculate_log_probs: bool = doc("Return the engine's sampling log-probs (for the mismatch report).", False)
+    log_prob_micro_batch_size: int | None = doc("Deprecated global micro batch; use the _per_gpu key.", None)
+    log_prob_micro_batch_size_per_gpu: int | None = doc("Responses per old-log-prob forward on one device.", None)
+    log_prob_use_dynamic_bsz: bool | None = doc("Token-budget micro batches for old log-probs.",
+                                                follows="actor_rollout_ref.actor.use_dynamic_bsz")
+    log_prob_max_token_len_per_gpu: int | None = doc("Token budget per device for old log-probs.",
+                                                     follows="actor_rollout_ref.actor.ppo_max_token_len_per_gpu")
+    seed: int = doc("Seed of the rollout sampler.", 0)
+    engine_kwargs: dict[str, Any] = doc("Extra keyword arguments passed to the engine, per engine name.", factory=dict)
+    val_kwargs: ValKwargsConfig = doc("Sampling used for validation.", factory=ValKwargsConfig)
+    multi_turn: MultiTurnConfig = doc("Multi-turn rollouts.", factory=MultiTurnConfig)
+
+
+@dataclass(frozen=True)
+class ActorRolloutRefConfig:
+    hybrid_engine: bool = doc("Actor, rollout and reference share one worker per device.", True)
+    model: ModelConfig = doc("The actor model.", factory=ModelConfig)
+    actor: ActorConfig = doc("Actor training.", factory=ActorConfig)
+    ref: RefConfig = doc("Reference model (a frozen copy of the initial actor).", factory=RefConfig)
+    rollout: RolloutConfig = doc("Response generation.", factory=RolloutConfig)
+
+
+# ----------------------------------------------------------------------------------------- critic
+@dataclass(frozen=True)
+class CriticModelConfig:
+    path: str | None = doc("Local folder of the critic's backbone; null = the actor's model.path.",
+                           follows="actor_rollout_ref.model.path")
+    tokenizer_path: str | None = doc("Tokenizer of the critic.", follows="actor_rollout_ref.model.path")
+    override_config: dict[str, Any] = doc("Values that override the critic's HF config.", factory=dict)
+    external_lib: str | None = doc("Python module imported before loading.", None)
+    trust_remote_code: bool = doc("Allow the critic's remote code.", False)
+    enable_gradient_checkpointing: bool = doc("Recompute activations in backward.", True)
+    enable_activation_offload: bool = doc("Offload activations to the CPU during forward.", False)
+    use_remove_padding: bool = doc("Pack sequences without padding.", False)
+    use_shm: bool = doc("Copy the model to shared memory before loading.", False)
+    lora_rank: int = doc("LoRA rank; 0 trains all weights.", 0)
+    lora_alpha: int = doc("LoRA alpha.", 16)
+    target_modules: str | list[str] = doc("Modules LoRA adapts.", "all-linear")
+    dtype: str = doc("Dtype the critic is loaded in for training.", "fp32")
+    fsdp_config: FSDPConfig = doc("FSDP settings of the critic.", factory=FSDPConfig)
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    strategy: Strategy | None = doc("Training backend of the critic.", follows="actor_rollout_ref.actor.strategy")
+    rollout_n: int | None = doc("Responses per prompt (mirrors rollout.n).", follows="actor_rollout_ref.rollout.n")
+    optim: OptimConfig = doc("Critic optimizer (verl's critic lr default is 1e-5).", factory=lambda: OptimConfig(lr=1e-5))
+    model: CriticModelConfig = doc("The critic model.", factory=CriticModelConfig)
+    ppo_mini_batch_size: int | None = doc("Prompts per critic mini batch.", follows="actor_rollout_ref.actor.ppo_mini_batch_size")
+    ppo_micro_batch_size: int | None = doc("Deprecated global micro batch; use ppo_micro_batch_size_per_gpu.", None)
+    ppo_micro_batch_size_per_gpu: int | None = doc("Responses per critic forward/backward on one device.", None)
+    forward_micro_batch_size: int | None = doc("Deprecated global micro batch for value computation.", None)
+    forward_micro_batch_size_per_gpu: int | None = doc("Responses per value forward on one device.",
+                                                       follows="critic.ppo_micro_batch_size_per_gpu")
+    use_dynamic_bsz: bool | None = doc("Token-budget micro batches for the critic.", follows="actor_rollout_ref.actor.use_dynamic_bsz")
+    ppo_max_token_len_per_gpu: int = doc("Token budget of one critic micro batch per device.", 32768)
+    forward_max_token_len_per_gpu: int | None = doc("Token budget per device for values.", follows="critic.ppo_max_token_len_per_gpu")
+    ulysses_sequence_parallel_size: int = doc("Ulysses degree of the critic.", 1)
+    ppo_epochs: int | None = doc("Passes over each step's batch.", follows="actor_rollout_ref.actor.ppo_epochs")
+    shuffle: bool | None = doc("Shuffle the batch between critic epochs.", follows="actor_rollout_ref.actor.shuffle")
+    grad_clip: float = doc("Clip the critic's global gradient norm to this.", 1.0)
+    cliprange_value: float = doc("Value clip range around the old values.", 0.5)
+    loss_agg_mode: LossAggMode | None = doc("How token value losses are averaged.", follows="actor_rollout_ref.actor.loss_agg_mode")
+    checkpoint: CheckpointContentsConfig = doc("What critic checkpoints hold.", factory=CheckpointContentsConfig)
+
+
+# ----------------------------------------------------------------------------------- rewards
+@dataclass(frozen=True)
+class RewardModelModelConfig:
+    path: str = doc("Local folder of a sequence-classification reward model.", "~/models/FsfairX-LLaMA3-RM-v0.1")
+    input_tokenizer: str | None = doc("The actor's tokenizer, to decode responses before re-templating.",
+                                      follows="actor_rollout_ref.model.path")
+    external_lib: str | None = doc("Python module imported before loading.", None)
+    use_remove_padding: bool = doc("Pack sequences without padding.", False)
+    trust_remote_code: bool = doc("Allow the reward model's remote code.", False)
+    fsdp_config: RefFSDPConfig = doc("FSDP settings of the reward model.", factory=RefFSDPConfig)
+
+
+@dataclass(frozen=True)
+class SandboxFusionConfig:
+    url: str | None = doc("Run-code endpoint of a SandboxFusion-compatible service; null = embedded sandbox.", None)
+    max_concurrent: int = doc("Programs run at once.", 64)
+    memory_limit_mb: int = doc("Memory limit per program, in MB.", 1024)
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    enable: bool = doc("Score responses with a learned reward model.", False)
+    strategy: Strategy | None = doc("Backend of the reward model.", follows="actor_rollout_ref.actor.strategy")
+    model: RewardModelModelConfig = doc("The reward model.", factory=RewardModelModelConfig)
+    micro_batch_size: int | None = doc("Deprecated global micro batch.", None)
+    micro_batch_size_per_gpu: int | None = doc("Sequences per reward-model forward on one device.", None)
+    max_length: int | None = doc("Longest sequence the reward model sees.", None)
+    ulysses_sequence_parallel_size: int = doc("Ulysses degree of the reward model.", 1)
+    use_dynamic_bsz: bool | None = doc("Token-budget micro batches.", follows="critic.use_dynamic_bsz")
+    forward_max_token_len_per_gpu: int | None = doc("Token budget per device.", follows="critic.forward_max_token_len_per_gpu")
+    reward_manager: Literal["naive", "prime", "batch", "dapo"] = doc(
+        "How rule scores are computed: naive (one by one) or prime (in parallel).", "naive")
+    launch_reward_fn_async: bool = doc("Score rewards in the background while log-probs are computed.", False)
+    sandbox_fusion: SandboxFusionConfig = doc("Code-execution sandbox for code rewards.", factory=SandboxFusionConfig)
+
+
+@dataclass(frozen=True)
+class CustomRewardFunctionConfig:
+    path: str | None = doc("Python file holding your reward function; null uses the built-in scorers.", None)
+    name: str = doc("Name of the function in that file.", "compute_score")
+    reward_kwargs: dict[str, Any] = doc("Extra keyword arguments passed to your function.", factory=dict)
+
+
+# -------------------------------------------------------------------------------- algorithm
+@dataclass(frozen=True)
+class KLCtrlConfig:
+    type: Literal["fixed", "adaptive"] = doc("In-reward KL coefficient: fixed or adaptive (Ziegler et al. 2019).", "fixed")
+    kl_coef: float = doc("(Initial) in-reward KL coefficient.", 0.001)
+    horizon: int = doc("Adaptive controller horizon, in samples.", 10000)
+    target_kl: float = doc("KL the adaptive controller aims at.", 0.1)
+
+
+@dataclass(frozen=True)
+class PFPPOConfig:
+    reweight_method: Literal["pow", "max_min", "max_random"] = doc("PF-PPO sample weights from scores.", "pow")
+    weight_pow: float = doc("Exponent of the pow method.", 2.0)
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    gamma: float = doc("Discount factor.", 1.0)
+    lam: float = doc("GAE lambda.", 1.0)
+    adv_estimator: Literal["gae", "grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"] = doc(
+        "Advantage estimator.", "gae")
+    norm_adv_by_std_in_grpo: bool = doc("Divide GRPO advantages by the group's std (False = Dr. GRPO).", True)
+    use_kl_in_reward: bool = doc("Subtract a KL(actor || reference) penalty from the token rewards.", False)
+    kl_penalty: KLType = doc("KL estimator of the in-reward penalty.", "kl")
+    kl_ctrl: KLCtrlConfig = doc("In-reward KL coefficient controller.", factory=KLCtrlConfig)
+    use_pf_ppo: bool = doc("Resample each batch by reward (PF-PPO, Zhang et al. 2025).", False)
+    pf_ppo: PFPPOConfig = doc("PF-PPO settings.", factory=PFPPOConfig)
+
+
+# ---------------------------------------------------------------------------------- trainer
+@dataclass(frozen=True)
+class TrainerConfig:
+    balance_batch: bool = doc("Balance tokens across data-parallel ranks each step.", True)
+    total_epochs: int = doc("Passes over the training prompts.", 30)
+    total_training_steps: int | None = doc("Stop after this many steps (overrides total_epochs when smaller).", None)
+    project_name: str = doc("Project name, used by loggers and in the run folder.", "verl_examples")
+    experiment_name: str = doc("Experiment name, used by loggers and in the run folder.", "gsm8k")
+    logger: list[str] = doc("Where metrics go: console, file (jsonl); wandb etc. come later.", factory=lambda: ["console"])
+    log_val_generations: int = doc("Validation samples printed each validation.", 0)
+    rollout_data_dir: str | None = doc("Write every step's generations as jsonl here.", None)
+    validation_data_dir: str | None = doc("Write validation generations as jsonl here.", None)
+    nnodes: int = doc("Machines in the job.", 1)
+    n_gpus_per_node: int = doc("Devices per machine (processes per machine on CPU).", 8)
+    save_freq: int = doc("Save a checkpoint every this many steps (-1 = never, except at the end).", -1)
+    resume_mode: Literal["auto", "disable", "resume_path"] = doc(
+        "auto: resume from the latest checkpoint in default_local_dir; disable; resume_path: resume_from_path.", "auto")
+    resume_from_path: str | None = doc("Checkpoint folder to resume from when resume_mode=resume_path.", None)
+    val_before_train: bool = doc("Validate once before the first step.", True)
+    val_only: bool = doc("Only validate, then exit.", False)
+    test_freq: int = doc("Validate every this many steps (-1 = never, except at the end).", -1)
+    critic_warmup: int = doc("Steps that train only the critic before the actor starts.", 0)
+    default_local_dir: str | None = doc("Run folder: checkpoints, metrics and the resolved config "
+                                        "(null = checkpoints/<project_name>/<experiment_name>).", None)
+    default_hdfs_dir: str | None = doc("Remote copy of checkpoints (not supported yet).", None)
+    del_local_ckpt_after_load: bool = doc("Delete the local checkpoint once resumed from it.", False)
+    max_actor_ckpt_to_keep: int | None = doc("Keep at most this many actor checkpoints (null = all).", None)
+    max_critic_ckpt_to_keep: int | None = doc("Keep at most this many critic checkpoints (null = all).", None)
+    ray_wait_register_center_timeout: int = doc("Seconds to wait for Ray workers to register.", 300)
+    device: Literal["auto", "cpu", "cuda", "npu"] = doc("Accelerator: auto picks cuda, else npu, else cpu.", "auto")
+    seed: int = doc("Seed of model initialisation (value head) and other trainer randomness.", 42)
+
+
+@dataclass(frozen=True)
+class RayInitConfig:
+    num_cpus: int | None = doc("CPUs Ray may use on this node (null = all).", None)
+    timeline_json_file: str | None = doc("Write a Ray timeline here.", None)
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """The whole run. Keys and defaults follow verl's ppo_trainer.yaml."""
+
+    data: DataConfig = doc("Prompts and their files.", factory=DataConfig)
+    actor_rollout_ref: ActorRolloutRefConfig = doc("Actor, rollout and reference.", factory=ActorRolloutRefConfig)
+    critic: CriticConfig = doc("Critic (value model).", factory=CriticConfig)
+    reward_model: RewardModelConfig = doc("Reward model and reward manager.", factory=RewardModelConfig)
+    custom_reward_function: CustomRewardFunctionConfig = doc("A user's reward function.", factory=CustomRewardFunctionConfig)
+    algorithm: AlgorithmConfig = doc("Advantages and KL.", factory=AlgorithmConfig)
+    trainer: TrainerConfig = doc("The training loop.", factory=TrainerConfig)
+    ray_init: RayInitConfig = doc("Ray start-up.", factory=RayInitConfig)

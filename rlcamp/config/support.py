@@ -1,0 +1,71 @@
+"""Options that are valid verl keys but that rlcamp does not run yet.
+
+Each entry fails the config with a message saying so, instead of being silently ignored. When
+an issue implements an option, its entry goes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rlcamp.config.schema import RLConfig
+
+_SCALE_OUT = "arrives with the issue 'Scale out: Ray worker groups, FSDP2 data parallel, sequence balancing, Ulysses'"
+_VLLM = "arrives with the issue 'vLLM rollout with in-place weight sync'"
+_REWARDS = "arrives with the issue 'Code rewards in a hardened sandbox ..., reward models'"
+_NOT_PLANNED = "is not implemented in rlcamp and no issue plans it yet"
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    key: str
+    applies: Callable[[Any], bool]  # value -> is this setting unsupported?
+    why: str
+    fix: str
+
+
+UNSUPPORTED: list[Unsupported] = [
+    Unsupported("actor_rollout_ref.rollout.name", lambda v: v in ("vllm", "sglang"), _VLLM, "use rollout.name=hf"),
+    Unsupported("actor_rollout_ref.rollout.mode", lambda v: v == "async", _VLLM, "use rollout.mode=sync"),
+    Unsupported("actor_rollout_ref.rollout.multi_turn.enable", bool, _NOT_PLANNED, "set it to False"),
+    Unsupported("actor_rollout_ref.actor.strategy", lambda v: v == "megatron", _NOT_PLANNED, "use strategy=fsdp"),
+    Unsupported("critic.strategy", lambda v: v == "megatron", _NOT_PLANNED, "use strategy=fsdp"),
+    Unsupported("actor_rollout_ref.actor.ulysses_sequence_parallel_size", lambda v: v > 1, _SCALE_OUT, "set it to 1"),
+    Unsupported("actor_rollout_ref.ref.ulysses_sequence_parallel_size", lambda v: v > 1, _SCALE_OUT, "set it to 1"),
+    Unsupported("critic.ulysses_sequence_parallel_size", lambda v: v > 1, _SCALE_OUT, "set it to 1"),
+    Unsupported("actor_rollout_ref.actor.use_dynamic_bsz", bool, _SCALE_OUT, "use ppo_micro_batch_size_per_gpu"),
+    Unsupported("critic.use_dynamic_bsz", bool, _SCALE_OUT, "use ppo_micro_batch_size_per_gpu"),
+    Unsupported("actor_rollout_ref.actor.fsdp_config.param_offload", bool, _SCALE_OUT, "set it to False"),
+    Unsupported("actor_rollout_ref.actor.fsdp_config.optimizer_offload", bool, _SCALE_OUT, "set it to False"),
+    Unsupported("actor_rollout_ref.actor.fsdp_config.offload_policy", bool, _SCALE_OUT, "set it to False"),
+    Unsupported("critic.model.fsdp_config.param_offload", bool, _SCALE_OUT, "set it to False"),
+    Unsupported("critic.model.fsdp_config.optimizer_offload", bool, _SCALE_OUT, "set it to False"),
+    Unsupported("reward_model.enable", bool, _REWARDS, "set it to False and use rule rewards"),
+    Unsupported("reward_model.reward_manager", lambda v: v == "prime", _REWARDS, "use reward_manager=naive"),
+    Unsupported("reward_model.reward_manager", lambda v: v in ("batch", "dapo"), _NOT_PLANNED, "use reward_manager=naive"),
+    Unsupported("actor_rollout_ref.model.lora_rank", lambda v: v > 0, _NOT_PLANNED, "set it to 0 (full fine-tuning)"),
+    Unsupported("critic.model.lora_rank", lambda v: v > 0, _NOT_PLANNED, "set it to 0 (full fine-tuning)"),
+    Unsupported("actor_rollout_ref.model.use_liger", bool, _NOT_PLANNED, "set it to False"),
+    Unsupported("actor_rollout_ref.model.use_fused_kernels", bool, _NOT_PLANNED, "set it to False"),
+    Unsupported("actor_rollout_ref.model.enable_activation_offload", bool, _NOT_PLANNED, "set it to False"),
+    Unsupported("data.custom_cls.path", lambda v: v is not None, _NOT_PLANNED, "convert your data to the verl schema"),
+    Unsupported("trainer.default_hdfs_dir", lambda v: v is not None, _NOT_PLANNED, "copy checkpoints yourself"),
+    Unsupported("trainer.logger", lambda v: bool(set(v) - {"console", "file"}),
+                "is not implemented yet: only the console and file (jsonl) loggers exist", "use trainer.logger='[console,file]'"),
+]
+
+
+def unsupported_problems(cfg: RLConfig) -> list[str]:
+    from rlcamp.config.loader import get_key
+
+    problems = []
+    for entry in UNSUPPORTED:
+        value = get_key(cfg, entry.key)
+        if entry.applies(value):
+            problems.append(f"{entry.key}={value!r} is a known option that rlcamp does not run yet: it {entry.why}; {entry.fix}")
+    n_devices = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
+    if n_devices > 1:
+        problems.append(f"trainer.nnodes x trainer.n_gpus_per_node = {n_devices} devices: runs on more than one device "
+                        f"{_SCALE_OUT}; set trainer.nnodes=1 trainer.n_gpus_per_node=1")
+    return problems

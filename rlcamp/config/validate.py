@@ -1,0 +1,270 @@
+"""Cross-checks and derived values, computed once, in one place.
+
+Batch sizes are counted in *prompts* where verl counts prompts (train_batch_size,
+ppo_mini_batch_size) and in *responses* where verl counts responses (micro batches per device).
+Every check explains itself in those units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlcamp.config.loader import ConfigError, LoadedConfig
+from rlcamp.config.schema import RLConfig
+from rlcamp.config.support import unsupported_problems
+
+GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")
+KNOWN_LOGGERS = ("console", "file", "wandb", "tensorboard", "mlflow", "swanlab", "vemlp_wandb")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one role splits a step's batch: mini batches (optimizer steps) and micro batches."""
+
+    mini_batch_prompts: int  # prompts per optimizer step
+    mini_batch_responses_per_device: int  # responses per optimizer step on one data-parallel rank
+    micro_batch_per_device: int  # responses per forward/backward
+    grad_accum_steps: int  # micro batches per optimizer step
+    mini_batches_per_epoch: int
+    optimizer_steps_per_train_step: int  # ppo_epochs x mini batches
+
+
+@dataclass(frozen=True)
+class Derived:
+    n_devices: int
+    dp_size: int  # data-parallel ranks of the actor (devices / Ulysses degree)
+    responses_per_step: int  # train_batch_size x rollout.n
+    uses_critic: bool
+    uses_ref: bool
+    actor: BatchPlan
+    critic: BatchPlan | None
+    rollout_log_prob_micro_batch_per_device: int
+    ref_log_prob_micro_batch_per_device: int | None
+    n_train_prompts: int | None
+    steps_per_epoch: int | None
+    total_training_steps: int | None
+    actor_warmup_steps: int | None
+    critic_warmup_steps: int | None
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    config: RLConfig
+    derived: Derived
+    warnings: list[str] = field(default_factory=list)
+
+
+def _micro_batch(problems: list[str], prefix: str, global_key: str, per_gpu_key: str, global_value: int | None,
+                 per_gpu_value: int | None, dp: int, dynamic: bool, fallback: int | None = None) -> int | None:
+    """Per-device micro batch from the verl pair (deprecated global, per-device)."""
+    if global_value is not None and per_gpu_value is not None:
+        problems.append(f"{prefix}.{global_key}={global_value} and {prefix}.{per_gpu_key}={per_gpu_value} "
+                        f"are both set; remove the deprecated {prefix}.{global_key}")
+        return None
+    if per_gpu_value is not None:
+        value = per_gpu_value
+    elif global_value is not None:
+        if global_value % dp:
+            problems.append(f"{prefix}.{global_key}={global_value} does not split over {dp} data-parallel ranks; "
+                            f"set {prefix}.{per_gpu_key} instead")
+            return None
+        value = global_value // dp
+    elif fallback is not None:
+        value = fallback
+    elif dynamic:
+        return None
+    else:
+        problems.append(f"{prefix}.{per_gpu_key} is not set: say how many responses one device processes per "
+                        f"forward pass (e.g. {prefix}.{per_gpu_key}=4)")
+        return None
+    if value <= 0:
+        problems.append(f"{prefix}.{per_gpu_key}={value} must be positive")
+        return None
+    return value
+
+
+def _plan(problems: list[str], prefix: str, cfg: RLConfig, mini_prompts: int, micro_global: int | None,
+          micro_per_gpu: int | None, epochs: int, dp: int, dynamic: bool) -> BatchPlan | None:
+    train_bs, n = cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n
+    ok = True
+    if mini_prompts <= 0:
+        problems.append(f"{prefix}.ppo_mini_batch_size={mini_prompts} must be positive")
+        return None
+    if mini_prompts > train_bs:
+        problems.append(f"{prefix}.ppo_mini_batch_size={mini_prompts} (prompts) is larger than "
+                        f"data.train_batch_size={train_bs}; it must be at most the step's batch")
+        ok = False
+    elif train_bs % mini_prompts:
+        problems.append(f"data.train_batch_size={train_bs} is not divisible by {prefix}.ppo_mini_batch_size="
+                        f"{mini_prompts} (prompts); each mini batch must hold whole prompt groups")
+        ok = False
+    mini_responses = mini_prompts * n
+    if mini_responses % dp:
+        problems.append(f"a {prefix} mini batch of {mini_responses} responses ({prefix}.ppo_mini_batch_size="
+                        f"{mini_prompts} prompts x rollout.n={n}) does not split evenly over {dp} data-parallel ranks")
+        ok = False
+    micro = _micro_batch(problems, prefix, "ppo_micro_batch_size", "ppo_micro_batch_size_per_gpu",
+                         micro_global, micro_per_gpu, dp, dynamic)
+    if not ok:
+        return None
+    per_device = mini_responses // dp
+    if micro is None:  # dynamic batch size: micro batches are filled by tokens
+        micro, accum = per_device, 0
+    elif per_device % micro:
+        problems.append(f"{prefix}: {per_device} responses per device per mini batch ({mini_prompts} prompts x "
+                        f"rollout.n={n} / {dp} ranks) is not divisible by {prefix}.ppo_micro_batch_size_per_gpu={micro}")
+        return None
+    else:
+        accum = per_device // micro
+    if epochs <= 0:
+        problems.append(f"{prefix}.ppo_epochs={epochs} must be at least 1")
+        return None
+    mini_batches = train_bs // mini_prompts
+    return BatchPlan(mini_prompts, per_device, micro, accum, mini_batches, epochs * mini_batches)
+
+
+def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> None:
+    data, arr, algo, trainer = cfg.data, cfg.actor_rollout_ref, cfg.algorithm, cfg.trainer
+    actor, rollout = arr.actor, arr.rollout
+    positive = {
+        "data.train_batch_size": data.train_batch_size, "data.max_prompt_length": data.max_prompt_length,
+        "data.max_response_length": data.max_response_length, "actor_rollout_ref.rollout.n": rollout.n,
+        "trainer.nnodes": trainer.nnodes, "trainer.n_gpus_per_node": trainer.n_gpus_per_node,
+        "trainer.total_epochs": trainer.total_epochs, "actor_rollout_ref.rollout.val_kwargs.n": rollout.val_kwargs.n,
+    }
+    if data.val_batch_size is not None:
+        positive["data.val_batch_size"] = data.val_batch_size
+    if trainer.total_training_steps is not None:
+        positive["trainer.total_training_steps"] = trainer.total_training_steps
+    problems += [f"{k}={v} must be positive" for k, v in positive.items() if v <= 0]
+    for key in ("trainer.save_freq", "trainer.test_freq"):
+        value = getattr(trainer, key.split(".")[1])
+        if value == 0 or value < -1:
+            problems.append(f"{key}={value} must be -1 (off) or a positive number of steps")
+    if trainer.critic_warmup < 0:
+        problems.append(f"trainer.critic_warmup={trainer.critic_warmup} must be >= 0")
+    for name, opt in (("actor_rollout_ref.actor.optim", actor.optim), ("critic.optim", cfg.critic.optim)):
+        if not 0.0 <= opt.lr_warmup_steps_ratio <= 1.0:
+            problems.append(f"{name}.lr_warmup_steps_ratio={opt.lr_warmup_steps_ratio} must be in [0, 1]")
+        if opt.lr < 0:
+            problems.append(f"{name}.lr={opt.lr} must be >= 0")
+        if len(opt.betas) != 2 or not all(0.0 <= b < 1.0 for b in opt.betas):
+            problems.append(f"{name}.betas={opt.betas} must be two numbers in [0, 1)")
+    if not 0.0 < actor.clip_ratio_low < 1.0:
+        problems.append(f"actor_rollout_ref.actor.clip_ratio_low={actor.clip_ratio_low} must be in (0, 1): "
+                        "the ratio is clipped at 1 - clip_ratio_low")
+    if actor.clip_ratio_high <= 0:
+        problems.append(f"actor_rollout_ref.actor.clip_ratio_high={actor.clip_ratio_high} must be positive")
+    if actor.clip_ratio_c <= 1.0:
+        problems.append(f"actor_rollout_ref.actor.clip_ratio_c={actor.clip_ratio_c} must be > 1 "
+                        "(dual-clip bounds the loss at clip_ratio_c x |advantage|; Ye et al. 2020)")
+    if cfg.critic.cliprange_value <= 0:
+        problems.append(f"critic.cliprange_value={cfg.critic.cliprange_value} must be positive")
+    if not 0.0 <= algo.gamma <= 1.0 or not 0.0 <= algo.lam <= 1.0:
+        problems.append(f"algorithm.gamma={algo.gamma} and algorithm.lam={algo.lam} must both be in [0, 1]")
+    for prefix, sampling in (("actor_rollout_ref.rollout", rollout), ("actor_rollout_ref.rollout.val_kwargs", rollout.val_kwargs)):
+        if sampling.do_sample and sampling.temperature <= 0:
+            problems.append(f"{prefix}.temperature={sampling.temperature} with do_sample=True: sampling needs a "
+                            f"temperature > 0 (or set {prefix}.do_sample=False for greedy)")
+        if not 0.0 < sampling.top_p <= 1.0:
+            problems.append(f"{prefix}.top_p={sampling.top_p} must be in (0, 1]")
+        if sampling.top_k == 0 or sampling.top_k < -1:
+            problems.append(f"{prefix}.top_k={sampling.top_k} must be -1 (off) or positive")
+    if not rollout.val_kwargs.do_sample and rollout.val_kwargs.n > 1:
+        problems.append(f"actor_rollout_ref.rollout.val_kwargs.n={rollout.val_kwargs.n} with do_sample=False gives "
+                        "identical greedy samples; set val_kwargs.do_sample=True or val_kwargs.n=1")
+    if algo.adv_estimator in GROUP_ESTIMATORS and rollout.n < 2:
+        problems.append(f"algorithm.adv_estimator={algo.adv_estimator} compares responses within a prompt group and "
+                        f"needs actor_rollout_ref.rollout.n >= 2 (got {rollout.n})")
+    if algo.kl_ctrl.type == "adaptive" and (algo.kl_ctrl.target_kl <= 0 or algo.kl_ctrl.horizon <= 0):
+        problems.append("algorithm.kl_ctrl: the adaptive controller needs target_kl > 0 and horizon > 0")
+    if algo.use_kl_in_reward and actor.use_kl_loss:
+        warnings.append("both algorithm.use_kl_in_reward and actor_rollout_ref.actor.use_kl_loss are on: the KL is "
+                        "penalised twice (in the reward and in the loss)")
+    if algo.use_kl_in_reward and algo.kl_penalty == "full":
+        problems.append("algorithm.kl_penalty=full needs the full vocabulary distributions, which the reward stage "
+                        "does not have; use kl, abs, mse or low_var_kl")
+    if trainer.resume_mode == "resume_path" and not trainer.resume_from_path:
+        problems.append("trainer.resume_mode=resume_path needs trainer.resume_from_path=<checkpoint folder>")
+    if trainer.resume_from_path and trainer.resume_mode != "resume_path":
+        problems.append(f"trainer.resume_from_path is set but trainer.resume_mode={trainer.resume_mode}; "
+                        "set trainer.resume_mode=resume_path to use it")
+    unknown = [x for x in trainer.logger if x not in KNOWN_LOGGERS]
+    if unknown:
+        problems.append(f"trainer.logger has unknown logger(s) {unknown}; known: {list(KNOWN_LOGGERS)}")
+    if data.max_prompt_length + data.max_response_length > (rollout.max_model_len or 10**12):
+        problems.append(f"data.max_prompt_length + data.max_response_length = "
+                        f"{data.max_prompt_length + data.max_response_length} exceeds rollout.max_model_len={rollout.max_model_len}")
+    if rollout.response_length != data.max_response_length:
+        warnings.append(f"actor_rollout_ref.rollout.response_length={rollout.response_length} differs from "
+                        f"data.max_response_length={data.max_response_length}; the rollout's value is used")
+
+
+def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None) -> ResolvedConfig:
+    """Validate ``loaded`` and compute the derived values; raises ConfigError listing every problem."""
+    cfg = loaded.config if isinstance(loaded, LoadedConfig) else loaded
+    problems: list[str] = []
+    warnings: list[str] = []
+    _check_ranges(cfg, problems, warnings)
+    problems += unsupported_problems(cfg)
+
+    arr, algo, trainer = cfg.actor_rollout_ref, cfg.algorithm, cfg.trainer
+    actor, rollout, critic, ref = arr.actor, arr.rollout, cfg.critic, arr.ref
+    n_devices = max(trainer.nnodes * trainer.n_gpus_per_node, 1)
+    sp = max(actor.ulysses_sequence_parallel_size, 1)
+    if n_devices % sp:
+        problems.append(f"{n_devices} devices (trainer.nnodes x trainer.n_gpus_per_node) are not divisible by "
+                        f"actor.ulysses_sequence_parallel_size={sp}")
+        sp = 1
+    dp = n_devices // sp
+    responses = cfg.data.train_batch_size * rollout.n
+    if responses % dp:
+        problems.append(f"a step's {responses} responses (data.train_batch_size={cfg.data.train_batch_size} x "
+                        f"rollout.n={rollout.n}) do not split evenly over {dp} data-parallel ranks")
+
+    uses_critic = algo.adv_estimator == "gae"
+    uses_ref = actor.use_kl_loss or algo.use_kl_in_reward
+    actor_plan = _plan(problems, "actor_rollout_ref.actor", cfg, actor.ppo_mini_batch_size, actor.ppo_micro_batch_size,
+                       actor.ppo_micro_batch_size_per_gpu, actor.ppo_epochs, dp, actor.use_dynamic_bsz)
+    critic_plan = None
+    if uses_critic:
+        critic_dp = n_devices // max(critic.ulysses_sequence_parallel_size, 1)
+        critic_plan = _plan(problems, "critic", cfg, critic.ppo_mini_batch_size, critic.ppo_micro_batch_size,
+                            critic.ppo_micro_batch_size_per_gpu, critic.ppo_epochs, critic_dp, critic.use_dynamic_bsz)
+    fallback = actor_plan.micro_batch_per_device if actor_plan else None
+    rollout_micro = _micro_batch(problems, "actor_rollout_ref.rollout", "log_prob_micro_batch_size",
+                                 "log_prob_micro_batch_size_per_gpu", rollout.log_prob_micro_batch_size,
+                                 rollout.log_prob_micro_batch_size_per_gpu, dp, rollout.log_prob_use_dynamic_bsz, fallback)
+    ref_micro = None
+    if uses_ref:
+        ref_micro = _micro_batch(problems, "actor_rollout_ref.ref", "log_prob_micro_batch_size",
+                                 "log_prob_micro_batch_size_per_gpu", ref.log_prob_micro_batch_size,
+                                 ref.log_prob_micro_batch_size_per_gpu, dp, ref.log_prob_use_dynamic_bsz,
+                                 rollout_micro or fallback)
+
+    steps_per_epoch = total = None
+    if n_train_prompts is not None:
+        steps_per_epoch = n_train_prompts // cfg.data.train_batch_size
+        if steps_per_epoch == 0:
+            problems.append(f"data.train_files hold {n_train_prompts} prompts, fewer than one batch "
+                            f"(data.train_batch_size={cfg.data.train_batch_size})")
+        total = steps_per_epoch * trainer.total_epochs
+    if trainer.total_training_steps is not None:
+        total = trainer.total_training_steps
+
+    if problems:
+        raise ConfigError(problems)
+
+    def warmup(opt) -> int | None:
+        if opt.lr_warmup_steps >= 0:
+            return opt.lr_warmup_steps
+        return None if total is None else int(opt.lr_warmup_steps_ratio * total)
+
+    derived = Derived(
+        n_devices=n_devices, dp_size=dp, responses_per_step=responses, uses_critic=uses_critic, uses_ref=uses_ref,
+        actor=actor_plan, critic=critic_plan, rollout_log_prob_micro_batch_per_device=rollout_micro,
+        ref_log_prob_micro_batch_per_device=ref_micro, n_train_prompts=n_train_prompts,
+        steps_per_epoch=steps_per_epoch, total_training_steps=total,
+        actor_warmup_steps=warmup(actor.optim), critic_warmup_steps=warmup(critic.optim) if uses_critic else None,
+    )
+    return ResolvedConfig(cfg, derived, warnings)

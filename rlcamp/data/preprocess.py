@@ -1,0 +1,105 @@
+"""Turn public math sets into RL prompt files in verl's schema (used by examples/data_preprocess).
+
+GSM8K: the prompt asks for the final answer after "####"; ground truth = the number after
+"####" in the reference answer, commas removed. MATH: the prompt asks for \\boxed{}; ground truth
+= the content of the reference solution's last \\boxed{}.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from rlcamp.data.files import DataError, read_records
+from rlcamp.rewards.math import last_boxed
+
+GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
+GSM8K_SOURCE = "openai/gsm8k"
+MATH_SOURCE = "DigitalLearningGmbH/MATH-lighteval"
+MATH500_SOURCE = "HuggingFaceH4/MATH-500"
+
+
+def gsm8k_ground_truth(answer: str) -> str:
+    match = re.search(r"####\s*(-?[0-9.,]+)", answer)
+    if match is None:
+        raise ValueError(f"reference answer has no '#### N': {answer[-80:]!r}")
+    return match.group(1).replace(",", "").rstrip(".")
+
+
+def gsm8k_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+    question, answer = record["question"], record["answer"]
+    return {
+        "data_source": GSM8K_SOURCE,
+        "prompt": [{"role": "user", "content": f"{question} {GSM8K_INSTRUCTION}"}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": gsm8k_ground_truth(answer)},
+        "extra_info": {"split": split, "index": index, "question": question, "answer": answer},
+    }
+
+
+def math_row(record: dict[str, Any], split: str, index: int, data_source: str = MATH_SOURCE) -> dict[str, Any]:
+    # MATH-lighteval names the fields problem/solution; the MATH-500 copy here, question/answer
+    problem = record.get("problem", record.get("question"))
+    solution = record.get("solution", record.get("answer"))
+    if problem is None or solution is None:
+        raise ValueError(f"needs problem/solution (or question/answer) fields, has {sorted(record)}")
+    truth = last_boxed(solution)
+    if truth is None:
+        raise ValueError(f"reference solution has no \\boxed{{}} answer: {solution[-80:]!r}")
+    return {
+        "data_source": data_source,
+        "prompt": [{"role": "user", "content": f"{problem} {MATH_INSTRUCTION}"}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": truth},
+        "extra_info": {"split": split, "index": index, "level": record.get("level"), "type": record.get("type")},
+    }
+
+
+def convert(records: Iterable[dict[str, Any]], make_row, split: str, source: str, **kwargs) -> list[dict[str, Any]]:
+    rows = []
+    for i, record in enumerate(records):
+        try:
+            rows.append(make_row(record, split, i, **kwargs))
+        except (KeyError, ValueError) as exc:
+            raise DataError(f"{source}: row {i}: {exc}") from exc
+    return rows
+
+
+def local_splits(path: str | Path, splits: tuple[str, ...] = ("train", "test")) -> dict[str, list[dict]]:
+    """Records of each split found under ``path``: a folder with <split>.jsonl/.parquet, or one file (test)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return {"test" if "test" in path.name else "train": read_records(path)}
+    if not path.is_dir():
+        raise DataError(f"--local_dataset_path {path} does not exist")
+    found = {}
+    for split in splits:
+        for candidate in sorted(path.glob(f"{split}*")):
+            if candidate.suffix in (".jsonl", ".json", ".parquet"):
+                found[split] = read_records(candidate)
+                break
+    if not found:
+        raise DataError(f"--local_dataset_path {path} holds no {' / '.join(splits)} .jsonl or .parquet file")
+    return found
+
+
+def hub_splits(name: str, config: str | None = None) -> dict[str, list[dict]]:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError("reading from the hub needs the datasets package: pip install datasets; "
+                        "or pass --local_dataset_path") from exc
+    loaded = datasets.load_dataset(name, config)
+    return {split: list(loaded[split]) for split in loaded}
+
+
+def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path

@@ -1,0 +1,1 @@
+"""Models: loading HF causal LMs, the critic's value head, tiny models for tests and benchmarks."""

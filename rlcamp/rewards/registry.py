@@ -1,0 +1,111 @@
+"""Which scorer scores a sample: by ``data_source``, or a user's function loaded by path.
+
+Every scorer has verl's signature ``compute_score(data_source, solution_str, ground_truth,
+extra_info, **reward_kwargs) -> float | dict`` (a dict carries ``score`` plus extra metrics).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+from rlcamp.rewards import gsm8k, math
+
+ScoreFn = Callable[..., "float | dict[str, Any]"]
+
+
+class RewardError(RuntimeError):
+    """A reward function that failed; the message names the sample and its data_source."""
+
+
+SCORERS: dict[str, ScoreFn] = {}
+
+
+def register_scorer(*data_sources: str):
+    """Register ``fn(solution_str, ground_truth, extra_info=None, **kwargs)`` for these data sources."""
+    def wrap(fn):
+        for source in data_sources:
+            SCORERS[source] = fn
+        return fn
+    return wrap
+
+
+@register_scorer("openai/gsm8k", "gsm8k", "rlcamp/arith")
+def _score_gsm8k(solution_str, ground_truth, extra_info=None, **kwargs):
+    return gsm8k.compute_score(solution_str, ground_truth, **kwargs)
+
+
+@register_scorer("lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500", "math",
+                 "math500", "MATH")
+def _score_math(solution_str, ground_truth, extra_info=None, **kwargs):
+    return math.compute_score(solution_str, ground_truth, **kwargs)
+
+
+def default_compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
+                          **reward_kwargs) -> float | dict[str, Any]:
+    """The built-in scorers, picked by data_source."""
+    scorer = SCORERS.get(data_source)
+    if scorer is None:
+        raise RewardError(
+            f"no reward scorer for data_source '{data_source}'; known: {sorted(SCORERS)}. Add one with "
+            "custom_reward_function.path=my_reward.py custom_reward_function.name=compute_score (a function "
+            "compute_score(data_source, solution_str, ground_truth, extra_info)), or register it in Python with "
+            "rlcamp.rewards.register_scorer('<data_source>')")
+    return scorer(solution_str, ground_truth, extra_info, **reward_kwargs)
+
+
+def load_custom_reward_function(path: str, name: str = "compute_score") -> ScoreFn:
+    """Import ``name`` from the Python file ``path`` (custom_reward_function.path / .name)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise RewardError(f"custom_reward_function.path={path}: file does not exist")
+    spec = importlib.util.spec_from_file_location(f"rlcamp_custom_reward_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise RewardError(f"custom_reward_function.path={path}: importing it failed: {type(exc).__name__}: {exc}") from exc
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        functions = [n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_")]
+        raise RewardError(f"custom_reward_function.name={name}: {path} has no function '{name}'; "
+                          f"its functions: {functions}")
+    return fn
+
+
+def get_reward_function(path: str | None, name: str = "compute_score", reward_kwargs: dict | None = None) -> ScoreFn:
+    """The scorer a run uses: the user's function when ``path`` is set, else the built-in dispatch."""
+    fn = load_custom_reward_function(path, name) if path else default_compute_score
+    kwargs = dict(reward_kwargs or {})
+    if not kwargs:
+        return fn
+
+    def with_kwargs(data_source, solution_str, ground_truth, extra_info=None):
+        return fn(data_source, solution_str, ground_truth, extra_info, **kwargs)
+    with_kwargs.__name__ = getattr(fn, "__name__", "compute_score")
+    return with_kwargs
+
+
+def score_sample(fn: ScoreFn, index: int, data_source: str, solution_str: str, ground_truth: Any,
+                 extra_info: dict | None = None) -> dict[str, Any]:
+    """Call ``fn`` on one sample; returns a dict with at least ``score``. Errors name the sample."""
+    try:
+        result = fn(data_source, solution_str, ground_truth, extra_info)
+    except RewardError as exc:
+        raise RewardError(f"sample {index} (data_source='{data_source}'): {exc}") from exc
+    except Exception as exc:
+        raise RewardError(f"reward function '{getattr(fn, '__name__', fn)}' raised on sample {index} "
+                          f"(data_source='{data_source}', ground_truth={ground_truth!r}): "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(result, dict):
+        if "score" not in result:
+            raise RewardError(f"reward function '{getattr(fn, '__name__', fn)}' returned a dict without 'score' "
+                              f"on sample {index} (data_source='{data_source}'): keys {sorted(result)}")
+        return dict(result, score=float(result["score"]))
+    try:
+        return {"score": float(result)}
+    except (TypeError, ValueError):
+        raise RewardError(f"reward function '{getattr(fn, '__name__', fn)}' returned {result!r} on sample {index} "
+                          f"(data_source='{data_source}'); return a float or a dict with 'score'") from None

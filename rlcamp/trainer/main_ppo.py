@@ -1,0 +1,97 @@
+"""The verl-style entry point: ``python -m rlcamp.trainer.main_ppo [--dry-run] [--config FILE] key=value ...``.
+
+One launch line = one config. ``--dry-run`` validates, prints the resolved config and the derived
+batch plan, and exits without touching the disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rlcamp.config import ConfigError, ResolvedConfig, build_config, config_to_yaml, resolve
+from rlcamp.data.files import DataError, count_records, expand
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="rlcamp train", description="PPO / GRPO / RLOO / REINFORCE++ post-training, configured by key=value "
+        "overrides with verl's key names (e.g. data.train_batch_size=64 actor_rollout_ref.rollout.n=4).")
+    parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved config, and exit")
+    parser.add_argument("--config", help="a YAML file of settings, applied before the key=value overrides")
+    parser.add_argument("--config-path", help="(Hydra style) folder of the YAML file named by --config-name")
+    parser.add_argument("--config-name", help="(Hydra style) YAML file name, with or without .yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value settings; +key=value is accepted as in verl")
+    args, unknown = parser.parse_known_args(argv)
+    stray = [u for u in unknown if u.startswith("-")]
+    if stray:
+        parser.error(f"unknown option(s) {stray}")
+    return args, args.overrides + unknown
+
+
+def _yaml_file(args: argparse.Namespace) -> str | None:
+    if args.config and (args.config_path or args.config_name):
+        raise ConfigError(["give either --config FILE or --config-path/--config-name, not both"])
+    if args.config_name:
+        name = args.config_name if args.config_name.endswith((".yaml", ".yml")) else args.config_name + ".yaml"
+        return str(Path(args.config_path or ".") / name)
+    return args.config
+
+
+def count_train_prompts(files: list[str]) -> int | None:
+    """Rows in the training files, or None when some file is not there yet (a dry run may precede data)."""
+    if not all(expand(f).exists() for f in files):
+        return None
+    return sum(count_records(f) for f in files)
+
+
+def describe(resolved: ResolvedConfig) -> str:
+    d = resolved.derived
+    lines = [
+        f"devices: {d.n_devices} ({d.dp_size} data-parallel ranks); responses per step: {d.responses_per_step}",
+        f"actor: {d.actor.mini_batches_per_epoch} mini batch(es) of {d.actor.mini_batch_prompts} prompts per epoch, "
+        f"{d.actor.optimizer_steps_per_train_step} optimizer step(s) per training step, micro batch "
+        f"{d.actor.micro_batch_per_device} x {d.actor.grad_accum_steps} accumulation per device",
+    ]
+    if d.critic:
+        lines.append(f"critic: {d.critic.optimizer_steps_per_train_step} optimizer step(s) per training step, micro "
+                     f"batch {d.critic.micro_batch_per_device} x {d.critic.grad_accum_steps} accumulation per device")
+    lines.append(f"reference model: {'yes' if d.uses_ref else 'no (no KL in loss or reward)'}; "
+                 f"critic: {'yes' if d.uses_critic else 'no'}")
+    if d.total_training_steps is not None:
+        per_epoch = f"{d.steps_per_epoch} steps/epoch over {d.n_train_prompts} prompts, " if d.steps_per_epoch else ""
+        lines.append(f"training steps: {per_epoch}{d.total_training_steps} in total; actor warm-up "
+                     f"{d.actor_warmup_steps} steps")
+    else:
+        lines.append("training steps: unknown until the training files exist")
+    lines += [f"warning: {w}" for w in resolved.warnings]
+    return "\n".join(lines)
+
+
+def load(argv: list[str]) -> tuple[argparse.Namespace, ResolvedConfig]:
+    args, overrides = parse_args(argv)
+    loaded = build_config(overrides, _yaml_file(args))
+    n_prompts = count_train_prompts(loaded.config.data.train_files)
+    return args, resolve(loaded, n_prompts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args, resolved = load(argv)
+    except (ConfigError, DataError) as exc:
+        print(f"rlcamp: {exc}", file=sys.stderr)
+        return 2
+    print(config_to_yaml(resolved.config), end="")
+    print("# ---- derived ----")
+    print("\n".join(f"# {line}" for line in describe(resolved).splitlines()))
+    if args.dry_run:
+        return 0
+    from rlcamp.trainer.run import run_training
+
+    return run_training(resolved)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

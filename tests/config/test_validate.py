@@ -1,0 +1,98 @@
+import pytest
+
+from rlcamp.config import ConfigError, build_config, resolve
+
+# a valid one-device baseline; tests change one thing at a time
+BASE = ["trainer.n_gpus_per_node=1", "data.train_batch_size=8", "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "critic.ppo_micro_batch_size_per_gpu=4"]
+
+
+def ok(*overrides, n_prompts=None):
+    return resolve(build_config(BASE + list(overrides)), n_prompts)
+
+
+def problems(*overrides, n_prompts=None):
+    with pytest.raises(ConfigError) as err:
+        ok(*overrides, n_prompts=n_prompts)
+    return err.value.problems
+
+
+def test_derived_batch_plan():
+    d = ok(n_prompts=100).derived
+    # 8 prompts x 4 = 32 responses; mini batch 4 prompts = 16 responses = 8 micro batches of 2
+    assert d.responses_per_step == 32 and d.dp_size == 1
+    assert d.actor.mini_batch_responses_per_device == 16 and d.actor.grad_accum_steps == 8
+    assert d.actor.mini_batches_per_epoch == 2 and d.actor.optimizer_steps_per_train_step == 2
+    assert d.critic.micro_batch_per_device == 4 and d.critic.grad_accum_steps == 4
+    assert d.rollout_log_prob_micro_batch_per_device == 2  # falls back to the actor's micro batch
+    assert d.uses_critic and not d.uses_ref and d.ref_log_prob_micro_batch_per_device is None
+    # 100 prompts / 8 per step = 12 steps per epoch (last partial batch dropped) x 30 epochs
+    assert d.steps_per_epoch == 12 and d.total_training_steps == 360
+
+
+def test_total_steps_and_warmup():
+    d = ok("trainer.total_training_steps=50", "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1",
+           "critic.optim.lr_warmup_steps=3", n_prompts=100).derived
+    assert d.total_training_steps == 50 and d.actor_warmup_steps == 5 and d.critic_warmup_steps == 3
+    assert ok().derived.total_training_steps is None
+    assert any("fewer than one batch" in p for p in problems(n_prompts=5))
+
+
+def test_mini_batch_must_divide_train_batch():
+    assert ("data.train_batch_size=8 is not divisible by actor_rollout_ref.actor.ppo_mini_batch_size=3 (prompts); "
+            "each mini batch must hold whole prompt groups") in problems("actor_rollout_ref.actor.ppo_mini_batch_size=3",
+                                                                        "critic.ppo_mini_batch_size=4")
+    assert any("larger than data.train_batch_size=8" in p for p in problems("actor_rollout_ref.actor.ppo_mini_batch_size=16"))
+
+
+def test_micro_batch_checks():
+    assert any("ppo_micro_batch_size_per_gpu is not set" in p
+               for p in problems("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null"))
+    assert any("not divisible by actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3" in p and "16 responses" in p
+               for p in problems("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"))
+    assert any("remove the deprecated actor_rollout_ref.actor.ppo_micro_batch_size" in p
+               for p in problems("actor_rollout_ref.actor.ppo_micro_batch_size=2"))
+    d = ok("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null", "actor_rollout_ref.actor.ppo_micro_batch_size=4")
+    assert d.derived.actor.micro_batch_per_device == 4
+    assert ok("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8").derived.rollout_log_prob_micro_batch_per_device == 8
+
+
+def test_multi_device_splits_are_explained():
+    found = problems("trainer.n_gpus_per_node=3")
+    assert any("do not split evenly over 3 data-parallel ranks" in p for p in found)
+    assert any("3 devices: runs on more than one device arrives with the issue 'Scale out" in p for p in found)
+
+
+def test_group_estimators_need_groups_and_ref_when_kl():
+    assert any("adv_estimator=grpo compares responses within a prompt group and needs actor_rollout_ref.rollout.n >= 2" in p
+               for p in problems("algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=1"))
+    d = ok("algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.use_kl_loss=True").derived
+    assert d.uses_ref and not d.uses_critic and d.critic is None and d.ref_log_prob_micro_batch_per_device == 2
+
+
+def test_range_checks():
+    found = problems("actor_rollout_ref.actor.clip_ratio_c=1.0", "actor_rollout_ref.actor.clip_ratio=1.5",
+                     "actor_rollout_ref.rollout.temperature=0", "actor_rollout_ref.rollout.val_kwargs.n=4",
+                     "trainer.save_freq=0", "algorithm.lam=1.5", "trainer.resume_mode=resume_path")
+    text = "\n".join(found)
+    for fragment in ["clip_ratio_c=1.0 must be > 1", "clip_ratio_low=1.5 must be in (0, 1)",
+                     "temperature=0.0 with do_sample=True", "val_kwargs.n=4 with do_sample=False",
+                     "trainer.save_freq=0 must be -1", "algorithm.lam=1.5", "needs trainer.resume_from_path"]:
+        assert fragment in text, fragment
+
+
+def test_known_but_unimplemented_options_fail_loudly():
+    text = "\n".join(problems("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.actor.strategy=megatron",
+                              "trainer.logger=[console,wandb]", "reward_model.enable=True",
+                              "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"))
+    assert "actor_rollout_ref.rollout.name='vllm' is a known option that rlcamp does not run yet" in text
+    assert "vLLM rollout" in text and "use rollout.name=hf" in text
+    assert "strategy='megatron'" in text and "trainer.logger=['console', 'wandb']" in text
+    assert "reward_model.enable=True" in text and "ulysses_sequence_parallel_size=2" in text
+    assert any("unknown logger(s) ['tensorbored']" in p for p in problems("trainer.logger=[tensorbored]"))
+
+
+def test_kl_twice_is_a_warning_not_an_error():
+    warnings = ok("algorithm.use_kl_in_reward=True", "actor_rollout_ref.actor.use_kl_loss=True").warnings
+    assert any("penalised twice" in w for w in warnings)
