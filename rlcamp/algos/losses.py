@@ -15,28 +15,37 @@ from rlcamp.algos.masked import masked_mean
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
-def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str,
-             norm_length: int | None = None) -> torch.Tensor:
+def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str, norm_length: int | None = None,
+             global_tokens: float | torch.Tensor | None = None, global_seqs: float | torch.Tensor | None = None
+             ) -> torch.Tensor:
     """Reduce a [batch, len] loss matrix to a scalar.
 
     - token-mean: every token counts equally (DAPO's choice; longer answers weigh more).
     - seq-mean-token-sum: sum over each sequence's tokens, mean over sequences.
     - seq-mean-token-mean: mean over each sequence's tokens, mean over sequences (original GRPO).
-    - seq-mean-token-sum-norm: sum over all tokens / (batch x norm_length) (Dr. GRPO): a constant
-      normaliser, so no length bias. ``norm_length`` defaults to the padded response length.
+    - seq-mean-token-sum-norm: sum over all tokens / (sequences x norm_length) (Dr. GRPO): a
+      constant normaliser, so no length bias. ``norm_length`` defaults to the padded length.
     Sequences without any token are left out of the seq-mean modes.
+
+    ``global_tokens`` / ``global_seqs``: the token / sequence counts of the whole mini batch when
+    this is one micro batch of it. Dividing by them (instead of local counts) makes the micro
+    batches' losses sum to exactly the mini batch's loss, however tokens fall into micro batches.
     """
     mask = loss_mask.to(loss_mat.dtype)
-    if loss_agg_mode == "token-mean":
-        return masked_mean(loss_mat, mask)
-    seq_sum = (loss_mat * mask).sum(-1)
     seq_len = mask.sum(-1)
+    n_seqs = (seq_len > 0).sum() if global_seqs is None else global_seqs
+    if loss_agg_mode == "token-mean":
+        n_tokens = mask.sum() if global_tokens is None else global_tokens
+        return (loss_mat * mask).sum() / torch.as_tensor(n_tokens, dtype=loss_mat.dtype).clamp(min=1)
+    seq_sum = (loss_mat * mask).sum(-1)
+    n_seqs = torch.as_tensor(n_seqs, dtype=loss_mat.dtype).clamp(min=1)
     if loss_agg_mode == "seq-mean-token-sum":
-        return masked_mean(seq_sum, (seq_len > 0).to(mask.dtype))
+        return seq_sum.sum() / n_seqs
     if loss_agg_mode == "seq-mean-token-mean":
-        return masked_mean(seq_sum / seq_len.clamp(min=1), (seq_len > 0).to(mask.dtype))
+        return (seq_sum / seq_len.clamp(min=1)).sum() / n_seqs
     if loss_agg_mode == "seq-mean-token-sum-norm":
-        return seq_sum.sum() / (loss_mat.shape[0] * (norm_length or loss_mat.shape[-1]))
+        rows = loss_mat.shape[0] if global_seqs is None else n_seqs
+        return seq_sum.sum() / (rows * (norm_length or loss_mat.shape[-1]))
     raise ValueError(f"unknown loss_agg_mode '{loss_agg_mode}'; known: {LOSS_AGG_MODES}")
 
 
@@ -49,7 +58,7 @@ class PolicyLoss(NamedTuple):
 
 def policy_loss(old_log_probs: torch.Tensor, log_probs: torch.Tensor, advantages: torch.Tensor,
                 response_mask: torch.Tensor, clip_ratio_low: float = 0.2, clip_ratio_high: float = 0.2,
-                clip_ratio_c: float = 3.0, loss_agg_mode: str = "token-mean") -> PolicyLoss:
+                clip_ratio_c: float = 3.0, loss_agg_mode: str = "token-mean", **norm) -> PolicyLoss:
     """PPO clipped surrogate (Schulman et al. 2017) with asymmetric clip and dual clip.
 
     L = max(-A r, -A clip(r, 1 - low, 1 + high)) and, where A < 0, min(that, -A c): the dual clip
@@ -71,7 +80,7 @@ def policy_loss(old_log_probs: torch.Tensor, log_probs: torch.Tensor, advantages
     clipfrac_lower = masked_mean((torch.gt(clip_loss, dual_bound) & (advantages < 0)).to(advantages.dtype),
                                  response_mask)
     token_loss = torch.where(advantages < 0, dual_loss, clip_loss)
-    return PolicyLoss(agg_loss(token_loss, response_mask, loss_agg_mode), clipfrac, ppo_kl, clipfrac_lower)
+    return PolicyLoss(agg_loss(token_loss, response_mask, loss_agg_mode, **norm), clipfrac, ppo_kl, clipfrac_lower)
 
 
 class ValueLoss(NamedTuple):
@@ -80,7 +89,7 @@ class ValueLoss(NamedTuple):
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor,
-               cliprange_value: float, loss_agg_mode: str = "token-mean") -> ValueLoss:
+               cliprange_value: float, loss_agg_mode: str = "token-mean", **norm) -> ValueLoss:
     """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- eps) - R)^2), aggregated.
 
     The clip keeps the new value estimate near the one the advantages were computed with, as the
@@ -89,7 +98,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * agg_loss(torch.maximum(loss_unclipped, loss_clipped), response_mask, loss_agg_mode)
+    loss = 0.5 * agg_loss(torch.maximum(loss_unclipped, loss_clipped), response_mask, loss_agg_mode, **norm)
     clipfrac = masked_mean(torch.gt(loss_clipped, loss_unclipped).to(values.dtype), response_mask)
     return ValueLoss(loss, clipfrac)
 

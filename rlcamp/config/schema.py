@@ -407,7 +407,7 @@ class TrainerConfig:
     total_training_steps: int | None = doc("Stop after this many steps (overrides total_epochs when smaller).", None)
     project_name: str = doc("Project name, used by loggers and in the run folder.", "verl_examples")
     experiment_name: str = doc("Experiment name, used by loggers and in the run folder.", "gsm8k")
-    logger: list[str] = doc("Where metrics go: console, file (jsonl); wandb etc. come later.", factory=lambda: ["console"])
+    logger: list[str] = doc("Where metrics go: console, file (jsonl); wandb etc. come later.", factory=lambda: ["console", "file"])
     log_val_generations: int = doc("Validation samples printed each validation.", 0)
     rollout_data_dir: str | None = doc("Write every step's generations as jsonl here.", None)
     validation_data_dir: str | None = doc("Write validation generations as jsonl here.", None)

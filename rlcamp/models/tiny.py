@@ -39,3 +39,46 @@ def build_tiny_tokenizer(save_dir: str | Path | None = None, vocab_size: int = 4
     if save_dir is not None:
         fast.save_pretrained(str(save_dir))
     return fast
+
+
+def _family_config(family: str, vocab_size: int, pad_token_id: int, eos_token_id: int):
+    """A few-hundred-KB random config per model family (two layers, hidden 32)."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=None, tie_word_embeddings=True)
+    families = {
+        "llama": dict(model_type="llama"),  # the DeepSeek-LLM family is Llama-architecture
+        "qwen2": dict(model_type="qwen2"),
+        "qwen3": dict(model_type="qwen3", head_dim=8),
+        "gemma2": dict(model_type="gemma2", head_dim=8, sliding_window=64, query_pre_attn_scalar=8),
+        "qwen2_moe": dict(model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                          shared_expert_intermediate_size=32, output_router_logits=True, router_aux_loss_coef=0.01),
+        "deepseek_v3": dict(model_type="deepseek_v3", n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+                            moe_intermediate_size=16, first_k_dense_replace=1, n_group=2, topk_group=1,
+                            q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
+                            head_dim=4, rope_scaling=None, num_key_value_heads=4),  # MLA: no grouped KV
+    }
+    if family not in families:
+        raise ValueError(f"unknown tiny model family '{family}'; known: {sorted(families)}")
+    settings = dict(common, **families[family])
+    return AutoConfig.for_model(settings.pop("model_type"), **settings)
+
+
+TINY_FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "qwen2_moe", "deepseek_v3")
+
+
+def build_tiny_model(save_dir: str | Path, family: str = "qwen2", seed: int = 0) -> Path:
+    """Save a random tiny causal LM of ``family`` plus the tiny tokenizer into ``save_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    save_dir = Path(save_dir)
+    tokenizer = build_tiny_tokenizer(save_dir)
+    config = _family_config(family, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(save_dir, safe_serialization=True)
+    return save_dir

@@ -6,7 +6,6 @@ import torch
 from rlcamp.algos import (ADVANTAGE_ESTIMATORS, compute_advantages, gae, grpo_advantages, masked_whiten,
                           reinforce_plus_plus_advantages, reinforce_plus_plus_baseline_advantages, rloo_advantages)
 
-torch.set_default_dtype(torch.float64)
 
 
 def random_batch(batch=6, length=7, seed=0):

@@ -8,7 +8,6 @@ import torch
 from rlcamp.algos import (AdaptiveKLController, FixedKLController, agg_loss, apply_kl_penalty, kl_penalty,
                           make_kl_controller)
 
-torch.set_default_dtype(torch.float64)
 
 
 def test_estimators_hand_worked():

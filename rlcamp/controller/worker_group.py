@@ -1,0 +1,33 @@
+"""Worker groups: call a method on every worker of a role, with the batch split by rank.
+
+``InProcessWorkerGroup`` runs its workers in this process (tests, laptops, one device). The Ray
+group (issue 'Scale out') implements the same ``call``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlcamp.batch import Batch
+from rlcamp.controller.dispatch import gather, split_for_ranks
+
+
+class InProcessWorkerGroup:
+    def __init__(self, workers: list[Any]):
+        if not workers:
+            raise ValueError("a worker group needs at least one worker")
+        self.workers = workers
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    def call(self, method: str, batch: Batch | None = None, **kwargs) -> Any:
+        """``method(part, **kwargs)`` on each worker with its share of ``batch`` (or without a batch)."""
+        if batch is None:
+            return gather([getattr(w, method)(**kwargs) for w in self.workers])
+        parts = split_for_ranks(batch, self.world_size)
+        return gather([getattr(w, method)(part, **kwargs) for w, part in zip(self.workers, parts)])
+
+    def call_rank0(self, method: str, *args, **kwargs) -> Any:
+        return getattr(self.workers[0], method)(*args, **kwargs)

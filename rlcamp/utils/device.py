@@ -1,0 +1,53 @@
+"""The one place that knows accelerator types: which device, which collective backend, CPU tuning."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> str:
+    """'auto' -> cuda if available, else npu (torch_npu), else cpu; an explicit device is checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if _npu_available():
+            return "npu"
+        return "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but torch sees no CUDA device (torch "
+                           f"{torch.__version__}); install a CUDA build of torch 2.13.0 or use trainer.device=cpu")
+    if name == "npu" and not _npu_available():
+        raise RuntimeError("trainer.device=npu needs Ascend's torch_npu installed and a visible NPU; "
+                           "or use trainer.device=cpu")
+    return name
+
+
+def _npu_available() -> bool:
+    try:
+        import torch_npu  # noqa: F401
+    except ImportError:
+        return False
+    return torch.npu.is_available()
+
+
+def collective_backend(device: str) -> str:
+    return {"cuda": "nccl", "npu": "hccl"}.get(device, "gloo")
+
+
+def tune_cpu(num_threads: int | None = None) -> None:
+    """Denormal flushing (4-10x faster decoding here) and one thread per available core."""
+    torch.set_flush_denormal(True)
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(num_threads or max(available, 1))
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def to_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype '{name}'; use one of {sorted(DTYPES)}")
+    return DTYPES[name]

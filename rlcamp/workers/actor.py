@@ -1,0 +1,174 @@
+"""The hybrid worker: actor (trained), rollout engine and reference model on one device.
+
+A plain class: no Ray, no process groups. The worker group decides where it runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from rlcamp.algos import agg_loss, kl_penalty, masked_mean, policy_loss
+from rlcamp.batch import Batch
+from rlcamp.config import RLConfig
+from rlcamp.config.validate import Derived
+from rlcamp.engines.local import LocalEngine
+from rlcamp.models.forward import actor_forward, sequence_inputs
+from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
+from rlcamp.rollout.hf import HFRollout, SamplingParams
+from rlcamp.utils.device import to_dtype
+from rlcamp.workers.common import MetricSink, load_model_state, mini_batches, save_model_state, seed_everything
+
+
+class ActorRolloutRefWorker:
+    def __init__(self, config: RLConfig, derived: Derived, device: str = "cpu"):
+        arr = config.actor_rollout_ref
+        self.config, self.derived, self.device = config, derived, torch.device(device)
+        self.actor_cfg, self.rollout_cfg = arr.actor, arr.rollout
+        seed_everything(config.trainer.seed)
+        import_external_lib(arr.model.external_lib)
+        self.tokenizer = load_tokenizer(arr.model.path, trust_remote_code=arr.model.trust_remote_code,
+                                        custom_chat_template=arr.model.custom_chat_template)
+        self.model = load_causal_lm(arr.model.path, dtype=to_dtype(arr.model.dtype),
+                                    trust_remote_code=arr.model.trust_remote_code,
+                                    override_config=arr.model.override_config).to(self.device)
+        if arr.model.enable_gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.config.use_cache = False
+        compute = to_dtype(arr.actor.fsdp_config.mixed_precision.param_dtype)
+        self.engine = LocalEngine(self.model, arr.actor.optim, total_steps=derived.total_training_steps or 1,
+                                  warmup_steps=derived.actor_warmup_steps or 0, grad_clip=arr.actor.grad_clip,
+                                  compute_dtype=compute, device=self.device)
+        self.ref = None
+        if derived.uses_ref:  # a frozen copy of the initial weights, in the compute dtype
+            self.ref = copy.deepcopy(self.model).to(to_dtype(arr.ref.fsdp_config.model_dtype)).eval()
+            # frozen by never being stepped and running under no_grad: on this torch's CPU build,
+            # requires_grad_(False) on bf16 weights makes matmuls ~5x slower (measured)
+        self.rollout = self._make_rollout()
+        self.generator = torch.Generator(device="cpu").manual_seed(self.rollout_cfg.seed)
+
+    # ------------------------------------------------------------------------------ rollout
+    def _make_rollout(self) -> HFRollout:
+        """Our engine generates from a copy in rollout.dtype (bf16 decodes ~2.5x faster on CPU here),
+        refreshed in place after every update; in the model's own dtype it uses the actor directly."""
+        dtype = to_dtype(self.rollout_cfg.dtype)
+        module = self.model
+        if dtype != next(self.model.parameters()).dtype:
+            module = copy.deepcopy(self.model).to(dtype)  # no requires_grad_(False): see the ref above
+            if getattr(module, "is_gradient_checkpointing", False):
+                module.gradient_checkpointing_disable()
+        module.config.use_cache = True
+        return HFRollout(module, eos_token_ids(self.tokenizer, self.model), self.tokenizer.pad_token_id)
+
+    def sync_rollout_weights(self) -> None:
+        if self.rollout.model is self.model:
+            return
+        with torch.no_grad():
+            for target, source in zip(self.rollout.model.parameters(), self.model.parameters()):
+                target.copy_(source)
+
+    def sampling_params(self, validate: bool) -> SamplingParams:
+        r = self.rollout_cfg
+        if validate:
+            v = r.val_kwargs
+            return SamplingParams(r.response_length, v.temperature, v.top_p, v.top_k, v.do_sample)
+        return SamplingParams(r.response_length, r.temperature, r.top_p, r.top_k, r.do_sample)
+
+    def generate(self, batch: Batch, validate: bool = False) -> Batch:
+        """Prompts in, responses out (``rollout.n`` or ``val_kwargs.n`` samples per prompt, adjacent)."""
+        n = self.rollout_cfg.val_kwargs.n if validate else self.rollout_cfg.n
+        prompts = batch.repeat_interleave(n) if n > 1 else batch
+        out = self.rollout.generate(prompts["input_ids"].to(self.device), prompts["attention_mask"].to(self.device),
+                                    self.sampling_params(validate), self.generator)
+        return prompts.update({k: v.cpu() for k, v in out.items()})
+
+    # ---------------------------------------------------------------------------- log-probs
+    def _log_probs(self, model, batch: Batch, micro: int, with_entropy: bool) -> Batch:
+        log_probs, entropies = [], []
+        model_was_training = model.training
+        model.eval()
+        with torch.no_grad(), self.engine.autocast():
+            for part in batch.split(micro):
+                inputs = self._inputs(part)
+                lp, ent, _ = actor_forward(model, inputs, self.rollout_cfg.temperature, with_entropy)
+                log_probs.append(lp.cpu())
+                if with_entropy:
+                    entropies.append(ent.cpu())
+        model.train(model_was_training)
+        out = Batch({"log_probs": torch.cat(log_probs)})
+        if with_entropy:
+            out["entropys"] = torch.cat(entropies)
+        return out
+
+    def _inputs(self, part: Batch):
+        return sequence_inputs(part["input_ids"].to(self.device), part["attention_mask"].to(self.device),
+                               part["responses"].to(self.device), part["response_mask"].to(self.device))
+
+    def compute_log_prob(self, batch: Batch) -> Batch:
+        out = self._log_probs(self.model, batch, self.derived.rollout_log_prob_micro_batch_per_device, True)
+        return Batch({"old_log_probs": out["log_probs"], "entropys": out["entropys"]})
+
+    def compute_ref_log_prob(self, batch: Batch) -> Batch:
+        if self.ref is None:
+            raise RuntimeError("compute_ref_log_prob called but no reference model was built (no KL is used)")
+        out = self._log_probs(self.ref, batch, self.derived.ref_log_prob_micro_batch_per_device, False)
+        return Batch({"ref_log_probs": out["log_probs"]})
+
+    # ------------------------------------------------------------------------------- update
+    def update_actor(self, batch: Batch) -> dict[str, float]:
+        """PPO epochs x mini batches (one optimizer step each) x micro batches (accumulated)."""
+        a, plan = self.actor_cfg, self.derived.actor
+        sink = MetricSink()
+        self.model.train()
+        for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle, self.generator):
+            mask = mini["response_mask"].float()
+            norm = {"global_tokens": mask.sum(), "global_seqs": (mask.sum(-1) > 0).sum().float()}
+            pg_loss = sum(self._actor_micro_step(micro, norm, sink) for micro in mini.split(plan.micro_batch_per_device))
+            sink.add("actor/pg_loss", pg_loss)
+            grad_norm = self.engine.optimizer_step()
+            sink.add("actor/grad_norm", grad_norm)
+        sink.add("actor/lr", self.engine.lr)
+        self.engine.scheduler_step()
+        self.sync_rollout_weights()
+        return sink.means()
+
+    def _actor_micro_step(self, micro: Batch, norm: dict, sink: MetricSink) -> torch.Tensor:
+        """Forward + backward of one micro batch; returns its share of the mini batch's policy loss."""
+        a = self.actor_cfg
+        mask = micro["response_mask"].to(self.device).float()
+        need_entropy = a.entropy_coeff != 0
+        with self.engine.autocast():
+            log_probs, entropy, aux_loss = actor_forward(self.model, self._inputs(micro), self.rollout_cfg.temperature,
+                                                         with_entropy=need_entropy)
+        pg = policy_loss(micro["old_log_probs"].to(self.device), log_probs, micro["advantages"].to(self.device), mask,
+                         a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c, a.loss_agg_mode,
+                         norm_length=self.rollout_cfg.response_length, **norm)
+        loss = pg.loss
+        if need_entropy:
+            entropy_loss = agg_loss(entropy, mask, a.loss_agg_mode, self.rollout_cfg.response_length, **norm)
+            loss = loss - a.entropy_coeff * entropy_loss
+            sink.add("actor/entropy", masked_mean(entropy.detach(), mask))
+        if a.use_kl_loss:
+            kl = kl_penalty(log_probs, micro["ref_log_probs"].to(self.device), a.kl_loss_type)
+            kl_loss = agg_loss(kl, mask, a.loss_agg_mode, self.rollout_cfg.response_length, **norm)
+            loss = loss + a.kl_loss_coef * kl_loss
+            sink.add("actor/kl_loss", masked_mean(kl.detach(), mask))
+        if aux_loss is not None:  # MoE router balance loss, weighted as the model's config says
+            share = mask.sum() / norm["global_tokens"]
+            loss = loss + getattr(self.model.config, "router_aux_loss_coef", 0.0) * aux_loss * share
+            sink.add("actor/moe_aux_loss", aux_loss.detach())
+        loss.backward()
+        sink.add("actor/pg_clipfrac", pg.clipfrac)
+        sink.add("actor/ppo_kl", pg.ppo_kl)
+        sink.add("actor/pg_clipfrac_lower", pg.clipfrac_lower)
+        return pg.loss.detach()
+
+    # --------------------------------------------------------------------------- checkpoint
+    def save_checkpoint(self, folder: Path) -> None:
+        save_model_state(folder, self.model, self.engine, self.generator, self.tokenizer)
+
+    def load_checkpoint(self, folder: Path) -> None:
+        load_model_state(folder, self.model, self.engine, self.generator, "actor")
+        self.sync_rollout_weights()

@@ -1,0 +1,79 @@
+"""The critic worker: values of each response token, and the clipped value update."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlcamp.algos import masked_mean, value_loss
+from rlcamp.batch import Batch
+from rlcamp.config import RLConfig
+from rlcamp.config.validate import Derived
+from rlcamp.engines.local import LocalEngine
+from rlcamp.models.forward import critic_forward, sequence_inputs
+from rlcamp.models.loading import import_external_lib, load_critic
+from rlcamp.utils.device import to_dtype
+from rlcamp.workers.common import MetricSink, load_model_state, mini_batches, save_model_state, seed_everything
+
+
+class CriticWorker:
+    def __init__(self, config: RLConfig, derived: Derived, device: str = "cpu"):
+        c = config.critic
+        self.config, self.cfg, self.derived, self.device = config, c, derived, torch.device(device)
+        seed_everything(config.trainer.seed + 1)
+        import_external_lib(c.model.external_lib)
+        self.model = load_critic(c.model.path, dtype=to_dtype(c.model.dtype), trust_remote_code=c.model.trust_remote_code,
+                                 override_config=c.model.override_config).to(self.device)
+        if c.model.enable_gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.config.use_cache = False
+        self.engine = LocalEngine(self.model, c.optim, total_steps=derived.total_training_steps or 1,
+                                  warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip,
+                                  compute_dtype=to_dtype(c.model.fsdp_config.mixed_precision.param_dtype),
+                                  device=self.device)
+        self.generator = torch.Generator().manual_seed(config.trainer.seed + 2)
+
+    def _inputs(self, part: Batch):
+        return sequence_inputs(part["input_ids"].to(self.device), part["attention_mask"].to(self.device),
+                               part["responses"].to(self.device), part["response_mask"].to(self.device))
+
+    def compute_values(self, batch: Batch) -> Batch:
+        values = []
+        self.model.eval()
+        with torch.no_grad(), self.engine.autocast():
+            for part in batch.split(self.cfg.forward_micro_batch_size_per_gpu or self.derived.critic.micro_batch_per_device):
+                values.append(critic_forward(self.model, self._inputs(part)).cpu() * part["response_mask"])
+        self.model.train()
+        return Batch({"values": torch.cat(values)})
+
+    def update_critic(self, batch: Batch) -> dict[str, float]:
+        c, plan = self.cfg, self.derived.critic
+        sink = MetricSink()
+        self.model.train()
+        for mini in mini_batches(batch, plan.mini_batch_responses_per_device, c.ppo_epochs, c.shuffle, self.generator):
+            mask = mini["response_mask"].float()
+            norm = {"global_tokens": mask.sum(), "global_seqs": (mask.sum(-1) > 0).sum().float()}
+            total = torch.zeros(())
+            for micro in mini.split(plan.micro_batch_per_device):
+                micro_mask = micro["response_mask"].to(self.device).float()
+                with self.engine.autocast():
+                    values = critic_forward(self.model, self._inputs(micro))
+                out = value_loss(values, micro["values"].to(self.device), micro["returns"].to(self.device), micro_mask,
+                                 c.cliprange_value, c.loss_agg_mode,
+                                 norm_length=self.config.actor_rollout_ref.rollout.response_length, **norm)
+                out.loss.backward()
+                total = total + out.loss.detach().cpu()
+                sink.add("critic/vf_clipfrac", out.clipfrac)
+                sink.add("critic/vpred_mean", masked_mean(values.detach(), micro_mask))
+            sink.add("critic/vf_loss", total)
+            sink.add("critic/grad_norm", self.engine.optimizer_step())
+        sink.add("critic/lr", self.engine.lr)
+        self.engine.scheduler_step()
+        return sink.means()
+
+    def save_checkpoint(self, folder: Path) -> None:
+        save_model_state(folder, self.model, self.engine, self.generator)
+
+    def load_checkpoint(self, folder: Path) -> None:
+        load_model_state(folder, self.model, self.engine, self.generator, "critic")

@@ -1,0 +1,35 @@
+"""Shared builders for trainer tests: tiny models, tiny data, and the overrides of a tiny run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlcamp.data.arith import write_splits
+from rlcamp.models.tiny import build_tiny_model
+
+
+def tiny_run_overrides(model: Path, data: Path, run_dir: Path, **extra) -> list[str]:
+    """A complete tiny PPO run: 8 prompts x 2 samples per step, 2 steps per epoch (16 train prompts)."""
+    settings = {
+        "actor_rollout_ref.model.path": model, "data.train_files": data / "train.parquet",
+        "data.val_files": data / "test.parquet", "data.train_batch_size": 8, "data.max_prompt_length": 64,
+        "data.max_response_length": 8, "actor_rollout_ref.rollout.n": 2,
+        "actor_rollout_ref.actor.ppo_mini_batch_size": 4, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 4,
+        "critic.ppo_micro_batch_size_per_gpu": 4, "actor_rollout_ref.actor.optim.lr": 1e-3,
+        "critic.optim.lr": 1e-3, "actor_rollout_ref.rollout.dtype": "fp32",
+        "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": "fp32",
+        "critic.model.fsdp_config.mixed_precision.param_dtype": "fp32",
+        "trainer.n_gpus_per_node": 1, "trainer.device": "cpu", "trainer.total_training_steps": 3,
+        "trainer.default_local_dir": run_dir, "trainer.logger": "[file]", "trainer.val_before_train": False,
+        "+custom_reward_function.reward_kwargs.format_score": 0.1,
+    }
+    settings.update(extra)
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def make_tiny_setup(root: Path, family: str = "qwen2", n_train: int = 16) -> tuple[Path, Path]:
+    model = build_tiny_model(root / f"model_{family}", family)
+    data = root / "data"
+    if not (data / "train.parquet").exists():
+        train, test = write_splits(data, n_test=100 - n_train)  # 1-digit sums: n_train train, the rest test
+    return model, data
