@@ -44,25 +44,90 @@ def _pad_back(x: torch.Tensor, inputs: SequenceInputs) -> torch.Tensor:
     return x if missing == 0 else torch.nn.functional.pad(x, (0, missing))
 
 
-def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_entropy: bool = False):
+@dataclass(frozen=True)
+class Packed:
+    """Real tokens of a micro batch in one row (``use_remove_padding``): no padding is computed.
+
+    Position ids restart at 0 for every sequence, from which transformers builds a block-diagonal
+    causal mask. ``predict_at`` are the packed positions whose outputs predict response tokens."""
+
+    input_ids: torch.Tensor  # [1, real tokens]
+    position_ids: torch.Tensor
+    predict_at: torch.Tensor  # [n response tokens] packed position of the token before each
+    response_slots: tuple[torch.Tensor, torch.Tensor]  # (row, column) of each in [batch, response_len]
+
+
+def pack(inputs: SequenceInputs) -> Packed:
+    real = inputs.attention_mask.bool()
+    flat_index = torch.cumsum(real.flatten().long(), 0).view(real.shape) - 1  # packed position of each real token
+    r = inputs.response_len
+    response_real = real[:, -r:]
+    rows, cols = response_real.nonzero(as_tuple=True)
+    token_at = flat_index[:, -r:][rows, cols]
+    return Packed(inputs.input_ids[real][None], inputs.position_ids[real][None], token_at - 1, (rows, cols))
+
+
+def _unpack(values: torch.Tensor, packed: Packed, inputs: SequenceInputs) -> torch.Tensor:
+    out = values.new_zeros((inputs.input_ids.shape[0], inputs.full_response_len))
+    out[packed.response_slots] = values
+    return out
+
+
+def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_entropy: bool = False,
+                  remove_padding: bool = False):
     """Log-probs [batch, response_len] of the response tokens under softmax(logits / T), entropy
     optional, and the model's MoE aux loss (or None)."""
     r = inputs.response_len
-    out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
-                use_cache=False, logits_to_keep=r + 1)
-    logits = out.logits[:, :-1].float()  # predictions of the r response tokens
+    if remove_padding:
+        packed = pack(inputs)
+        out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False,
+                    logits_to_keep=packed.predict_at)
+        logits = out.logits[0].float()
+        labels = packed.input_ids[0, packed.predict_at + 1]
+        finish = lambda x: _unpack(x, packed, inputs)  # noqa: E731
+    else:
+        out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
+                    position_ids=inputs.position_ids, use_cache=False, logits_to_keep=r + 1)
+        logits = out.logits[:, :-1].float()  # predictions of the r response tokens
+        labels = inputs.input_ids[:, -r:]
+        finish = lambda x: _pad_back(x, inputs)  # noqa: E731
     if temperature != 1.0:
         logits = logits / temperature
-    labels = inputs.input_ids[:, -r:]
-    log_probs = _pad_back(log_probs_from_logits(logits, labels), inputs)
-    entropy = _pad_back(entropy_from_logits(logits), inputs) if with_entropy else None
+    log_probs = finish(log_probs_from_logits(logits, labels))
+    entropy = finish(entropy_from_logits(logits)) if with_entropy else None
     return log_probs, entropy, getattr(out, "aux_loss", None)
 
 
-def critic_forward(model, inputs: SequenceInputs) -> torch.Tensor:
+def critic_forward(model, inputs: SequenceInputs, remove_padding: bool = False) -> torch.Tensor:
     """Values [batch, response_len]: V of the state before each response token."""
     r = inputs.response_len
+    if remove_padding:
+        packed = pack(inputs)
+        out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)
+        return _unpack(out.logits[0, packed.predict_at, 0].float(), packed, inputs)
     out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
                 use_cache=False)
     values = out.logits[:, -r - 1:-1, 0].float()
     return _pad_back(values, inputs)
+
+
+def check_packing(model, forward, vocab_size: int, key: str) -> None:
+    """Refuse ``use_remove_padding`` for a model whose packed outputs differ from padded ones
+    (a model that ignores position-id packing would silently attend across sequences)."""
+    g = torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
+    prompts = torch.randint(1, vocab_size, (2, 5), generator=g).to(device)
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], device=device)
+    responses = torch.randint(1, vocab_size, (2, 3), generator=g).to(device)
+    response_mask = torch.tensor([[1, 1, 1], [1, 1, 0]], device=device)
+    inputs = sequence_inputs(prompts, prompt_mask, responses, response_mask, trim=False)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        padded = forward(model, inputs, remove_padding=False)
+        packed = forward(model, inputs, remove_padding=True)
+    model.train(was_training)
+    padded, packed = (x[0] if isinstance(x, tuple) else x for x in (padded, packed))
+    if not torch.allclose(padded * response_mask, packed * response_mask, atol=1e-3, rtol=1e-3):
+        raise RuntimeError(f"{key}=True: {type(model).__name__} does not honour packed sequences (its outputs "
+                           "differ from the padded ones); set it to False")

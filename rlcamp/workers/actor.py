@@ -15,7 +15,7 @@ from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
 from rlcamp.engines.local import LocalEngine
-from rlcamp.models.forward import actor_forward, sequence_inputs
+from rlcamp.models.forward import actor_forward, check_packing, sequence_inputs
 from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 from rlcamp.utils.device import to_dtype
@@ -37,6 +37,9 @@ class ActorRolloutRefWorker:
         if arr.model.enable_gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.config.use_cache = False
+        self.remove_padding = arr.model.use_remove_padding
+        if self.remove_padding:
+            check_packing(self.model, actor_forward, self.model.config.vocab_size, "actor_rollout_ref.model.use_remove_padding")
         compute = to_dtype(arr.actor.fsdp_config.mixed_precision.param_dtype)
         self.engine = LocalEngine(self.model, arr.actor.optim, total_steps=derived.total_training_steps or 1,
                                   warmup_steps=derived.actor_warmup_steps or 0, grad_clip=arr.actor.grad_clip,
@@ -92,7 +95,7 @@ class ActorRolloutRefWorker:
         with torch.no_grad(), self.engine.autocast():
             for part in batch.split(micro):
                 inputs = self._inputs(part)
-                lp, ent, _ = actor_forward(model, inputs, self.rollout_cfg.temperature, with_entropy)
+                lp, ent, _ = actor_forward(model, inputs, self.rollout_cfg.temperature, with_entropy, self.remove_padding)
                 log_probs.append(lp.cpu())
                 if with_entropy:
                     entropies.append(ent.cpu())
@@ -141,7 +144,7 @@ class ActorRolloutRefWorker:
         need_entropy = a.entropy_coeff != 0
         with self.engine.autocast():
             log_probs, entropy, aux_loss = actor_forward(self.model, self._inputs(micro), self.rollout_cfg.temperature,
-                                                         with_entropy=need_entropy)
+                                                         need_entropy, self.remove_padding)
         pg = policy_loss(micro["old_log_probs"].to(self.device), log_probs, micro["advantages"].to(self.device), mask,
                          a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c, a.loss_agg_mode,
                          norm_length=self.rollout_cfg.response_length, **norm)

@@ -11,7 +11,7 @@ from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
 from rlcamp.engines.local import LocalEngine
-from rlcamp.models.forward import critic_forward, sequence_inputs
+from rlcamp.models.forward import check_packing, critic_forward, sequence_inputs
 from rlcamp.models.loading import import_external_lib, load_critic
 from rlcamp.utils.device import to_dtype
 from rlcamp.workers.common import MetricSink, load_model_state, mini_batches, save_model_state, seed_everything
@@ -28,6 +28,9 @@ class CriticWorker:
         if c.model.enable_gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.config.use_cache = False
+        self.remove_padding = c.model.use_remove_padding
+        if self.remove_padding:
+            check_packing(self.model, critic_forward, self.model.config.vocab_size, "critic.model.use_remove_padding")
         self.engine = LocalEngine(self.model, c.optim, total_steps=derived.total_training_steps or 1,
                                   warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip,
                                   compute_dtype=to_dtype(c.model.fsdp_config.mixed_precision.param_dtype),
@@ -43,7 +46,8 @@ class CriticWorker:
         self.model.eval()
         with torch.no_grad(), self.engine.autocast():
             for part in batch.split(self.cfg.forward_micro_batch_size_per_gpu or self.derived.critic.micro_batch_per_device):
-                values.append(critic_forward(self.model, self._inputs(part)).cpu() * part["response_mask"])
+                values.append(critic_forward(self.model, self._inputs(part), self.remove_padding).cpu()
+                              * part["response_mask"])
         self.model.train()
         return Batch({"values": torch.cat(values)})
 
@@ -58,7 +62,7 @@ class CriticWorker:
             for micro in mini.split(plan.micro_batch_per_device):
                 micro_mask = micro["response_mask"].to(self.device).float()
                 with self.engine.autocast():
-                    values = critic_forward(self.model, self._inputs(micro))
+                    values = critic_forward(self.model, self._inputs(micro), self.remove_padding)
                 out = value_loss(values, micro["values"].to(self.device), micro["returns"].to(self.device), micro_mask,
                                  c.cliprange_value, c.loss_agg_mode,
                                  norm_length=self.config.actor_rollout_ref.rollout.response_length, **norm)

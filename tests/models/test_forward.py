@@ -61,3 +61,40 @@ def test_critic_head_starts_at_zero_and_reloads(tmp_path):
     critic.save_pretrained(tmp_path / "critic")
     again = load_critic(str(tmp_path / "critic"))
     assert torch.equal(again.score.weight, critic.score.weight)  # a saved critic keeps its head
+
+
+import pytest  # noqa: E402
+
+from rlcamp.models.forward import check_packing  # noqa: E402
+from rlcamp.models.tiny import TINY_FAMILIES  # noqa: E402
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_packed_sequences_match_padded(tmp_path, family):
+    """use_remove_padding: the same log-probs, entropies and values without computing padding."""
+    path = build_tiny_model(tmp_path, family)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    critic = load_critic(str(path)).eval()
+    torch.nn.init.normal_(critic.score.weight)
+    p, pm, r, rm = batch()
+    inputs = sequence_inputs(p, pm, r, rm)
+    with torch.no_grad():
+        lp, ent, _ = actor_forward(model, inputs, 0.8, with_entropy=True)
+        lp_packed, ent_packed, _ = actor_forward(model, inputs, 0.8, with_entropy=True, remove_padding=True)
+        values, values_packed = critic_forward(critic, inputs), critic_forward(critic, inputs, remove_padding=True)
+    m = rm.bool()
+    assert torch.allclose(lp[m], lp_packed[m], atol=1e-4) and torch.allclose(ent[m], ent_packed[m], atol=1e-4)
+    assert torch.allclose(values[m], values_packed[m], atol=1e-4)
+    assert (lp_packed[~m] == 0).all()
+    check_packing(model, actor_forward, model.config.vocab_size, "k")
+
+
+def test_a_model_that_ignores_packing_is_refused(tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path, "qwen2")).eval()
+
+    def leaky(model, inputs, remove_padding=False):  # as if the model attended across packed sequences
+        out = actor_forward(model, inputs, remove_padding=remove_padding)[0]
+        return out + (0.5 if remove_padding else 0.0)
+
+    with pytest.raises(RuntimeError, match="k=True: Qwen2ForCausalLM does not honour packed sequences"):
+        check_packing(model, leaky, model.config.vocab_size, "k")

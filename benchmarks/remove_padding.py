@@ -1,0 +1,65 @@
+"""use_remove_padding on vs off, on the same batch of the main job (SmolLM2-135M, CPU).
+
+One trainer, one generated batch; then the four model stages (old_log_prob, values,
+update_critic, update_actor) run alternately padded / packed, --repeats times each (A B A B).
+Reports the median seconds per mode and the ratio.
+
+    python benchmarks/remove_padding.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from rlcamp.batch import Batch
+    from rlcamp.cli.quickstart import MAIN_JOB
+    from rlcamp.config import build_config, resolve
+    from rlcamp.data.arith import write_splits
+    from rlcamp.models.prepare import prepare
+    from rlcamp.trainer.ppo import build_trainer
+
+    model = prepare("smollm2-135m-instruct")
+    train, test = write_splits("/tmp/rlcamp_bench_arith", n_test=32)
+    overrides = MAIN_JOB + [f"actor_rollout_ref.model.path={model}", f"data.train_files={train}",
+                            f"data.val_files={test}", "trainer.default_local_dir=/tmp/rlcamp_bench_rmpad",
+                            "trainer.resume_mode=disable"]
+    trainer = build_trainer(resolve(build_config(overrides), 68), Path("/tmp/rlcamp_bench_rmpad"))
+    actor, critic = trainer.actor.workers[0], trainer.critic.workers[0]
+    prompts = next(iter(trainer.loader))
+    batch = Batch({k: prompts[k] for k in ("input_ids", "attention_mask")},
+                  {k: prompts[k] for k in ("data_source", "ground_truth", "extra_info")})
+    batch["uid"] = list(range(len(batch)))
+    batch = actor.generate(batch)
+    batch["token_level_scores"] = trainer.reward(batch)[0]
+    batch.update(actor.compute_log_prob(batch))
+    batch.update(critic.compute_values(batch))
+    batch, _ = trainer.compute_advantages(batch)
+    lengths = batch["response_mask"].sum(-1).float()
+    print(f"batch: {len(batch)} responses, length mean {lengths.mean():.1f} min {lengths.min():.0f} "
+          f"max {lengths.max():.0f} of {batch['responses'].shape[1]}; prompts {batch['attention_mask'].sum(-1).float().mean():.1f} tokens")
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.repeats):
+        for packed in (False, True):
+            actor.remove_padding = critic.remove_padding = packed
+            start = time.perf_counter()
+            actor.compute_log_prob(batch)
+            critic.compute_values(batch)
+            critic.update_critic(batch)
+            actor.update_actor(batch)
+            times[packed].append(time.perf_counter() - start)
+    padded, packed = statistics.median(times[False]), statistics.median(times[True])
+    print(f"model stages per step: padded {padded:.2f} s, packed {packed:.2f} s, speed-up {padded / packed:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
