@@ -1,3 +1,12 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,3 +21,37 @@ def tiny_tokenizer():
     from rlcamp.models.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """A real `rlcamp sandbox serve` on loopback, with a secret in its environment."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("sandbox") / "service.log", "w")
+    env = dict(os.environ, RLCAMP_TEST_SECRET="s3cr3t-token", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "rlcamp.cli.main", "sandbox", "serve", "--port", str(port),
+                             "--max-concurrent", "4", "--max-queue", "16", "--run-timeout", "3"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+                health = json.loads(r.read())
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "sandbox service did not start"
+            time.sleep(0.1)
+    yield {"url": url, "run_url": f"{url}/run_code", "pid": proc.pid, "port": port, "health": health}
+    proc.terminate()
+    proc.wait(10)
+    log.close()

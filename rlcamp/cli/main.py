@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("--out", help="folder to write (default: ~/.cache/rlcamp/models/<name>, or $RLCAMP_CACHE)")
     models.add_argument("--force", action="store_true", help="convert again even if the folder exists")
     sub.add_parser("quickstart", help="the main job: PPO on SmolLM2-135M for arithmetic, on CPU", add_help=False)
+    sandbox = sub.add_parser("sandbox", help="the code-execution service (SandboxFusion's run_code API)")
+    sandbox.add_argument("what", choices=["serve"])
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8080)
+    sandbox.add_argument("--max-concurrent", type=int, default=8, help="programs run at once")
+    sandbox.add_argument("--max-queue", type=int, default=1024, help="requests waiting before 429 (retry)")
+    sandbox.add_argument("--run-timeout", type=float, default=10.0, help="default wall/CPU seconds per program")
+    sandbox.add_argument("--memory-mb", type=int, default=1024, help="default address-space limit per program")
     keys = sub.add_parser("config", help="list config keys with their types, defaults and docs")
     keys.add_argument("what", choices=["keys"])
     keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. actor_rollout_ref.actor")
@@ -44,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         from rlcamp.models.prepare import prepare
 
         print(prepare(args.name, args.out, args.force))
+        return 0
+    if args.command == "sandbox":
+        from rlcamp.sandbox.executor import Limits
+        from rlcamp.sandbox.server import serve
+
+        serve(args.host, args.port, args.max_concurrent, args.max_queue,
+              Limits(run_timeout=args.run_timeout, memory_mb=args.memory_mb))
         return 0
     if args.command == "config":
         return _config_keys(args.prefix)

@@ -13,7 +13,6 @@ from rlcamp.config.schema import RLConfig
 
 _SCALE_OUT = "arrives with the issue 'Scale out: Ray worker groups, FSDP2 data parallel, sequence balancing, Ulysses'"
 _VLLM = "arrives with the issue 'vLLM rollout with in-place weight sync'"
-_REWARDS = "arrives with the issue 'Code rewards in a hardened sandbox ..., reward models'"
 _NOT_PLANNED = "is not implemented in rlcamp and no issue plans it yet"
 
 
@@ -41,8 +40,6 @@ UNSUPPORTED: list[Unsupported] = [
     Unsupported("actor_rollout_ref.actor.fsdp_config.offload_policy", bool, _SCALE_OUT, "set it to False"),
     Unsupported("critic.model.fsdp_config.param_offload", bool, _SCALE_OUT, "set it to False"),
     Unsupported("critic.model.fsdp_config.optimizer_offload", bool, _SCALE_OUT, "set it to False"),
-    Unsupported("reward_model.enable", bool, _REWARDS, "set it to False and use rule rewards"),
-    Unsupported("reward_model.reward_manager", lambda v: v == "prime", _REWARDS, "use reward_manager=naive"),
     Unsupported("reward_model.reward_manager", lambda v: v in ("batch", "dapo"), _NOT_PLANNED, "use reward_manager=naive"),
     Unsupported("actor_rollout_ref.model.lora_rank", lambda v: v > 0, _NOT_PLANNED, "set it to 0 (full fine-tuning)"),
     Unsupported("critic.model.lora_rank", lambda v: v > 0, _NOT_PLANNED, "set it to 0 (full fine-tuning)"),

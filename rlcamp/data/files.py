@@ -30,7 +30,10 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise DataError(f"{path}: file does not exist")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    compressed = suffix == ".gz"
+    if compressed:
+        suffix = Path(path.stem).suffix.lower()
+    if suffix == ".parquet" and not compressed:
         import pyarrow.parquet as pq
 
         try:
@@ -38,7 +41,12 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from exc
     elif suffix in (".jsonl", ".json"):
-        text = path.read_text(encoding="utf-8")
+        if compressed:
+            import gzip
+
+            text = gzip.decompress(path.read_bytes()).decode("utf-8")
+        else:
+            text = path.read_text(encoding="utf-8")
         if suffix == ".json" and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
@@ -57,7 +65,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             if not isinstance(row, dict):
                 raise DataError(f"{path}: row {i} is a {type(row).__name__}, not an object")
     else:
-        raise DataError(f"{path}: unsupported file type '{suffix}'; use .parquet or .jsonl")
+        raise DataError(f"{path}: unsupported file type '{suffix}'; use .parquet, .jsonl or .jsonl.gz")
     if not rows:
         raise DataError(f"{path}: file has no rows")
     return rows

@@ -7,6 +7,7 @@ GSM8K: the prompt asks for the final answer after "####"; ground truth = the num
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -57,6 +58,60 @@ def math_row(record: dict[str, Any], split: str, index: int, data_source: str = 
     }
 
 
+CODE_INSTRUCTION = "Complete the following Python function. Reply with the whole function in a ```python block."
+HUMANEVAL_SOURCE = "openai/openai_humaneval"
+STDIO_SOURCE = "rlcamp/code"
+
+
+def humaneval_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+    """HumanEval problem -> RL row; ground truth = JSON {prompt, test, entry_point} for the code scorer."""
+    truth = {"prompt": record["prompt"], "test": record["test"], "entry_point": record["entry_point"]}
+    return {
+        "data_source": HUMANEVAL_SOURCE,
+        "prompt": [{"role": "user", "content": f"{CODE_INSTRUCTION}\n\n```python\n{record['prompt']}```"}],
+        "ability": "code",
+        "reward_model": {"style": "rule", "ground_truth": json.dumps(truth)},
+        "extra_info": {"split": split, "index": index, "task_id": record.get("task_id"),
+                       "canonical_solution": record.get("canonical_solution")},
+    }
+
+
+def stdio_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+    """{question, cases: [{stdin, stdout}]} -> RL row for programs that read stdin and print."""
+    cases = record["cases"]
+    if not isinstance(cases, list) or not cases:
+        raise ValueError("'cases' must be a non-empty list of {stdin, stdout}")
+    return {
+        "data_source": STDIO_SOURCE,
+        "prompt": [{"role": "user", "content": f"{record['question']}\n\nWrite a Python program that reads the input "
+                    "from stdin and prints the answer. Reply with the program in a ```python block."}],
+        "ability": "code",
+        "reward_model": {"style": "rule", "ground_truth": json.dumps({"cases": cases})},
+        "extra_info": {"split": split, "index": index},
+    }
+
+
+HH_SOURCE = "Anthropic/hh-rlhf"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def hh_rlhf_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+    """hh-rlhf pair -> RL row: the conversation up to the last assistant turn is the prompt
+    (scored by a reward model; the preferred reply is kept as ground truth for reference)."""
+    parts = _HH_TURN.split("\n\n" + record["chosen"].lstrip("\n"))[1:]
+    turns = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+             for who, text in zip(parts[::2], parts[1::2])]
+    if len(turns) < 2 or turns[-1]["role"] != "assistant":
+        raise ValueError("'chosen' must alternate Human/Assistant turns and end with an Assistant reply")
+    return {
+        "data_source": HH_SOURCE,
+        "prompt": turns[:-1],
+        "ability": "alignment",
+        "reward_model": {"style": "model", "ground_truth": turns[-1]["content"]},
+        "extra_info": {"split": split, "index": index},
+    }
+
+
 def convert(records: Iterable[dict[str, Any]], make_row, split: str, source: str, **kwargs) -> list[dict[str, Any]]:
     rows = []
     for i, record in enumerate(records):
@@ -71,13 +126,13 @@ def local_splits(path: str | Path, splits: tuple[str, ...] = ("train", "test")) 
     """Records of each split found under ``path``: a folder with <split>.jsonl/.parquet, or one file (test)."""
     path = Path(path).expanduser()
     if path.is_file():
-        return {"test" if "test" in path.name else "train": read_records(path)}
+        return {"train" if "train" in path.name else "test": read_records(path)}
     if not path.is_dir():
         raise DataError(f"--local_dataset_path {path} does not exist")
     found = {}
     for split in splits:
         for candidate in sorted(path.glob(f"{split}*")):
-            if candidate.suffix in (".jsonl", ".json", ".parquet"):
+            if candidate.name.endswith((".jsonl", ".json", ".parquet", ".jsonl.gz")):
                 found[split] = read_records(candidate)
                 break
     if not found:

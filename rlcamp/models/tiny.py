@@ -22,7 +22,11 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(save_dir: str | Path | None = None, vocab_size: int = 400):
+PLAIN_TEMPLATE = ("{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
+                  "{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}")
+
+
+def build_tiny_tokenizer(save_dir: str | Path | None = None, vocab_size: int = 400, chat_template: str = CHATML_TEMPLATE):
     """A PreTrainedTokenizerFast with pad=<|endoftext|>, eos=<|im_end|> and a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -35,7 +39,7 @@ def build_tiny_tokenizer(save_dir: str | Path | None = None, vocab_size: int = 4
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", unk_token=None)
-    fast.chat_template = CHATML_TEMPLATE
+    fast.chat_template = chat_template
     if save_dir is not None:
         fast.save_pretrained(str(save_dir))
     return fast
@@ -69,16 +73,25 @@ def _family_config(family: str, vocab_size: int, pad_token_id: int, eos_token_id
 TINY_FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "qwen2_moe", "deepseek_v3")
 
 
-def build_tiny_model(save_dir: str | Path, family: str = "qwen2", seed: int = 0) -> Path:
-    """Save a random tiny causal LM of ``family`` plus the tiny tokenizer into ``save_dir``."""
+def build_tiny_model(save_dir: str | Path, family: str = "qwen2", seed: int = 0, reward_model: bool = False) -> Path:
+    """Save a random tiny causal LM of ``family`` plus the tiny tokenizer into ``save_dir``.
+
+    ``reward_model=True`` saves a one-output sequence classifier instead, with a different
+    tokenizer (vocabulary size and plain "User: / Assistant:" template), as an RM from another
+    family would have."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     save_dir = Path(save_dir)
-    tokenizer = build_tiny_tokenizer(save_dir)
+    tokenizer = build_tiny_tokenizer(save_dir, **({"vocab_size": 300, "chat_template": PLAIN_TEMPLATE}
+                                                  if reward_model else {}))
     config = _family_config(family, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if reward_model:
+        config.num_labels = 1
+        model = AutoModelForSequenceClassification.from_config(config)
+    else:
+        model = AutoModelForCausalLM.from_config(config)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(save_dir, safe_serialization=True)
     return save_dir

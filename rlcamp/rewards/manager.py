@@ -1,10 +1,13 @@
 """Reward managers: turn decoded responses into token-level scores.
 
-``naive`` scores one sample after another. The score goes on the last real token of each
-response, which is where a terminal reward belongs for GAE and for the outcome estimators.
+``naive`` scores one sample after another; ``prime`` scores them in parallel threads (for rewards
+that wait on a sandbox or a service). The score goes on the last real token of each response,
+which is where a terminal reward belongs for GAE and for the outcome estimators.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 from typing import Any
 
@@ -29,11 +32,27 @@ class NaiveRewardManager:
         scores = torch.zeros(batch["responses"].shape, dtype=torch.float32)
         last = (batch["response_mask"].sum(-1) - 1).clamp(min=0)
         extra: dict[str, list[Any]] = {}
-        for i, text in enumerate(texts):
-            result = score_sample(self.score_fn, i, batch["data_source"][i], text, batch["ground_truth"][i],
-                                  batch["extra_info"][i])
+        for i, result in enumerate(self.score_all(batch, texts)):
             scores[i, last[i]] = result["score"]
             for key, value in result.items():
                 if key != "score":
                     extra.setdefault(key, [None] * len(texts))[i] = value
         return scores, extra, texts
+
+    def score_all(self, batch: Batch, texts: list[str]) -> list[dict[str, Any]]:
+        return [self._score_one(batch, texts, i) for i in range(len(texts))]
+
+    def _score_one(self, batch: Batch, texts: list[str], i: int) -> dict[str, Any]:
+        return score_sample(self.score_fn, i, batch["data_source"][i], texts[i], batch["ground_truth"][i],
+                            batch["extra_info"][i])
+
+
+class PrimeRewardManager(NaiveRewardManager):
+    """Scores up to ``max_concurrent`` samples at once, in order."""
+
+    def __init__(self, tokenizer, score_fn: ScoreFn, max_concurrent: int):
+        super().__init__(tokenizer, score_fn)
+        self.pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="rlcamp-reward")
+
+    def score_all(self, batch: Batch, texts: list[str]) -> list[dict[str, Any]]:
+        return list(self.pool.map(lambda i: self._score_one(batch, texts, i), range(len(texts))))

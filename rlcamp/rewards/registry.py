@@ -11,7 +11,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable
 
-from rlcamp.rewards import gsm8k, math
+from rlcamp.rewards import code, gsm8k, math
 
 ScoreFn = Callable[..., "float | dict[str, Any]"]
 
@@ -43,6 +43,28 @@ def _score_math(solution_str, ground_truth, extra_info=None, **kwargs):
     return math.compute_score(solution_str, ground_truth, **kwargs)
 
 
+_SANDBOX = {"url": None, "max_concurrent": 8, "memory_limit_mb": 1024, "instance": None}
+
+
+def use_sandbox(url: str | None, max_concurrent: int = 8, memory_limit_mb: int = 1024) -> None:
+    """Where code scorers run programs: a SandboxFusion-compatible URL, or embedded when None."""
+    _SANDBOX.update(url=url, max_concurrent=max_concurrent, memory_limit_mb=memory_limit_mb, instance=None)
+
+
+def code_sandbox():
+    if _SANDBOX["instance"] is None:
+        from rlcamp.sandbox.client import make_sandbox
+
+        _SANDBOX["instance"] = make_sandbox(_SANDBOX["url"], _SANDBOX["max_concurrent"], _SANDBOX["memory_limit_mb"])
+    return _SANDBOX["instance"]
+
+
+@register_scorer("openai/openai_humaneval", "humaneval", "code", "codecontests", "apps", "taco", "rlcamp/code")
+def _score_code(solution_str, ground_truth, extra_info=None, **kwargs):
+    kwargs.setdefault("memory_limit_mb", _SANDBOX["memory_limit_mb"])
+    return code.compute_score(solution_str, ground_truth, code_sandbox(), **kwargs)
+
+
 def default_compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
                           **reward_kwargs) -> float | dict[str, Any]:
     """The built-in scorers, picked by data_source."""
@@ -54,6 +76,14 @@ def default_compute_score(data_source: str, solution_str: str, ground_truth: Any
             "compute_score(data_source, solution_str, ground_truth, extra_info)), or register it in Python with "
             "rlcamp.rewards.register_scorer('<data_source>')")
     return scorer(solution_str, ground_truth, extra_info, **reward_kwargs)
+
+
+def rules_where_known(fn: ScoreFn) -> ScoreFn:
+    """With a reward model on: rule scores for data sources that have a scorer, 0 for the rest."""
+    def rule_part(data_source, solution_str, ground_truth, extra_info=None):
+        return fn(data_source, solution_str, ground_truth, extra_info) if data_source in SCORERS else 0.0
+    rule_part.__name__ = getattr(fn, "__name__", "compute_score")
+    return rule_part
 
 
 def load_custom_reward_function(path: str, name: str = "compute_score") -> ScoreFn:

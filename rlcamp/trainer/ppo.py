@@ -25,8 +25,9 @@ from rlcamp.batch import Batch
 from rlcamp.config import ResolvedConfig
 from rlcamp.controller.worker_group import InProcessWorkerGroup
 from rlcamp.data import PromptLoader, RLDataset
-from rlcamp.rewards import get_reward_function
-from rlcamp.rewards.manager import NaiveRewardManager
+from rlcamp.rewards import get_reward_function, use_sandbox
+from rlcamp.rewards.registry import rules_where_known
+from rlcamp.rewards.manager import NaiveRewardManager, PrimeRewardManager
 from rlcamp.trainer import checkpoint as ckpt
 from rlcamp.trainer.tracking import Tracking
 from rlcamp.utils.device import resolve_device, tune_cpu
@@ -40,7 +41,7 @@ def _stats(prefix: str, values: torch.Tensor) -> dict[str, float]:
 
 class PPOTrainer:
     def __init__(self, resolved: ResolvedConfig, run_dir: Path, actor_group, critic_group, tokenizer,
-                 train_dataset: RLDataset, val_dataset: RLDataset | None):
+                 train_dataset: RLDataset, val_dataset: RLDataset | None, reward_model=None):
         self.cfg, self.derived, self.run_dir = resolved.config, resolved.derived, run_dir
         self.actor, self.critic, self.tokenizer = actor_group, critic_group, tokenizer
         c = self.cfg
@@ -49,7 +50,15 @@ class PPOTrainer:
         self.val_dataset = val_dataset
         reward_fn = get_reward_function(c.custom_reward_function.path, c.custom_reward_function.name,
                                         c.custom_reward_function.reward_kwargs)
-        self.reward = NaiveRewardManager(tokenizer, reward_fn)
+        self.reward_model = reward_model
+        if reward_model is not None and not c.custom_reward_function.path:
+            reward_fn = rules_where_known(reward_fn)
+        sandbox = c.reward_model.sandbox_fusion
+        use_sandbox(sandbox.url, sandbox.max_concurrent, sandbox.memory_limit_mb)
+        if c.reward_model.reward_manager == "prime":
+            self.reward = PrimeRewardManager(tokenizer, reward_fn, sandbox.max_concurrent)
+        else:
+            self.reward = NaiveRewardManager(tokenizer, reward_fn)
         kl = c.algorithm.kl_ctrl
         self.kl_ctrl = make_kl_controller(kl.type, kl.kl_coef, kl.target_kl, kl.horizon)
         self.pf_generator = torch.Generator().manual_seed(c.trainer.seed + 3)
@@ -100,14 +109,12 @@ class PPOTrainer:
         """One PPO step on a batch of prompts; returns its metrics."""
         self.timing = {}
         step_start = time.perf_counter()
-        batch = Batch({k: prompts[k] for k in ("input_ids", "attention_mask")},
-                      {k: prompts[k] for k in ("data_source", "ground_truth", "extra_info")})
+        batch = self._prompt_batch(prompts)
         batch["uid"] = list(range(len(batch)))  # responses to one prompt share its uid
         with self._timer("generate"):
             batch = self.actor.call("generate", batch)
         with self._timer("reward"):
-            scores, _, _ = self.reward(batch)
-            batch["token_level_scores"] = scores
+            batch["token_level_scores"] = self.score(batch)
         with self._timer("old_log_prob"):
             batch.update(self.actor.call("compute_log_prob", batch))
         if self.derived.uses_ref:
@@ -128,6 +135,21 @@ class PPOTrainer:
         self.timing["step"] = time.perf_counter() - step_start
         return {**self.batch_metrics(batch), **adv_metrics, **update_metrics, **self.timing_metrics(batch),
                 "training/global_step": self.global_step, "training/epoch": self.loader.epoch}
+
+    @staticmethod
+    def _prompt_batch(prompts: dict) -> Batch:
+        return Batch({k: prompts[k] for k in ("input_ids", "attention_mask")},
+                     {k: prompts[k] for k in ("data_source", "ground_truth", "extra_info", "raw_prompt")})
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        """token_level_scores: rule scores, plus the reward model's score when one is on."""
+        scores, _, texts = self.reward(batch)
+        if self.reward_model is not None:
+            last = (batch["response_mask"].sum(-1) - 1).clamp(min=0)
+            rm = self.reward_model(batch, texts)
+            scores[torch.arange(len(batch)), last] += rm
+            batch["rm_scores"] = rm
+        return scores
 
     def compute_advantages(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
         algo, metrics = self.cfg.algorithm, {}
@@ -165,6 +187,8 @@ class PPOTrainer:
                "actor/entropy": masked_mean(batch["entropys"], mask.float()).item()}
         if "values" in batch:
             out.update(_stats("critic/values", batch["values"][mask]))
+        if "rm_scores" in batch:
+            out.update(_stats("critic/rm_score", batch["rm_scores"]))
         # how far the rollout's sampling log-probs are from the trainer's recomputation
         diff = (batch["rollout_log_probs"] - batch["old_log_probs"]).abs()[mask]
         out["rollout/log_prob_diff_max"] = diff.max().item()
@@ -192,11 +216,8 @@ class PPOTrainer:
         loader = PromptLoader(dataset, size, pad_token_id=self.tokenizer.pad_token_id, shuffle=False, drop_last=False)
         scores, sources = [], []
         for prompts in loader:
-            batch = Batch({k: prompts[k] for k in ("input_ids", "attention_mask")},
-                          {k: prompts[k] for k in ("data_source", "ground_truth", "extra_info")})
-            batch = self.actor.call_rank0("generate", batch, validate=True)
-            token_scores, _, _ = self.reward(batch)
-            scores.append(token_scores.sum(-1))
+            batch = self.actor.call_rank0("generate", self._prompt_batch(prompts), validate=True)
+            scores.append(self.score(batch).sum(-1))
             sources += batch["data_source"]
         scores_t = torch.cat(scores)
         out: dict[str, float] = {}
@@ -273,8 +294,13 @@ def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
     resolved = resolve(c, len(train))
     actor = ActorRolloutRefWorker(c, resolved.derived, device)
     critic = CriticWorker(c, resolved.derived, device) if resolved.derived.uses_critic else None
+    reward_model = None
+    if c.reward_model.enable:
+        from rlcamp.workers.reward_model import RewardModelWorker
+
+        reward_model = RewardModelWorker(c, device)
     return PPOTrainer(resolved, run_dir, InProcessWorkerGroup([actor]),
-                      InProcessWorkerGroup([critic]) if critic else None, tokenizer, train, val)
+                      InProcessWorkerGroup([critic]) if critic else None, tokenizer, train, val, reward_model)
 
 
 def fit_from_config(resolved: ResolvedConfig, run_dir: Path) -> int:

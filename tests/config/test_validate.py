@@ -84,12 +84,12 @@ def test_range_checks():
 
 def test_known_but_unimplemented_options_fail_loudly():
     text = "\n".join(problems("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.actor.strategy=megatron",
-                              "trainer.logger=[console,wandb]", "reward_model.enable=True",
+                              "trainer.logger=[console,wandb]", "reward_model.reward_manager=dapo",
                               "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"))
     assert "actor_rollout_ref.rollout.name='vllm' is a known option that rlcamp does not run yet" in text
     assert "vLLM rollout" in text and "use rollout.name=hf" in text
     assert "strategy='megatron'" in text and "trainer.logger=['console', 'wandb']" in text
-    assert "reward_model.enable=True" in text and "ulysses_sequence_parallel_size=2" in text
+    assert "reward_manager='dapo'" in text and "ulysses_sequence_parallel_size=2" in text
     assert any("unknown logger(s) ['tensorbored']" in p for p in problems("trainer.logger=[tensorbored]"))
 
 

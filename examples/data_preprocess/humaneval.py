@@ -1,0 +1,39 @@
+"""HumanEval (or stdin/stdout problems) -> parquet in verl's RL schema, scored by running code.
+
+    python examples/data_preprocess/humaneval.py --local_dataset_path ../shared/data/humaneval/HumanEval.jsonl.gz \
+        --local_dir ~/data/humaneval
+    python examples/data_preprocess/humaneval.py --format stdio --local_dataset_path problems.jsonl --local_dir ~/data/code
+
+HumanEval rows need task_id, prompt, test, entry_point; stdio rows need question and
+cases: [{stdin, stdout}]. Without --local_dataset_path HumanEval is read from the hub
+(openai/openai_humaneval, needs internet and `datasets`). Rewards: the code scorer, through
+reward_model.sandbox_fusion.url (or the embedded sandbox).
+"""
+
+import argparse
+
+from rlcamp.data.preprocess import (HUMANEVAL_SOURCE, convert, hub_splits, humaneval_row, local_splits, stdio_row,
+                                    write_parquet)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--local_dataset_path", help="a .jsonl / .jsonl.gz / .parquet file, or a folder of splits")
+    parser.add_argument("--local_dir", default="~/data/humaneval", help="where the parquet files go")
+    parser.add_argument("--format", choices=["humaneval", "stdio"], default="humaneval")
+    args = parser.parse_args(argv)
+    make_row = humaneval_row if args.format == "humaneval" else stdio_row
+    if args.local_dataset_path:
+        splits = local_splits(args.local_dataset_path)
+    elif args.format == "humaneval":
+        splits = hub_splits(HUMANEVAL_SOURCE)
+    else:
+        parser.error("--format stdio needs --local_dataset_path")
+    for split, records in splits.items():
+        rows = convert(records, make_row, split, args.local_dataset_path or HUMANEVAL_SOURCE)
+        path = write_parquet(rows, f"{args.local_dir}/{split}.parquet")
+        print(f"wrote {len(rows)} rows to {path}")
+
+
+if __name__ == "__main__":
+    main()

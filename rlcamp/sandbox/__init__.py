@@ -1,0 +1,1 @@
+"""Code execution for rewards: a SandboxFusion-compatible service, its client, and the jail."""
