@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=128)
     parser.add_argument("--max-concurrent", type=int, default=4)
     parser.add_argument("--max-queue", type=int, default=16)
+    parser.add_argument("--kinds", default="pass,fail,timeout", help="request mix, cycled (pass, fail, timeout)")
     args = parser.parse_args()
     from rlcamp.sandbox.client import HTTPSandbox
 
@@ -49,7 +50,8 @@ def main() -> None:
         except OSError:
             time.sleep(0.1)
     client = HTTPSandbox(f"{url}/run_code", timeout_s=300, retries=40)
-    plan = [list(KINDS)[i % 3] for i in range(args.requests)]
+    kinds = args.kinds.split(",")
+    plan = [kinds[i % len(kinds)] for i in range(args.requests)]
 
     def one(kind):
         start = time.perf_counter()
@@ -67,8 +69,8 @@ def main() -> None:
     latencies = sorted(t for _, _, t in results)
     pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
     print(f"isolated={health['isolated']} requests={len(results)} wrong={len(wrong)} lost={args.requests - len(results)}")
-    print(f"| requests | slots | queue | wall s | throughput req/s | p50 s | p99 s | max s | overload retries |")
-    print(f"| {len(results)} | {args.max_concurrent} | {args.max_queue} | {wall:.1f} | {len(results) / wall:.1f} | "
+    print(f"| mix | requests | slots | queue | wall s | throughput req/s | p50 s | p99 s | max s | overload retries |")
+    print(f"| {args.kinds} | {len(results)} | {args.max_concurrent} | {args.max_queue} | {wall:.1f} | {len(results) / wall:.1f} | "
           f"{statistics.median(latencies):.2f} | {pct(0.99):.2f} | {latencies[-1]:.2f} | {client.retried} |")
     if wrong:
         raise SystemExit(f"wrong statuses: {wrong[:5]}")

@@ -211,7 +211,7 @@ class Executor:
                 pass
             finally:
                 proc.stdin.close()
-            done, _ = await asyncio.wait({readers}, timeout=timeout + 1.0)
+            done, _ = await asyncio.wait({readers}, timeout=timeout + 0.25)  # jail start-up grace
             if not done:
                 timed_out = True
                 self._kill(proc)
