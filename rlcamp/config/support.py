@@ -33,8 +33,6 @@ UNSUPPORTED: list[Unsupported] = [
     Unsupported("actor_rollout_ref.actor.ulysses_sequence_parallel_size", lambda v: v > 1, _SCALE_OUT, "set it to 1"),
     Unsupported("actor_rollout_ref.ref.ulysses_sequence_parallel_size", lambda v: v > 1, _SCALE_OUT, "set it to 1"),
     Unsupported("critic.ulysses_sequence_parallel_size", lambda v: v > 1, _SCALE_OUT, "set it to 1"),
-    Unsupported("actor_rollout_ref.actor.use_dynamic_bsz", bool, _SCALE_OUT, "use ppo_micro_batch_size_per_gpu"),
-    Unsupported("critic.use_dynamic_bsz", bool, _SCALE_OUT, "use ppo_micro_batch_size_per_gpu"),
     Unsupported("actor_rollout_ref.actor.fsdp_config.param_offload", bool, _SCALE_OUT, "set it to False"),
     Unsupported("actor_rollout_ref.actor.fsdp_config.optimizer_offload", bool, _SCALE_OUT, "set it to False"),
     Unsupported("actor_rollout_ref.actor.fsdp_config.offload_policy", bool, _SCALE_OUT, "set it to False"),

@@ -23,6 +23,7 @@ import torch
 from rlcamp.algos import apply_kl_penalty, compute_advantages, make_kl_controller, masked_mean, pf_ppo_resample
 from rlcamp.batch import Batch
 from rlcamp.config import ResolvedConfig
+from rlcamp.controller.balance import balance_batch
 from rlcamp.controller.worker_group import InProcessWorkerGroup
 from rlcamp.data import PromptLoader, RLDataset
 from rlcamp.rewards import get_reward_function, use_sandbox
@@ -115,6 +116,9 @@ class PPOTrainer:
             batch = self.actor.call("generate", batch)
         with self._timer("reward"):
             batch["token_level_scores"] = self.score(batch)
+        restore = None
+        if self.cfg.trainer.balance_batch and self.actor.world_size > 1:
+            batch, restore = balance_batch(batch, self.actor.world_size)  # even tokens per data-parallel rank
         with self._timer("old_log_prob"):
             batch.update(self.actor.call("compute_log_prob", batch))
         if self.derived.uses_ref:
@@ -133,6 +137,8 @@ class PPOTrainer:
             with self._timer("update_actor"):
                 update_metrics.update(self.actor.call("update_actor", batch))
         self.timing["step"] = time.perf_counter() - step_start
+        if restore is not None:
+            batch = batch.index(restore)
         return {**self.batch_metrics(batch), **adv_metrics, **update_metrics, **self.timing_metrics(batch),
                 "training/global_step": self.global_step, "training/epoch": self.loader.epoch}
 

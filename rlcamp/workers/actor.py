@@ -19,7 +19,8 @@ from rlcamp.models.forward import actor_forward, check_packing, sequence_inputs
 from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 from rlcamp.utils.device import to_dtype
-from rlcamp.workers.common import MetricSink, load_model_state, mini_batches, save_model_state, seed_everything
+from rlcamp.workers.common import (MetricSink, in_original_order, load_model_state, micro_batches, mini_batches,
+                                   save_model_state, seed_everything)
 
 
 class ActorRolloutRefWorker:
@@ -88,21 +89,21 @@ class ActorRolloutRefWorker:
         return prompts.update({k: v.cpu() for k, v in out.items()})
 
     # ---------------------------------------------------------------------------- log-probs
-    def _log_probs(self, model, batch: Batch, micro: int, with_entropy: bool) -> Batch:
+    def _log_probs(self, model, batch: Batch, micro: int, with_entropy: bool, dynamic: bool, max_tokens: int) -> Batch:
         log_probs, entropies = [], []
         model_was_training = model.training
         model.eval()
         with torch.no_grad(), self.engine.autocast():
-            for part in batch.split(micro):
-                inputs = self._inputs(part)
-                lp, ent, _ = actor_forward(model, inputs, self.rollout_cfg.temperature, with_entropy, self.remove_padding)
-                log_probs.append(lp.cpu())
+            for rows, part in micro_batches(batch, dynamic, micro, max_tokens):
+                lp, ent, _ = actor_forward(model, self._inputs(part), self.rollout_cfg.temperature, with_entropy,
+                                           self.remove_padding)
+                log_probs.append((rows, lp.cpu()))
                 if with_entropy:
-                    entropies.append(ent.cpu())
+                    entropies.append((rows, ent.cpu()))
         model.train(model_was_training)
-        out = Batch({"log_probs": torch.cat(log_probs)})
+        out = Batch({"log_probs": in_original_order(log_probs, len(batch))})
         if with_entropy:
-            out["entropys"] = torch.cat(entropies)
+            out["entropys"] = in_original_order(entropies, len(batch))
         return out
 
     def _inputs(self, part: Batch):
@@ -110,13 +111,17 @@ class ActorRolloutRefWorker:
                                part["responses"].to(self.device), part["response_mask"].to(self.device))
 
     def compute_log_prob(self, batch: Batch) -> Batch:
-        out = self._log_probs(self.model, batch, self.derived.rollout_log_prob_micro_batch_per_device, True)
+        r = self.rollout_cfg
+        out = self._log_probs(self.model, batch, self.derived.rollout_log_prob_micro_batch_per_device, True,
+                              r.log_prob_use_dynamic_bsz, r.log_prob_max_token_len_per_gpu)
         return Batch({"old_log_probs": out["log_probs"], "entropys": out["entropys"]})
 
     def compute_ref_log_prob(self, batch: Batch) -> Batch:
         if self.ref is None:
             raise RuntimeError("compute_ref_log_prob called but no reference model was built (no KL is used)")
-        out = self._log_probs(self.ref, batch, self.derived.ref_log_prob_micro_batch_per_device, False)
+        ref = self.config.actor_rollout_ref.ref
+        out = self._log_probs(self.ref, batch, self.derived.ref_log_prob_micro_batch_per_device, False,
+                              ref.log_prob_use_dynamic_bsz, ref.log_prob_max_token_len_per_gpu)
         return Batch({"ref_log_probs": out["log_probs"]})
 
     # ------------------------------------------------------------------------------- update
@@ -128,7 +133,9 @@ class ActorRolloutRefWorker:
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle, self.generator):
             mask = mini["response_mask"].float()
             norm = {"global_tokens": mask.sum(), "global_seqs": (mask.sum(-1) > 0).sum().float()}
-            pg_loss = sum(self._actor_micro_step(micro, norm, sink) for micro in mini.split(plan.micro_batch_per_device))
+            parts = micro_batches(mini, a.use_dynamic_bsz, plan.micro_batch_per_device, a.ppo_max_token_len_per_gpu)
+            pg_loss = sum(self._actor_micro_step(micro, norm, sink) for _, micro in parts)
+            sink.add("actor/micro_batches", len(parts))
             sink.add("actor/pg_loss", pg_loss)
             grad_norm = self.engine.optimizer_step()
             sink.add("actor/grad_norm", grad_norm)

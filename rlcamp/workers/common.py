@@ -67,3 +67,23 @@ def load_model_state(folder, model, engine, generator: torch.Generator, role: st
     state = torch.load(folder / "state.pt", weights_only=False)
     engine.load_state_dict(state["engine"])
     generator.set_state(state["generator"])
+
+
+def micro_batches(batch: Batch, dynamic: bool, size: int | None, max_tokens: int) -> list[tuple[list[int], Batch]]:
+    """(row indices, micro batch) pairs: fixed ``size`` rows, or filled by ``max_tokens`` (use_dynamic_bsz)."""
+    if not dynamic:
+        return [(list(range(s, min(s + size, len(batch)))), part) for s, part in zip(range(0, len(batch), size),
+                                                                                     batch.split(size))]
+    from rlcamp.controller.balance import token_budget_micro_batches
+
+    lengths = (batch["attention_mask"].sum(-1) + batch["response_mask"].sum(-1)).tolist()
+    return [(group, batch.index(group)) for group in token_budget_micro_batches(lengths, max_tokens)]
+
+
+def in_original_order(parts: list[tuple[list[int], torch.Tensor]], n: int) -> torch.Tensor:
+    """Concatenate per-micro-batch outputs back into the batch's row order."""
+    first = parts[0][1]
+    out = first.new_zeros((n,) + tuple(first.shape[1:]))
+    for rows, values in parts:
+        out[rows] = values
+    return out

@@ -14,7 +14,8 @@ from rlcamp.engines.local import LocalEngine
 from rlcamp.models.forward import check_packing, critic_forward, sequence_inputs
 from rlcamp.models.loading import import_external_lib, load_critic
 from rlcamp.utils.device import to_dtype
-from rlcamp.workers.common import MetricSink, load_model_state, mini_batches, save_model_state, seed_everything
+from rlcamp.workers.common import (MetricSink, in_original_order, load_model_state, micro_batches, mini_batches,
+                                   save_model_state, seed_everything)
 
 
 class CriticWorker:
@@ -44,12 +45,13 @@ class CriticWorker:
     def compute_values(self, batch: Batch) -> Batch:
         values = []
         self.model.eval()
+        size = self.cfg.forward_micro_batch_size_per_gpu or self.derived.critic.micro_batch_per_device
         with torch.no_grad(), self.engine.autocast():
-            for part in batch.split(self.cfg.forward_micro_batch_size_per_gpu or self.derived.critic.micro_batch_per_device):
-                values.append(critic_forward(self.model, self._inputs(part), self.remove_padding).cpu()
-                              * part["response_mask"])
+            for rows, part in micro_batches(batch, self.cfg.use_dynamic_bsz, size, self.cfg.forward_max_token_len_per_gpu):
+                values.append((rows, critic_forward(self.model, self._inputs(part), self.remove_padding).cpu()
+                               * part["response_mask"]))
         self.model.train()
-        return Batch({"values": torch.cat(values)})
+        return Batch({"values": in_original_order(values, len(batch))})
 
     def update_critic(self, batch: Batch) -> dict[str, float]:
         c, plan = self.cfg, self.derived.critic
@@ -59,7 +61,7 @@ class CriticWorker:
             mask = mini["response_mask"].float()
             norm = {"global_tokens": mask.sum(), "global_seqs": (mask.sum(-1) > 0).sum().float()}
             total = torch.zeros(())
-            for micro in mini.split(plan.micro_batch_per_device):
+            for _, micro in micro_batches(mini, c.use_dynamic_bsz, plan.micro_batch_per_device, c.ppo_max_token_len_per_gpu):
                 micro_mask = micro["response_mask"].to(self.device).float()
                 with self.engine.autocast():
                     values = critic_forward(self.model, self._inputs(micro), self.remove_padding)

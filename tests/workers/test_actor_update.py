@@ -54,3 +54,13 @@ def test_kl_loss_and_entropy_terms_are_reported(tmp_path):
                                                  "actor_rollout_ref.actor.entropy_coeff=0.01"])
     assert "actor/kl_loss" in metrics and "actor/entropy" in metrics
     assert abs(metrics["actor/kl_loss"]) < 1e-5  # lr 0: the actor still equals its reference
+
+
+def test_dynamic_batch_size_gives_the_same_gradient_and_log_probs(tmp_path):
+    fixed, m_fixed = grads_after_update(tmp_path / "fixed", 2)
+    dynamic, m_dynamic = grads_after_update(tmp_path / "dynamic", 2, [
+        "actor_rollout_ref.actor.use_dynamic_bsz=True", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=1"])  # one row each
+    assert m_dynamic["actor/micro_batches"] != m_fixed["actor/micro_batches"]  # cut differently ...
+    for a, b in zip(fixed, dynamic):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)  # ... same gradient
+    assert abs(m_fixed["actor/pg_loss"] - m_dynamic["actor/pg_loss"]) < 1e-6
