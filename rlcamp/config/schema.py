@@ -430,6 +430,9 @@ class TrainerConfig:
     ray_wait_register_center_timeout: int = doc("Seconds to wait for Ray workers to register.", 300)
     device: Literal["auto", "cpu", "cuda", "npu"] = doc("Accelerator: auto picks cuda, else npu, else cpu.", "auto")
     seed: int = doc("Seed of model initialisation (value head) and other trainer randomness.", 42)
+    worker_group: Literal["auto", "in_process", "ray"] = doc(
+        "How workers run: in_process (one device), ray (one process per device); auto picks by device count.", "auto")
+    stage_timeout_s: float = doc("A stage (or collective) that takes longer fails the run, naming the stage.", 1800.0)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def unsupported_problems(cfg: RLConfig) -> list[str]:
         if entry.applies(value):
             problems.append(f"{entry.key}={value!r} is a known option that rlcamp does not run yet: it {entry.why}; {entry.fix}")
     n_devices = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
-    if n_devices > 1:
-        problems.append(f"trainer.nnodes x trainer.n_gpus_per_node = {n_devices} devices: runs on more than one device "
-                        f"{_SCALE_OUT}; set trainer.nnodes=1 trainer.n_gpus_per_node=1")
+    if n_devices > 1 and cfg.trainer.worker_group == "in_process":
+        problems.append(f"trainer.worker_group=in_process runs one device, but trainer.nnodes x trainer.n_gpus_per_node "
+                        f"= {n_devices}; use trainer.worker_group=ray (or auto)")
     return problems

@@ -31,3 +31,6 @@ class InProcessWorkerGroup:
 
     def call_rank0(self, method: str, *args, **kwargs) -> Any:
         return getattr(self.workers[0], method)(*args, **kwargs)
+
+    def shutdown(self) -> None:
+        """Nothing to release in-process (the Ray group frees its processes and placement here)."""

@@ -47,6 +47,8 @@ class LocalEngine:
         """Clip, step (skipped when the gradient is not finite), zero. Returns the pre-clip grad norm."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over all shards
+            grad_norm = grad_norm.full_tensor()
         if torch.isfinite(grad_norm):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

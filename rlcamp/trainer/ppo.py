@@ -212,6 +212,12 @@ class PPOTrainer:
         out["perf/total_tokens"] = all_tokens
         return out
 
+    def shutdown(self) -> None:
+        """Release the worker groups (Ray processes and their placement)."""
+        for group in (self.actor, self.critic):
+            if group is not None:
+                group.shutdown()
+
     # -------------------------------------------------------------------------- validation
     def validate(self) -> dict[str, float]:
         """Greedy (val_kwargs) generation on the validation set; mean score and accuracy per data_source.
@@ -241,9 +247,9 @@ class PPOTrainer:
         tmp = self.run_dir / f".global_step_{self.global_step}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        self.actor.call_rank0("save_checkpoint", tmp / "actor")
+        self.actor.call("save_checkpoint", folder=tmp / "actor")  # every rank: sharded state is gathered
         if self.critic is not None:
-            self.critic.call_rank0("save_checkpoint", tmp / "critic")
+            self.critic.call("save_checkpoint", folder=tmp / "critic")
         torch.save({"global_step": self.global_step, "loader": self.loader.state_dict(),
                     "kl_ctrl": self.kl_ctrl.state_dict(), "pf_generator": self.pf_generator.get_state(),
                     "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
@@ -261,9 +267,9 @@ class PPOTrainer:
             return
         if not (folder / "trainer_state.pt").exists():
             raise FileNotFoundError(f"{folder} is not a complete rlcamp checkpoint (no trainer_state.pt)")
-        self.actor.call_rank0("load_checkpoint", folder / "actor")
+        self.actor.call("load_checkpoint", folder=folder / "actor")
         if self.critic is not None:
-            self.critic.call_rank0("load_checkpoint", folder / "critic")
+            self.critic.call("load_checkpoint", folder=folder / "critic")
         state = torch.load(folder / "trainer_state.pt", weights_only=False)
         self.global_step = state["global_step"]
         self.loader.load_state_dict(state["loader"])
@@ -282,8 +288,6 @@ def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
     step count matches the data the loader will serve."""
     from rlcamp.config import resolve
     from rlcamp.models.loading import load_tokenizer
-    from rlcamp.workers.actor import ActorRolloutRefWorker
-    from rlcamp.workers.critic import CriticWorker
 
     c = resolved.config
     device = resolve_device(c.trainer.device)
@@ -298,18 +302,52 @@ def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
     train = RLDataset(c.data.train_files, tokenizer, **dataset_kwargs)
     val = RLDataset(c.data.val_files, tokenizer, **dataset_kwargs) if c.data.val_files else None
     resolved = resolve(c, len(train))
-    actor = ActorRolloutRefWorker(c, resolved.derived, device)
-    critic = CriticWorker(c, resolved.derived, device) if resolved.derived.uses_critic else None
+    actor_group, critic_group = make_worker_groups(resolved, device)
     reward_model = None
     if c.reward_model.enable:
         from rlcamp.workers.reward_model import RewardModelWorker
 
         reward_model = RewardModelWorker(c, device)
-    return PPOTrainer(resolved, run_dir, InProcessWorkerGroup([actor]),
-                      InProcessWorkerGroup([critic]) if critic else None, tokenizer, train, val, reward_model)
+    return PPOTrainer(resolved, run_dir, actor_group, critic_group, tokenizer, train, val, reward_model)
+
+
+def make_worker_groups(resolved: ResolvedConfig, device: str):
+    """In-process workers for one device, Ray workers (one process per device) otherwise."""
+    c, derived = resolved.config, resolved.derived
+    kind = c.trainer.worker_group
+    if kind == "auto":
+        kind = "ray" if derived.n_devices > 1 else "in_process"
+    if kind == "in_process":
+        from rlcamp.workers.actor import ActorRolloutRefWorker
+        from rlcamp.workers.critic import CriticWorker
+
+        actor = InProcessWorkerGroup([ActorRolloutRefWorker(c, derived, device)])
+        critic = InProcessWorkerGroup([CriticWorker(c, derived, device)]) if derived.uses_critic else None
+        return actor, critic
+    import os
+
+    from rlcamp.controller.ray_group import RayWorkerGroup, ensure_ray
+    from rlcamp.utils.device import collective_backend
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    groups = 2 if derived.uses_critic else 1
+    # on CPU a "device" is a process: Ray must offer at least one logical CPU to each
+    ensure_ray(c.ray_init.num_cpus or (max(cores, derived.n_devices * groups) if device == "cpu" else None))
+    cpus = max(1, cores // (derived.n_devices * groups)) if device == "cpu" else 1
+    common = dict(device=device, backend=collective_backend(device), stage_timeout_s=c.trainer.stage_timeout_s,
+                  nnodes=c.trainer.nnodes, cpus_per_worker=cpus)
+    kwargs = {"config": c, "derived": derived, "device": device}
+    actor = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", derived.n_devices, kwargs,
+                           name="actor_rollout_ref", **common)
+    critic = RayWorkerGroup("rlcamp.workers.critic:CriticWorker", derived.n_devices, kwargs, name="critic",
+                            **common) if derived.uses_critic else None
+    return actor, critic
 
 
 def fit_from_config(resolved: ResolvedConfig, run_dir: Path) -> int:
     trainer = build_trainer(resolved, run_dir)
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        trainer.shutdown()
     return 0

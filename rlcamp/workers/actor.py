@@ -18,9 +18,10 @@ from rlcamp.engines.local import LocalEngine
 from rlcamp.models.forward import actor_forward, check_packing, sequence_inputs
 from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
 from rlcamp.rollout.hf import HFRollout, SamplingParams
+from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype
-from rlcamp.workers.common import (MetricSink, in_original_order, load_model_state, micro_batches, mini_batches,
-                                   save_model_state, seed_everything)
+from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
+                                   mini_batches, save_model_state, seed_everything)
 
 
 class ActorRolloutRefWorker:
@@ -41,17 +42,20 @@ class ActorRolloutRefWorker:
         self.remove_padding = arr.model.use_remove_padding
         if self.remove_padding:
             check_packing(self.model, actor_forward, self.model.config.vocab_size, "actor_rollout_ref.model.use_remove_padding")
-        compute = to_dtype(arr.actor.fsdp_config.mixed_precision.param_dtype)
-        self.engine = LocalEngine(self.model, arr.actor.optim, total_steps=derived.total_training_steps or 1,
-                                  warmup_steps=derived.actor_warmup_steps or 0, grad_clip=arr.actor.grad_clip,
-                                  compute_dtype=compute, device=self.device)
         self.ref = None
-        if derived.uses_ref:  # a frozen copy of the initial weights, in the compute dtype
+        if derived.uses_ref:  # a frozen copy of the initial weights (full on every rank: no grads, no comms)
             self.ref = copy.deepcopy(self.model).to(to_dtype(arr.ref.fsdp_config.model_dtype)).eval()
             # frozen by never being stepped and running under no_grad: on this torch's CPU build,
             # requires_grad_(False) on bf16 weights makes matmuls ~5x slower (measured)
         self.rollout = self._make_rollout()
-        self.generator = torch.Generator(device="cpu").manual_seed(self.rollout_cfg.seed)
+        if dist.world_size() > 1:  # data parallel: FSDP2 shards the trained weights over the ranks
+            dist.shard(self.model, reshard_after_forward=arr.actor.fsdp_config.reshard_after_forward)
+        compute = to_dtype(arr.actor.fsdp_config.mixed_precision.param_dtype)
+        self.engine = LocalEngine(self.model, arr.actor.optim, total_steps=derived.total_training_steps or 1,
+                                  warmup_steps=derived.actor_warmup_steps or 0, grad_clip=arr.actor.grad_clip,
+                                  compute_dtype=compute, device=self.device)
+        # each rank samples differently; resume restores every rank's own state
+        self.generator = torch.Generator(device="cpu").manual_seed(self.rollout_cfg.seed + 1000 * dist.rank())
 
     # ------------------------------------------------------------------------------ rollout
     def _make_rollout(self) -> HFRollout:
@@ -59,7 +63,8 @@ class ActorRolloutRefWorker:
         refreshed in place after every update; in the model's own dtype it uses the actor directly."""
         dtype = to_dtype(self.rollout_cfg.dtype)
         module = self.model
-        if dtype != next(self.model.parameters()).dtype:
+        # a separate copy when its dtype differs, or when the actor is sharded (generation is not lockstep)
+        if dtype != next(self.model.parameters()).dtype or dist.world_size() > 1:
             module = copy.deepcopy(self.model).to(dtype)  # no requires_grad_(False): see the ref above
             if getattr(module, "is_gradient_checkpointing", False):
                 module.gradient_checkpointing_disable()
@@ -67,11 +72,15 @@ class ActorRolloutRefWorker:
         return HFRollout(module, eos_token_ids(self.tokenizer, self.model), self.tokenizer.pad_token_id)
 
     def sync_rollout_weights(self) -> None:
+        """Refresh the rollout copy in place (the full weights are gathered when sharded)."""
         if self.rollout.model is self.model:
             return
         with torch.no_grad():
-            for target, source in zip(self.rollout.model.parameters(), self.model.parameters()):
-                target.copy_(source)
+            if dist.is_sharded(self.model):
+                self.rollout.model.load_state_dict(dist.full_state_dict(self.model), strict=False)
+            else:
+                for target, source in zip(self.rollout.model.parameters(), self.model.parameters()):
+                    target.copy_(source)
 
     def sampling_params(self, validate: bool) -> SamplingParams:
         r = self.rollout_cfg
@@ -131,12 +140,11 @@ class ActorRolloutRefWorker:
         sink = MetricSink()
         self.model.train()
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle, self.generator):
-            mask = mini["response_mask"].float()
-            norm = {"global_tokens": mask.sum(), "global_seqs": (mask.sum(-1) > 0).sum().float()}
+            norm = global_norm(mini["response_mask"].float())
             parts = micro_batches(mini, a.use_dynamic_bsz, plan.micro_batch_per_device, a.ppo_max_token_len_per_gpu)
             pg_loss = sum(self._actor_micro_step(micro, norm, sink) for _, micro in parts)
+            sink.add("actor/pg_loss", dist.all_reduce_sum(pg_loss))
             sink.add("actor/micro_batches", len(parts))
-            sink.add("actor/pg_loss", pg_loss)
             grad_norm = self.engine.optimizer_step()
             sink.add("actor/grad_norm", grad_norm)
         sink.add("actor/lr", self.engine.lr)
@@ -169,7 +177,8 @@ class ActorRolloutRefWorker:
             share = mask.sum() / norm["global_tokens"]
             loss = loss + getattr(self.model.config, "router_aux_loss_coef", 0.0) * aux_loss * share
             sink.add("actor/moe_aux_loss", aux_loss.detach())
-        loss.backward()
+        # divided by the mini batch's global counts; FSDP then averages over ranks (see dist.shard)
+        (loss * dist.grad_scale(self.model)).backward()
         sink.add("actor/pg_clipfrac", pg.clipfrac)
         sink.add("actor/ppo_kl", pg.ppo_kl)
         sink.add("actor/pg_clipfrac_lower", pg.clipfrac_lower)

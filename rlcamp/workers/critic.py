@@ -13,9 +13,10 @@ from rlcamp.config.validate import Derived
 from rlcamp.engines.local import LocalEngine
 from rlcamp.models.forward import check_packing, critic_forward, sequence_inputs
 from rlcamp.models.loading import import_external_lib, load_critic
+from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype
-from rlcamp.workers.common import (MetricSink, in_original_order, load_model_state, micro_batches, mini_batches,
-                                   save_model_state, seed_everything)
+from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
+                                   mini_batches, save_model_state, seed_everything)
 
 
 class CriticWorker:
@@ -32,6 +33,8 @@ class CriticWorker:
         self.remove_padding = c.model.use_remove_padding
         if self.remove_padding:
             check_packing(self.model, critic_forward, self.model.config.vocab_size, "critic.model.use_remove_padding")
+        if dist.world_size() > 1:
+            dist.shard(self.model, reshard_after_forward=c.model.fsdp_config.reshard_after_forward)
         self.engine = LocalEngine(self.model, c.optim, total_steps=derived.total_training_steps or 1,
                                   warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip,
                                   compute_dtype=to_dtype(c.model.fsdp_config.mixed_precision.param_dtype),
@@ -58,8 +61,7 @@ class CriticWorker:
         sink = MetricSink()
         self.model.train()
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, c.ppo_epochs, c.shuffle, self.generator):
-            mask = mini["response_mask"].float()
-            norm = {"global_tokens": mask.sum(), "global_seqs": (mask.sum(-1) > 0).sum().float()}
+            norm = global_norm(mini["response_mask"].float())
             total = torch.zeros(())
             for _, micro in micro_batches(mini, c.use_dynamic_bsz, plan.micro_batch_per_device, c.ppo_max_token_len_per_gpu):
                 micro_mask = micro["response_mask"].to(self.device).float()
@@ -68,11 +70,11 @@ class CriticWorker:
                 out = value_loss(values, micro["values"].to(self.device), micro["returns"].to(self.device), micro_mask,
                                  c.cliprange_value, c.loss_agg_mode,
                                  norm_length=self.config.actor_rollout_ref.rollout.response_length, **norm)
-                out.loss.backward()
+                (out.loss * dist.grad_scale(self.model)).backward()  # see the actor
                 total = total + out.loss.detach().cpu()
                 sink.add("critic/vf_clipfrac", out.clipfrac)
                 sink.add("critic/vpred_mean", masked_mean(values.detach(), micro_mask))
-            sink.add("critic/vf_loss", total)
+            sink.add("critic/vf_loss", dist.all_reduce_sum(total))
             sink.add("critic/grad_norm", self.engine.optimizer_step())
         sink.add("critic/lr", self.engine.lr)
         self.engine.scheduler_step()

@@ -1,0 +1,129 @@
+"""Ray worker groups: one process per device, torch.distributed inside, the same split/gather as in-process.
+
+The workers stay plain classes; a small host actor sets up the process group (gloo on CPU, nccl
+on CUDA, hccl on NPU), builds the worker and runs its methods. A worker that raises stops the
+stage at once with the worker's traceback on the driver; a stage that does not finish within
+``stage_timeout_s`` (a hung collective) is reported by name instead of hanging the run.
+
+Connects to ``RAY_ADDRESS`` when set (a cluster started with ``ray start --head`` on the first
+node and ``ray start --address=<head>:6379`` on the others), else starts Ray on this machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import time
+from typing import Any
+
+from rlcamp.batch import Batch
+from rlcamp.controller.dispatch import gather, split_for_ranks
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+def ensure_ray(num_cpus: int | None = None):
+    import ray
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        kwargs = {"address": address} if address else {"num_cpus": num_cpus}
+        ray.init(include_dashboard=False, log_to_driver=True, **kwargs)
+    return ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class _Host:
+    """Runs one rank's worker inside a Ray actor."""
+
+    def address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, worker_path: str, rank: int, world_size: int, master: tuple[str, int], backend: str,
+              timeout_s: float, threads: int, kwargs: dict) -> bool:
+        import torch
+
+        from rlcamp.utils.dist import init_distributed
+
+        torch.set_flush_denormal(True)
+        torch.set_num_threads(threads)
+        init_distributed(rank, world_size, master[0], master[1], backend, timeout_s)
+        module, name = worker_path.split(":")
+        self.worker = getattr(importlib.import_module(module), name)(**kwargs)
+        return True
+
+    def execute(self, method: str, *args, **kwargs) -> Any:
+        return getattr(self.worker, method)(*args, **kwargs)
+
+
+class RayWorkerGroup:
+    def __init__(self, worker_path: str, world_size: int, kwargs: dict, *, device: str, backend: str,
+                 stage_timeout_s: float, nnodes: int = 1, cpus_per_worker: int = 1, name: str = "workers"):
+        ray = ensure_ray()
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.world_size, self.stage_timeout_s, self.name = world_size, stage_timeout_s, name
+        bundle = {"CPU": cpus_per_worker} | ({"GPU": 1} if device == "cuda" else {})
+        strategy = "SPREAD" if nnodes > 1 and device == "cpu" else "PACK"
+        self.pg = placement_group([dict(bundle) for _ in range(world_size)], strategy=strategy)
+        self._wait([self.pg.ready()], f"placing {world_size} {name} ({bundle} each)")
+        host = ray.remote(_Host)
+        self.actors = [host.options(num_cpus=cpus_per_worker, num_gpus=bundle.get("GPU", 0),
+                                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i)).remote()
+                       for i in range(world_size)]
+        master = self._wait([self.actors[0].address.remote()], "finding rank 0's address")[0]
+        self._wait([a.setup.remote(worker_path, i, world_size, master, backend, stage_timeout_s, cpus_per_worker,
+                                   kwargs) for i, a in enumerate(self.actors)], f"starting {name}")
+
+    def _wait(self, refs: list, stage: str) -> list:
+        """Results of all refs; the first failure raises at once with its traceback; a deadline bounds it."""
+        import ray
+        from ray.exceptions import RayError
+
+        pending, deadline = list(refs), time.monotonic() + self.stage_timeout_s
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                ranks = [i for i, r in enumerate(refs) if r in pending]
+                raise WorkerError(f"{self.name}: stage '{stage}' did not finish within {self.stage_timeout_s:.0f} s "
+                                  f"(trainer.stage_timeout_s) on rank(s) {ranks}; a collective is probably stuck")
+            try:
+                ray.get(ready[0])
+            except RayError as exc:
+                rank = refs.index(ready[0])
+                self.shutdown()
+                raise WorkerError(f"{self.name}: stage '{stage}' failed on rank {rank}:\n{exc}") from None
+        return ray.get(refs)
+
+    def call(self, method: str, batch: Batch | None = None, **kwargs) -> Any:
+        if batch is None:
+            refs = [a.execute.remote(method, **kwargs) for a in self.actors]
+        else:
+            parts = split_for_ranks(batch, self.world_size)
+            refs = [a.execute.remote(method, part, **kwargs) for a, part in zip(self.actors, parts)]
+        return gather(self._wait(refs, method))
+
+    def call_rank0(self, method: str, *args, **kwargs) -> Any:
+        return self._wait([self.actors[0].execute.remote(method, *args, **kwargs)], method)[0]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+        try:
+            ray.util.remove_placement_group(self.pg)
+        except Exception:  # already removed
+            pass

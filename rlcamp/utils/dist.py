@@ -1,0 +1,108 @@
+"""torch.distributed for the workers: process-group set-up, global counts, FSDP2 sharding, full state dicts.
+
+Everything here is a no-op with one process, so workers call it unconditionally.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, backend: str,
+                     timeout_s: float) -> None:
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
+    dist.init_process_group(backend, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over data-parallel ranks (a copy; the input is left alone)."""
+    x = x.detach().clone().float()
+    if world_size() > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def all_reduce_max(value: int) -> int:
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The repeated blocks FSDP wraps one by one (the classes HF marks as not to be split)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise RuntimeError(f"{type(model).__name__} declares no _no_split_modules; cannot choose FSDP units")
+    return layers
+
+
+def shard(model, param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = None,
+          reshard_after_forward: bool = True) -> None:
+    """FSDP2: each decoder layer, then the root, sharded over all ranks (in place).
+
+    FSDP2 averages gradients over ranks; losses are divided by the mini batch's global token /
+    sequence counts and multiplied by the world size (``grad_scale``), so the average is exactly
+    the one-process gradient. (A divide factor of 1 would need PREMUL_SUM, which gloo lacks.)"""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for layer in decoder_layers(model):
+        fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+
+
+def grad_scale(model) -> float:
+    """What a loss is multiplied by before backward so FSDP's average over ranks is the global sum."""
+    return float(world_size()) if is_sharded(model) else 1.0
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model, rank0_only: bool = False) -> dict[str, torch.Tensor]:
+    """HF-named full weights; with ``rank0_only`` other ranks get an empty dict (collective either way)."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=rank0_only))
+
+
+def load_full_state_dict(model, state: dict[str, torch.Tensor]) -> None:
+    """Rank 0's full weights into every rank's shards (collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(model, optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
