@@ -61,7 +61,10 @@ def test_micro_batch_checks():
 def test_multi_device_splits_are_explained():
     found = problems("trainer.n_gpus_per_node=3")
     assert any("do not split evenly over 3 data-parallel ranks" in p for p in found)
-    assert any("3 devices: runs on more than one device arrives with the issue 'Scale out" in p for p in found)
+    d = ok("trainer.n_gpus_per_node=2").derived  # 32 responses over 2 ranks: 8 per device per mini batch
+    assert d.dp_size == 2 and d.actor.mini_batch_responses_per_device == 8 and d.actor.grad_accum_steps == 4
+    assert any("trainer.worker_group=in_process runs one device" in p
+               for p in problems("trainer.n_gpus_per_node=2", "trainer.worker_group=in_process"))
 
 
 def test_group_estimators_need_groups_and_ref_when_kl():
