@@ -76,3 +76,24 @@ def test_a_failing_worker_stops_the_stage_with_its_traceback(ray_local):
 
     with pytest.raises(WorkerError, match=r"(?s)stage 'boom' failed on rank \d.*ZeroDivisionError: worker-side failure"):
         group.call("boom", Batch({"x": torch.zeros(2)}))
+
+
+def test_balanced_and_unbalanced_batches_give_the_same_update(tmp_path, ray_local):
+    """trainer.balance_batch only moves rows between ranks: losses and gradients do not change."""
+    from rlcamp.controller.balance import balance_batch
+
+    one = resolved_for(tmp_path, 1, **{"actor_rollout_ref.actor.optim.lr": 0.0})
+    two = resolved_for(tmp_path, 2, **{"actor_rollout_ref.actor.optim.lr": 0.0})  # weights stay put
+    single = ActorRolloutRefWorker(one.config, one.derived)
+    batch = rollout_batch(single, single.tokenizer, n_prompts=8)
+    balanced, restore = balance_batch(batch, 2)
+    assert not torch.equal(balanced["responses"], batch["responses"])
+    group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
+                           {"config": two.config, "derived": two.derived, "device": "cpu"},
+                           device="cpu", backend="gloo", stage_timeout_s=120, name="actor")
+    plain, even = group.call("update_actor", batch), group.call("update_actor", balanced)
+    for key in ("actor/pg_loss", "actor/grad_norm"):
+        assert even[key] == pytest.approx(plain[key], rel=1e-5), key
+    log_probs = group.call("compute_log_prob", balanced)["old_log_probs"].index_select(0, restore)
+    assert torch.allclose(log_probs, batch["old_log_probs"], atol=1e-5)  # the order comes back
+    group.shutdown()
