@@ -13,24 +13,14 @@ import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 
 def ppo_step_stages(steps: int) -> dict[str, float]:
-    from rlcamp.cli.quickstart import MAIN_JOB
-    from rlcamp.config import build_config, resolve
-    from rlcamp.data.arith import write_splits
-    from rlcamp.models.prepare import prepare
-    from rlcamp.trainer.ppo import build_trainer
+    from _main_job import main_job_trainer
 
-    model = prepare("smollm2-135m-instruct")
-    train, test = write_splits("/tmp/rlcamp_bench_arith", n_test=32)
-    overrides = MAIN_JOB + [f"actor_rollout_ref.model.path={model}", f"data.train_files={train}",
-                            f"data.val_files={test}", "trainer.default_local_dir=/tmp/rlcamp_bench_run",
-                            "trainer.resume_mode=disable"]
-    trainer = build_trainer(resolve(build_config(overrides), 68), Path("/tmp/rlcamp_bench_run"))
+    trainer = main_job_trainer("/tmp/rlcamp_bench_run")
     rows = []
     loader = iter(trainer.loader)
     for _ in range(steps):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 
 def main() -> None:
@@ -20,23 +19,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from rlcamp.batch import Batch
-    from rlcamp.cli.quickstart import MAIN_JOB
-    from rlcamp.config import build_config, resolve
-    from rlcamp.data.arith import write_splits
-    from rlcamp.models.prepare import prepare
-    from rlcamp.trainer.ppo import build_trainer
+    from _main_job import main_job_trainer
 
-    model = prepare("smollm2-135m-instruct")
-    train, test = write_splits("/tmp/rlcamp_bench_arith", n_test=32)
-    overrides = MAIN_JOB + [f"actor_rollout_ref.model.path={model}", f"data.train_files={train}",
-                            f"data.val_files={test}", "trainer.default_local_dir=/tmp/rlcamp_bench_rmpad",
-                            "trainer.resume_mode=disable"]
-    trainer = build_trainer(resolve(build_config(overrides), 68), Path("/tmp/rlcamp_bench_rmpad"))
+    trainer = main_job_trainer("/tmp/rlcamp_bench_rmpad")
     actor, critic = trainer.actor.workers[0], trainer.critic.workers[0]
     prompts = next(iter(trainer.loader))
-    batch = Batch({k: prompts[k] for k in ("input_ids", "attention_mask")},
-                  {k: prompts[k] for k in ("data_source", "ground_truth", "extra_info")})
+    batch = trainer._prompt_batch(prompts)
     batch["uid"] = list(range(len(batch)))
     batch = actor.generate(batch)
     batch["token_level_scores"] = trainer.reward(batch)[0]

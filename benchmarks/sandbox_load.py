@@ -10,13 +10,11 @@ through the retrying client, checks every result's status, and reports latency p
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 KINDS = {
@@ -42,13 +40,9 @@ def main() -> None:
                                "--max-concurrent", str(args.max_concurrent), "--max-queue", str(args.max_queue)],
                               stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                health = json.loads(r.read())
-            break
-        except OSError:
-            time.sleep(0.1)
+    from rlcamp.sandbox.client import wait_healthy
+
+    health = wait_healthy(url, 30, server)
     client = HTTPSandbox(f"{url}/run_code", timeout_s=300, retries=40)
     kinds = args.kinds.split(",")
     plan = [kinds[i % len(kinds)] for i in range(args.requests)]

@@ -42,15 +42,9 @@ def service(tmp_path_factory):
                              "--max-concurrent", "4", "--max-queue", "16", "--run-timeout", "3"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                health = json.loads(r.read())
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "sandbox service did not start"
-            time.sleep(0.1)
+    from rlcamp.sandbox.client import wait_healthy
+
+    health = wait_healthy(url, 30, proc)
     yield {"url": url, "run_url": f"{url}/run_code", "pid": proc.pid, "port": port, "health": health}
     proc.terminate()
     proc.wait(10)

@@ -232,14 +232,18 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
         critic_plan = _plan(problems, "critic", cfg, critic.ppo_mini_batch_size, critic.ppo_micro_batch_size,
                             critic.ppo_micro_batch_size_per_gpu, critic.ppo_epochs, critic_dp, critic.use_dynamic_bsz)
     fallback = actor_plan.micro_batch_per_device if actor_plan else None
+    # when the actor's plan already failed, an unset log-prob micro batch (which falls back on it)
+    # is a consequence, not a second problem: report nothing more for it
+    consequence = actor_plan is None
     rollout_micro = _micro_batch(problems, "actor_rollout_ref.rollout", "log_prob_micro_batch_size",
                                  "log_prob_micro_batch_size_per_gpu", rollout.log_prob_micro_batch_size,
-                                 rollout.log_prob_micro_batch_size_per_gpu, dp, rollout.log_prob_use_dynamic_bsz, fallback)
+                                 rollout.log_prob_micro_batch_size_per_gpu, dp,
+                                 rollout.log_prob_use_dynamic_bsz or consequence, fallback)
     ref_micro = None
     if uses_ref:
         ref_micro = _micro_batch(problems, "actor_rollout_ref.ref", "log_prob_micro_batch_size",
                                  "log_prob_micro_batch_size_per_gpu", ref.log_prob_micro_batch_size,
-                                 ref.log_prob_micro_batch_size_per_gpu, dp, ref.log_prob_use_dynamic_bsz,
+                                 ref.log_prob_micro_batch_size_per_gpu, dp, ref.log_prob_use_dynamic_bsz or consequence,
                                  rollout_micro or fallback)
 
     steps_per_epoch = total = None

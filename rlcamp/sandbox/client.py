@@ -47,6 +47,19 @@ class HTTPSandbox:
         raise SandboxUnavailable(f"sandbox {self.url} did not answer after {self.retries + 1} tries: {last}")
 
 
+def wait_healthy(base_url: str, timeout_s: float = 30.0, process=None) -> dict:
+    """Poll ``<base_url>/health`` until the service answers; fail early if ``process`` died."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=1) as response:
+                return json.loads(response.read())
+        except OSError:
+            if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
+                raise SandboxUnavailable(f"sandbox {base_url} did not become healthy within {timeout_s:.0f} s") from None
+            time.sleep(0.1)
+
+
 class EmbeddedSandbox:
     """The same jail and limits, in this process (no URL configured): a private event loop thread."""
 

@@ -15,13 +15,13 @@ from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
 from rlcamp.engines.local import LocalEngine
-from rlcamp.models.forward import actor_forward, check_packing, sequence_inputs
+from rlcamp.models.forward import actor_forward, sequence_inputs
 from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype
 from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
-                                   mini_batches, save_model_state, seed_everything)
+                                   mini_batches, prepare_trained_model, save_model_state, seed_everything)
 
 
 class ActorRolloutRefWorker:
@@ -36,12 +36,8 @@ class ActorRolloutRefWorker:
         self.model = load_causal_lm(arr.model.path, dtype=to_dtype(arr.model.dtype),
                                     trust_remote_code=arr.model.trust_remote_code,
                                     override_config=arr.model.override_config).to(self.device)
-        if arr.model.enable_gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model.config.use_cache = False
-        self.remove_padding = arr.model.use_remove_padding
-        if self.remove_padding:
-            check_packing(self.model, actor_forward, self.model.config.vocab_size, "actor_rollout_ref.model.use_remove_padding")
+        self.remove_padding = prepare_trained_model(self.model, arr.model, actor_forward,
+                                                    "actor_rollout_ref.model.use_remove_padding")
         self.ref = None
         if derived.uses_ref:  # a frozen copy of the initial weights (full on every rank: no grads, no comms)
             self.ref = copy.deepcopy(self.model).to(to_dtype(arr.ref.fsdp_config.model_dtype)).eval()

@@ -12,6 +12,19 @@ import torch
 from rlcamp.batch import Batch
 
 
+def prepare_trained_model(model, model_cfg, forward, key: str) -> bool:
+    """Training set-up shared by actor and critic: gradient checkpointing, no KV cache, and the
+    packing self-check when ``use_remove_padding`` is on. Returns that flag."""
+    from rlcamp.models.forward import check_packing
+
+    if model_cfg.enable_gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    if model_cfg.use_remove_padding:
+        check_packing(model, forward, model.config.vocab_size, key)
+    return model_cfg.use_remove_padding
+
+
 def global_norm(mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Token and sequence counts of a mini batch over all data-parallel ranks (see agg_loss)."""
     from rlcamp.utils.dist import all_reduce_sum

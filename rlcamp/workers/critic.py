@@ -11,12 +11,12 @@ from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
 from rlcamp.engines.local import LocalEngine
-from rlcamp.models.forward import check_packing, critic_forward, sequence_inputs
+from rlcamp.models.forward import critic_forward, sequence_inputs
 from rlcamp.models.loading import import_external_lib, load_critic
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype
 from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
-                                   mini_batches, save_model_state, seed_everything)
+                                   mini_batches, prepare_trained_model, save_model_state, seed_everything)
 
 
 class CriticWorker:
@@ -27,12 +27,7 @@ class CriticWorker:
         import_external_lib(c.model.external_lib)
         self.model = load_critic(c.model.path, dtype=to_dtype(c.model.dtype), trust_remote_code=c.model.trust_remote_code,
                                  override_config=c.model.override_config).to(self.device)
-        if c.model.enable_gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model.config.use_cache = False
-        self.remove_padding = c.model.use_remove_padding
-        if self.remove_padding:
-            check_packing(self.model, critic_forward, self.model.config.vocab_size, "critic.model.use_remove_padding")
+        self.remove_padding = prepare_trained_model(self.model, c.model, critic_forward, "critic.model.use_remove_padding")
         if dist.world_size() > 1:
             dist.shard(self.model, reshard_after_forward=c.model.fsdp_config.reshard_after_forward)
         self.engine = LocalEngine(self.model, c.optim, total_steps=derived.total_training_steps or 1,

@@ -99,3 +99,9 @@ def test_known_but_unimplemented_options_fail_loudly():
 def test_kl_twice_is_a_warning_not_an_error():
     warnings = ok("algorithm.use_kl_in_reward=True", "actor_rollout_ref.actor.use_kl_loss=True").warnings
     assert any("penalised twice" in w for w in warnings)
+
+
+def test_a_failed_actor_plan_is_reported_once():
+    found = problems("trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16")
+    assert any("8 responses per device per mini batch" in p and "ppo_micro_batch_size_per_gpu=16" in p for p in found)
+    assert not any("log_prob_micro_batch_size_per_gpu is not set" in p for p in found)
