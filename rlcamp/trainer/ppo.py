@@ -84,6 +84,7 @@ class PPOTrainer:
             if self.cfg.trainer.val_only:
                 return self.last_val_metrics
         metrics: dict[str, float] = {}
+        carried: dict[str, float] = {}  # reported with the next step (the checkpoint time)
         while self.global_step < self.total_steps:
             for prompts in self.loader:
                 self.global_step += 1
@@ -95,12 +96,16 @@ class PPOTrainer:
                         self.last_val_metrics = self.validate()
                     metrics.update(self.last_val_metrics)
                     metrics["timing_s/testing"] = self.timing["testing"]
+                # the step's metrics are written before its checkpoint: a run killed in between
+                # redoes the step and writes it again, instead of resuming past a step never logged
+                metrics.update(carried)
+                tracking.log(metrics, self.global_step)
+                carried = {}
                 save_freq = self.cfg.trainer.save_freq
                 if last or (save_freq > 0 and self.global_step % save_freq == 0):
                     with self._timer("save_checkpoint"):
                         self.save_checkpoint()
-                    metrics["timing_s/save_checkpoint"] = self.timing["save_checkpoint"]
-                tracking.log(metrics, self.global_step)
+                    carried["timing_s/last_save_checkpoint"] = self.timing["save_checkpoint"]
                 if last:
                     break
         tracking.close()
