@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # Set up, then run the tests: the default tier (must pass), then the slow tier while time allows.
-# SLOW_BUDGET_S (default 2400) bounds the slow tier; 0 skips it.
+# SLOW_BUDGET_S (default 2400) bounds the slow tier; 0 skips it. Ends with one summary line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
-.venv/bin/python -m pytest "$@"
-rc=$?
-[ $rc -eq 0 ] || exit $rc
-budget=${SLOW_BUDGET_S:-2400}
-if [ "$budget" -gt 0 ] && [ $# -eq 0 ]; then
+log=$(mktemp)
+.venv/bin/python -m pytest "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+if [ $rc -eq 0 ] && [ $# -eq 0 ] && [ "${SLOW_BUDGET_S:-2400}" -gt 0 ]; then
+  budget=${SLOW_BUDGET_S:-2400}
   echo "== slow tier (budget ${budget}s) =="
-  timeout --signal=INT "$budget" .venv/bin/python -m pytest -m slow
-  rc=$?
+  timeout --signal=INT "$budget" .venv/bin/python -m pytest -m slow 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
   case $rc in
-    0) ;;
     5) echo "no slow tests collected"; rc=0 ;;
     124|130) echo "slow tier stopped after ${budget}s (time budget), not a failure"; rc=0 ;;
   esac
 fi
+count() { grep -E "^=+ .* in [0-9.]+s" "$log" | grep -oE "[0-9]+ $1" | awk '{s += $1} END {print s + 0}'; }
+echo "tests: $(count passed) passed, $(count failed) failed"
+rm -f "$log"
 exit $rc
