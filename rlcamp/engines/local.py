@@ -27,8 +27,10 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, style: str, min_lr
 
 class LocalEngine:
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, total_steps: int, warmup_steps: int,
-                 grad_clip: float, compute_dtype: torch.dtype | None, device: torch.device):
+                 grad_clip: float, compute_dtype: torch.dtype | None, device: torch.device,
+                 optimizer_offload: bool = False):
         self.model, self.grad_clip, self.device = model, grad_clip, device
+        self.optimizer_offload = optimizer_offload
         self.compute_dtype = compute_dtype
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
@@ -50,9 +52,20 @@ class LocalEngine:
         if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over all shards
             grad_norm = grad_norm.full_tensor()
         if torch.isfinite(grad_norm):
+            self._move_optimizer_state(self.device)
             self.optimizer.step()
+            if self.optimizer_offload:  # the state waits in host memory until the next step
+                self._move_optimizer_state(torch.device("cpu"))
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+    def _move_optimizer_state(self, device: torch.device) -> None:
+        if not self.optimizer_offload:
+            return
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    state[key] = value.to(device, non_blocking=True)
 
     def scheduler_step(self) -> None:
         self.scheduler.step()

@@ -54,23 +54,53 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 
 def shard(model, param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = None,
-          reshard_after_forward: bool = True) -> None:
+          reshard_after_forward: bool = True, offload: bool = False, pin_memory: bool = False) -> None:
     """FSDP2: each decoder layer, then the root, sharded over all ranks (in place).
 
     FSDP2 averages gradients over ranks; losses are divided by the mini batch's global token /
     sequence counts and multiplied by the world size (``grad_scale``), so the average is exactly
-    the one-process gradient. (A divide factor of 1 would need PREMUL_SUM, which gloo lacks.)"""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    the one-process gradient. (A divide factor of 1 would need PREMUL_SUM, which gloo lacks.)
+
+    ``offload``: FSDP2's CPUOffloadPolicy keeps the sharded parameters and gradients in host memory
+    (copied to the device layer by layer for compute), so the optimizer step and its state live on
+    the host too."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    kwargs = {"mp_policy": policy, "reshard_after_forward": reshard_after_forward,
+              "offload_policy": CPUOffloadPolicy(pin_memory=pin_memory) if offload else OffloadPolicy()}
     for layer in decoder_layers(model):
-        fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
 
 
 def grad_scale(model) -> float:
     """What a loss is multiplied by before backward so FSDP's average over ranks is the global sum."""
     return float(world_size()) if is_sharded(model) else 1.0
+
+
+def ensure_process_group(backend: str) -> None:
+    """A one-rank process group for a single in-process device that still wants FSDP (offload)."""
+    if not dist.is_initialized():
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        init_distributed(0, 1, "127.0.0.1", port, backend, 1800)
+
+
+def needs_sharding(fsdp_config) -> bool:
+    return world_size() > 1 or fsdp_config.param_offload or fsdp_config.offload_policy
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak accelerator memory of this process, or its peak resident host memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
 def is_sharded(model) -> bool:

@@ -19,7 +19,7 @@ from rlcamp.models.forward import actor_forward, sequence_inputs
 from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 from rlcamp.utils import dist
-from rlcamp.utils.device import to_dtype
+from rlcamp.utils.device import collective_backend, to_dtype
 from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
                                    mini_batches, prepare_trained_model, save_model_state, seed_everything)
 
@@ -44,12 +44,16 @@ class ActorRolloutRefWorker:
             # frozen by never being stepped and running under no_grad: on this torch's CPU build,
             # requires_grad_(False) on bf16 weights makes matmuls ~5x slower (measured)
         self.rollout = self._make_rollout()
-        if dist.world_size() > 1:  # data parallel: FSDP2 shards the trained weights over the ranks
-            dist.shard(self.model, reshard_after_forward=arr.actor.fsdp_config.reshard_after_forward)
+        fsdp = arr.actor.fsdp_config
+        if dist.needs_sharding(fsdp):  # data parallel and/or offload: FSDP2 shards the trained weights
+            dist.ensure_process_group(collective_backend(self.device.type))
+            dist.shard(self.model, reshard_after_forward=fsdp.reshard_after_forward,
+                       offload=fsdp.param_offload or fsdp.offload_policy, pin_memory=self.device.type == "cuda")
         compute = to_dtype(arr.actor.fsdp_config.mixed_precision.param_dtype)
         self.engine = LocalEngine(self.model, arr.actor.optim, total_steps=derived.total_training_steps or 1,
                                   warmup_steps=derived.actor_warmup_steps or 0, grad_clip=arr.actor.grad_clip,
-                                  compute_dtype=compute, device=self.device)
+                                  compute_dtype=compute, device=self.device,
+                                  optimizer_offload=fsdp.optimizer_offload)
         # each rank samples differently; resume restores every rank's own state
         self.generator = torch.Generator(device="cpu").manual_seed(self.rollout_cfg.seed + 1000 * dist.rank())
 
@@ -60,7 +64,7 @@ class ActorRolloutRefWorker:
         dtype = to_dtype(self.rollout_cfg.dtype)
         module = self.model
         # a separate copy when its dtype differs, or when the actor is sharded (generation is not lockstep)
-        if dtype != next(self.model.parameters()).dtype or dist.world_size() > 1:
+        if dtype != next(self.model.parameters()).dtype or dist.needs_sharding(self.actor_cfg.fsdp_config):
             module = copy.deepcopy(self.model).to(dtype)  # no requires_grad_(False): see the ref above
             if getattr(module, "is_gradient_checkpointing", False):
                 module.gradient_checkpointing_disable()
@@ -144,6 +148,7 @@ class ActorRolloutRefWorker:
             grad_norm = self.engine.optimizer_step()
             sink.add("actor/grad_norm", grad_norm)
         sink.add("actor/lr", self.engine.lr)
+        sink.add("perf/actor_peak_memory_gb", dist.peak_memory_gb(self.device))
         self.engine.scheduler_step()
         self.sync_rollout_weights()
         return sink.means()

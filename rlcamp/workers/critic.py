@@ -14,7 +14,7 @@ from rlcamp.engines.local import LocalEngine
 from rlcamp.models.forward import critic_forward, sequence_inputs
 from rlcamp.models.loading import import_external_lib, load_critic
 from rlcamp.utils import dist
-from rlcamp.utils.device import to_dtype
+from rlcamp.utils.device import collective_backend, to_dtype
 from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
                                    mini_batches, prepare_trained_model, save_model_state, seed_everything)
 
@@ -28,12 +28,15 @@ class CriticWorker:
         self.model = load_critic(c.model.path, dtype=to_dtype(c.model.dtype), trust_remote_code=c.model.trust_remote_code,
                                  override_config=c.model.override_config).to(self.device)
         self.remove_padding = prepare_trained_model(self.model, c.model, critic_forward, "critic.model.use_remove_padding")
-        if dist.world_size() > 1:
-            dist.shard(self.model, reshard_after_forward=c.model.fsdp_config.reshard_after_forward)
+        fsdp = c.model.fsdp_config
+        if dist.needs_sharding(fsdp):  # see the actor
+            dist.ensure_process_group(collective_backend(self.device.type))
+            dist.shard(self.model, reshard_after_forward=fsdp.reshard_after_forward,
+                       offload=fsdp.param_offload or fsdp.offload_policy, pin_memory=self.device.type == "cuda")
         self.engine = LocalEngine(self.model, c.optim, total_steps=derived.total_training_steps or 1,
                                   warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip,
                                   compute_dtype=to_dtype(c.model.fsdp_config.mixed_precision.param_dtype),
-                                  device=self.device)
+                                  device=self.device, optimizer_offload=fsdp.optimizer_offload)
         self.generator = torch.Generator().manual_seed(config.trainer.seed + 2)
 
     def _inputs(self, part: Batch):
@@ -72,6 +75,7 @@ class CriticWorker:
             sink.add("critic/vf_loss", dist.all_reduce_sum(total))
             sink.add("critic/grad_norm", self.engine.optimizer_step())
         sink.add("critic/lr", self.engine.lr)
+        sink.add("perf/critic_peak_memory_gb", dist.peak_memory_gb(self.device))
         self.engine.scheduler_step()
         return sink.means()
 

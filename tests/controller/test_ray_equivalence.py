@@ -97,3 +97,22 @@ def test_balanced_and_unbalanced_batches_give_the_same_update(tmp_path, ray_loca
     log_probs = group.call("compute_log_prob", balanced)["old_log_probs"].index_select(0, restore)
     assert torch.allclose(log_probs, batch["old_log_probs"], atol=1e-5)  # the order comes back
     group.shutdown()
+
+
+def test_offload_gives_the_same_update(tmp_path, ray_local):
+    """param/optimizer offload (FSDP2 CPUOffloadPolicy + host optimizer state) changes where, not what."""
+    offload = {"actor_rollout_ref.actor.fsdp_config.param_offload": True,
+               "actor_rollout_ref.actor.fsdp_config.optimizer_offload": True}
+    one = resolved_for(tmp_path, 1)
+    two = resolved_for(tmp_path, 2, **offload)
+    single = ActorRolloutRefWorker(one.config, one.derived)
+    batch = rollout_batch(single, single.tokenizer, n_prompts=8)
+    group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
+                           {"config": two.config, "derived": two.derived, "device": "cpu"},
+                           device="cpu", backend="gloo", stage_timeout_s=120, name="actor")
+    for _ in range(2):  # two steps: the second uses the optimizer state that was offloaded
+        m2, m1 = group.call("update_actor", batch), single.update_actor(batch)
+        for key in ("actor/pg_loss", "actor/grad_norm"):
+            assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
+    assert m2["perf/actor_peak_memory_gb"] > 0
+    group.shutdown()

@@ -64,3 +64,15 @@ def test_dynamic_batch_size_gives_the_same_gradient_and_log_probs(tmp_path):
     for a, b in zip(fixed, dynamic):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)  # ... same gradient
     assert abs(m_fixed["actor/pg_loss"] - m_dynamic["actor/pg_loss"]) < 1e-6
+
+
+def test_single_device_offload_gives_the_same_update(tmp_path):
+    """One in-process device with param/optimizer offload: FSDP2 over a one-rank group, same update."""
+    plain, m_plain = grads_after_update(tmp_path / "plain", 2)
+    offloaded, m_off = grads_after_update(tmp_path / "offload", 2, [
+        "actor_rollout_ref.actor.fsdp_config.param_offload=True",
+        "actor_rollout_ref.actor.fsdp_config.optimizer_offload=True"])
+    for a, b in zip(plain, offloaded):
+        b = b.full_tensor() if hasattr(b, "full_tensor") else b
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert abs(m_plain["actor/pg_loss"] - m_off["actor/pg_loss"]) < 1e-6
