@@ -63,7 +63,7 @@ def main() -> None:
     latencies = sorted(t for _, _, t in results)
     pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
     print(f"isolated={health['isolated']} requests={len(results)} wrong={len(wrong)} lost={args.requests - len(results)}")
-    print(f"| mix | requests | slots | queue | wall s | throughput req/s | p50 s | p99 s | max s | overload retries |")
+    print("| mix | requests | slots | queue | wall s | throughput req/s | p50 s | p99 s | max s | overload retries |")
     print(f"| {args.kinds} | {len(results)} | {args.max_concurrent} | {args.max_queue} | {wall:.1f} | {len(results) / wall:.1f} | "
           f"{statistics.median(latencies):.2f} | {pct(0.99):.2f} | {latencies[-1]:.2f} | {client.retried} |")
     if wrong:

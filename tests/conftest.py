@@ -1,10 +1,7 @@
-import json
 import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
