@@ -77,11 +77,18 @@ class PPOTrainer:
     # -------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
         tracking = Tracking(self.cfg.trainer.logger, self.run_dir, self.total_steps)
+        try:
+            return self._fit(tracking)
+        finally:
+            tracking.close()
+
+    def _fit(self, tracking: Tracking) -> dict[str, float]:
         self.load_checkpoint()
-        if self.cfg.trainer.val_before_train and self.global_step == 0 and self.val_dataset is not None:
+        t = self.cfg.trainer
+        if self.val_dataset is not None and (t.val_only or (t.val_before_train and self.global_step == 0)):
             self.last_val_metrics = self.validate()
-            tracking.log(self.last_val_metrics, 0)
-            if self.cfg.trainer.val_only:
+            tracking.log(self.last_val_metrics, self.global_step)
+            if t.val_only:
                 return self.last_val_metrics
         metrics: dict[str, float] = {}
         carried: dict[str, float] = {}  # reported with the next step (the checkpoint time)
@@ -108,7 +115,6 @@ class PPOTrainer:
                     carried["timing_s/last_save_checkpoint"] = self.timing["save_checkpoint"]
                 if last:
                     break
-        tracking.close()
         return metrics
 
     def step(self, prompts: dict) -> dict[str, float]:

@@ -118,3 +118,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, kill_after):
             if key.startswith(("timing_s/", "perf/")) and key != "perf/total_tokens":
                 continue
             assert b[step][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, key)
+
+
+def test_val_only_validates_and_trains_nothing(tmp_path):
+    model, data = make_tiny_setup(tmp_path)
+    run = tmp_path / "run"
+    assert main(tiny_run_overrides(model, data, run, **{"trainer.val_only": True,
+                                                         "trainer.val_before_train": False})) == 0
+    rows = read_metrics(run)
+    assert list(rows) == [0] and "val/acc" in rows[0]
+    assert not list(run.glob("global_step_*"))
