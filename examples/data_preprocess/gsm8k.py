@@ -7,7 +7,7 @@ Without --local_dataset_path it reads openai/gsm8k from the hub (needs internet 
 
 import argparse
 
-from rlcamp.data.preprocess import GSM8K_SOURCE, convert, gsm8k_row, hub_splits, local_splits, write_parquet
+from rlcamp.data.preprocess import GSM8K_SOURCE, convert_splits, gsm8k_row, hub_splits, local_splits
 
 
 def main(argv=None):
@@ -17,9 +17,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     source = args.local_dataset_path or GSM8K_SOURCE
     splits = local_splits(args.local_dataset_path) if args.local_dataset_path else hub_splits(GSM8K_SOURCE, "main")
-    for split, records in splits.items():
-        path = write_parquet(convert(records, gsm8k_row, split, source), f"{args.local_dir}/{split}.parquet")
-        print(f"wrote {len(records)} rows to {path}")
+    convert_splits(splits, gsm8k_row, args.local_dir, source)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Without --local_dataset_path it reads Anthropic/hh-rlhf from the hub.
 
 import argparse
 
-from rlcamp.data.preprocess import HH_SOURCE, convert, hh_rlhf_row, hub_splits, local_splits, write_parquet
+from rlcamp.data.preprocess import HH_SOURCE, convert_splits, hh_rlhf_row, hub_splits, local_splits
 
 
 def main(argv=None):
@@ -19,10 +19,7 @@ def main(argv=None):
     parser.add_argument("--local_dir", default="~/data/hh_rlhf", help="where the parquet files go")
     args = parser.parse_args(argv)
     splits = local_splits(args.local_dataset_path) if args.local_dataset_path else hub_splits(HH_SOURCE)
-    for split, records in splits.items():
-        rows = convert(records, hh_rlhf_row, split, args.local_dataset_path or HH_SOURCE)
-        path = write_parquet(rows, f"{args.local_dir}/{split}.parquet")
-        print(f"wrote {len(rows)} rows to {path}")
+    convert_splits(splits, hh_rlhf_row, args.local_dir, args.local_dataset_path or HH_SOURCE)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ reward_model.sandbox_fusion.url (or the embedded sandbox).
 
 import argparse
 
-from rlcamp.data.preprocess import (HUMANEVAL_SOURCE, convert, hub_splits, humaneval_row, local_splits, stdio_row,
-                                    write_parquet)
+from rlcamp.data.preprocess import (HUMANEVAL_SOURCE, convert_splits, hub_splits, humaneval_row, local_splits,
+                                    stdio_row)
 
 
 def main(argv=None):
@@ -29,10 +29,7 @@ def main(argv=None):
         splits = hub_splits(HUMANEVAL_SOURCE)
     else:
         parser.error("--format stdio needs --local_dataset_path")
-    for split, records in splits.items():
-        rows = convert(records, make_row, split, args.local_dataset_path or HUMANEVAL_SOURCE)
-        path = write_parquet(rows, f"{args.local_dir}/{split}.parquet")
-        print(f"wrote {len(rows)} rows to {path}")
+    convert_splits(splits, make_row, args.local_dir, args.local_dataset_path or HUMANEVAL_SOURCE)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ A local MATH-500 copy (question/answer fields) is tagged HuggingFaceH4/MATH-500.
 
 import argparse
 
-from rlcamp.data.preprocess import (MATH500_SOURCE, MATH_SOURCE, convert, hub_splits, local_splits, math_row,
-                                    write_parquet)
+from rlcamp.data.preprocess import (MATH500_SOURCE, MATH_SOURCE, convert_splits, hub_splits, local_splits,
+                                    math_row)
 
 
 def main(argv=None):
@@ -24,10 +24,7 @@ def main(argv=None):
     else:
         splits, default_source = hub_splits(MATH_SOURCE, "default"), MATH_SOURCE
     source = args.data_source or default_source
-    for split, records in splits.items():
-        rows = convert(records, math_row, split, args.local_dataset_path or MATH_SOURCE, data_source=source)
-        path = write_parquet(rows, f"{args.local_dir}/{split}.parquet")
-        print(f"wrote {len(rows)} rows to {path}")
+    convert_splits(splits, math_row, args.local_dir, args.local_dataset_path or MATH_SOURCE, data_source=source)
 
 
 if __name__ == "__main__":

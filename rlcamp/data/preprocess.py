@@ -122,6 +122,13 @@ def convert(records: Iterable[dict[str, Any]], make_row, split: str, source: str
     return rows
 
 
+def convert_splits(splits: dict[str, list[dict]], make_row, local_dir: str | Path, source: str, **kwargs) -> None:
+    """Convert every split with ``make_row`` and write ``<local_dir>/<split>.parquet`` (the scripts' shared tail)."""
+    for split, records in splits.items():
+        path = write_parquet(convert(records, make_row, split, source, **kwargs), f"{local_dir}/{split}.parquet")
+        print(f"wrote {len(records)} rows to {path}")
+
+
 def local_splits(path: str | Path, splits: tuple[str, ...] = ("train", "test")) -> dict[str, list[dict]]:
     """Records of each split found under ``path``: a folder with <split>.jsonl/.parquet, or one file (test)."""
     path = Path(path).expanduser()
