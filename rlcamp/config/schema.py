@@ -138,9 +138,13 @@ class MegatronConfig:
 
 @dataclass(frozen=True)
 class CheckpointContentsConfig:
-    save_contents: list[str] = doc("What a checkpoint holds: model, optimizer, extra (scheduler, RNG), hf_model.",
+    # departure from verl: hf_model is in by default, so every checkpoint is also a transformers folder
+    save_contents: list[str] = doc(
+        "What a checkpoint holds: model (weights; sharded per rank under FSDP), optimizer (sharded likewise), "
+        "extra (LR schedule, RNG), hf_model (a transformers folder; under FSDP rank 0 gathers the full weights).",
+        factory=lambda: ["model", "optimizer", "extra", "hf_model"])
+    load_contents: list[str] = doc("What a resume loads back (model, optimizer, extra).",
                                    factory=lambda: ["model", "optimizer", "extra"])
-    load_contents: list[str] = doc("What a resume loads back.", factory=lambda: ["model", "optimizer", "extra"])
 
 
 # ------------------------------------------------------------------------------ actor_rollout_ref

@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 from rlcamp.config.schema import RLConfig
 
-_SCALE_OUT = "arrives with the issue 'Scale out: Ray worker groups, FSDP2 data parallel, sequence balancing, Ulysses'"
 _VLLM = "arrives with the issue 'vLLM rollout with in-place weight sync'"
 _NOT_PLANNED = "is not implemented in rlcamp and no issue plans it yet"
 
@@ -30,9 +29,8 @@ UNSUPPORTED: list[Unsupported] = [
     Unsupported("actor_rollout_ref.rollout.multi_turn.enable", bool, _NOT_PLANNED, "set it to False"),
     Unsupported("actor_rollout_ref.actor.strategy", lambda v: v == "megatron", _NOT_PLANNED, "use strategy=fsdp"),
     Unsupported("critic.strategy", lambda v: v == "megatron", _NOT_PLANNED, "use strategy=fsdp"),
-    Unsupported("actor_rollout_ref.actor.ulysses_sequence_parallel_size", lambda v: v > 1, _SCALE_OUT, "set it to 1"),
-    Unsupported("actor_rollout_ref.ref.ulysses_sequence_parallel_size", lambda v: v > 1, _SCALE_OUT, "set it to 1"),
-    Unsupported("critic.ulysses_sequence_parallel_size", lambda v: v > 1, _SCALE_OUT, "set it to 1"),
+    Unsupported("reward_model.ulysses_sequence_parallel_size", lambda v: v > 1,
+                "is not implemented: the reward model scores on the driver, in one process", "set it to 1"),
     Unsupported("reward_model.reward_manager", lambda v: v in ("batch", "dapo"), _NOT_PLANNED, "use reward_manager=naive"),
     Unsupported("actor_rollout_ref.model.lora_rank", lambda v: v > 0, _NOT_PLANNED, "set it to 0 (full fine-tuning)"),
     Unsupported("critic.model.lora_rank", lambda v: v > 0, _NOT_PLANNED, "set it to 0 (full fine-tuning)"),

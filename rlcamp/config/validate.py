@@ -14,6 +14,7 @@ from rlcamp.config.schema import RLConfig
 from rlcamp.config.support import unsupported_problems
 
 GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")
+CHECKPOINT_CONTENTS = ("model", "optimizer", "extra", "hf_model")
 KNOWN_LOGGERS = ("console", "file", "wandb", "tensorboard", "mlflow", "swanlab", "vemlp_wandb")
 
 
@@ -150,6 +151,16 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
             problems.append(f"{name}.lr={opt.lr} must be >= 0")
         if len(opt.betas) != 2 or not all(0.0 <= b < 1.0 for b in opt.betas):
             problems.append(f"{name}.betas={opt.betas} must be two numbers in [0, 1)")
+    for name, ckpt in (("actor_rollout_ref.actor.checkpoint", actor.checkpoint),
+                       ("critic.checkpoint", cfg.critic.checkpoint)):
+        for key, allowed in (("save_contents", CHECKPOINT_CONTENTS), ("load_contents", CHECKPOINT_CONTENTS[:3])):
+            unknown = sorted(set(getattr(ckpt, key)) - set(allowed))
+            if unknown:
+                problems.append(f"{name}.{key} has unknown part(s) {unknown}; known: {list(allowed)}")
+        for part in ckpt.load_contents:  # weights come back from either the sharded state or the HF folder
+            if not ({part} | ({"hf_model"} if part == "model" else set())) & set(ckpt.save_contents):
+                problems.append(f"{name}.load_contents asks for '{part}', which {name}.save_contents does not save; "
+                                f"add it there or drop it here")
     if not 0.0 < actor.clip_ratio_low < 1.0:
         problems.append(f"actor_rollout_ref.actor.clip_ratio_low={actor.clip_ratio_low} must be in (0, 1): "
                         "the ratio is clipped at 1 - clip_ratio_low")
@@ -227,8 +238,17 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
     actor_plan = _plan(problems, "actor_rollout_ref.actor", cfg, actor.ppo_mini_batch_size, actor.ppo_micro_batch_size,
                        actor.ppo_micro_batch_size_per_gpu, actor.ppo_epochs, dp, actor.use_dynamic_bsz)
     critic_plan = None
+    if ref.ulysses_sequence_parallel_size not in (None, sp):
+        problems.append(f"actor_rollout_ref.ref.ulysses_sequence_parallel_size={ref.ulysses_sequence_parallel_size} "
+                        f"differs from actor.ulysses_sequence_parallel_size={sp}: the reference runs in the actor's "
+                        "workers and shares its groups; leave it unset")
     if uses_critic:
-        critic_dp = n_devices // max(critic.ulysses_sequence_parallel_size, 1)
+        critic_sp = max(critic.ulysses_sequence_parallel_size, 1)
+        if n_devices % critic_sp:
+            problems.append(f"{n_devices} devices (trainer.nnodes x trainer.n_gpus_per_node) are not divisible by "
+                            f"critic.ulysses_sequence_parallel_size={critic_sp}")
+            critic_sp = 1
+        critic_dp = n_devices // critic_sp
         critic_plan = _plan(problems, "critic", cfg, critic.ppo_mini_batch_size, critic.ppo_micro_batch_size,
                             critic.ppo_micro_batch_size_per_gpu, critic.ppo_epochs, critic_dp, critic.use_dynamic_bsz)
     fallback = actor_plan.micro_batch_per_device if actor_plan else None

@@ -11,14 +11,20 @@ from typing import Any, Sequence
 from rlcamp.batch import Batch
 
 
-def split_for_ranks(batch: Batch, world_size: int) -> list[Batch]:
-    if len(batch) % world_size:
-        raise ValueError(f"a batch of {len(batch)} rows does not split evenly over {world_size} data-parallel ranks")
-    return batch.chunk(world_size)
+def split_for_ranks(batch: Batch, world_size: int, replicas: int = 1) -> list[Batch]:
+    """One part per rank. With ``replicas`` > 1 (Ulysses sequence parallelism) each group of
+    ``replicas`` consecutive ranks shares one part: there are world_size / replicas data-parallel parts."""
+    dp = world_size // replicas
+    if len(batch) % dp:
+        raise ValueError(f"a batch of {len(batch)} rows does not split evenly over {dp} data-parallel ranks")
+    parts = batch.chunk(dp)
+    return [parts[r // replicas] for r in range(world_size)]
 
 
-def gather(results: Sequence[Any]) -> Any:
-    """Batches are concatenated in rank order; metric dicts are averaged over ranks; None stays None."""
+def gather(results: Sequence[Any], replicas: int = 1) -> Any:
+    """Batches are concatenated in rank order; metric dicts are averaged over ranks; None stays None.
+    With ``replicas`` > 1 the ranks of a group returned the same thing: one of each group is kept."""
+    results = list(results)[::replicas]
     first = results[0]
     if isinstance(first, Batch):
         return Batch.concat(results)

@@ -68,12 +68,14 @@ class _Host:
 
 class RayWorkerGroup:
     def __init__(self, worker_path: str, world_size: int, kwargs: dict, *, device: str, backend: str,
-                 stage_timeout_s: float, nnodes: int = 1, cpus_per_worker: int = 1, name: str = "workers"):
+                 stage_timeout_s: float, nnodes: int = 1, cpus_per_worker: int = 1, name: str = "workers",
+                 sp_size: int = 1, sp_methods: frozenset[str] = frozenset()):
         ray = ensure_ray()
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.world_size, self.stage_timeout_s, self.name = world_size, stage_timeout_s, name
+        self.sp_size, self.sp_methods = sp_size, sp_methods  # Ulysses: these methods share a part per group
         bundle = {"CPU": cpus_per_worker} | ({"GPU": 1} if device == "cuda" else {})
         strategy = "SPREAD" if nnodes > 1 and device == "cpu" else "PACK"
         self.pg = placement_group([dict(bundle) for _ in range(world_size)], strategy=strategy)
@@ -106,13 +108,18 @@ class RayWorkerGroup:
                 raise WorkerError(f"{self.name}: stage '{stage}' failed on rank {rank}:\n{exc}") from None
         return ray.get(refs)
 
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.sp_size
+
     def call(self, method: str, batch: Batch | None = None, **kwargs) -> Any:
+        replicas = self.sp_size if method in self.sp_methods else 1
         if batch is None:
             refs = [a.execute.remote(method, **kwargs) for a in self.actors]
         else:
-            parts = split_for_ranks(batch, self.world_size)
+            parts = split_for_ranks(batch, self.world_size, replicas)
             refs = [a.execute.remote(method, part, **kwargs) for a, part in zip(self.actors, parts)]
-        return gather(self._wait(refs, method))
+        return gather(self._wait(refs, method), replicas)
 
     def call_rank0(self, method: str, *args, **kwargs) -> Any:
         return self._wait([self.actors[0].execute.remote(method, *args, **kwargs)], method)[0]

@@ -22,6 +22,10 @@ class InProcessWorkerGroup:
     def world_size(self) -> int:
         return len(self.workers)
 
+    @property
+    def dp_size(self) -> int:
+        return len(self.workers)  # one process holds no Ulysses group
+
     def call(self, method: str, batch: Batch | None = None, **kwargs) -> Any:
         """``method(part, **kwargs)`` on each worker with its share of ``batch`` (or without a batch)."""
         if batch is None:

@@ -73,10 +73,45 @@ def _unpack(values: torch.Tensor, packed: Packed, inputs: SequenceInputs) -> tor
     return out
 
 
+def _sp_layout(inputs: SequenceInputs, remove_padding: bool):
+    """What a Ulysses forward needs: ids, position ids, segments (sequence of each column, -1 for
+    padding), the columns whose outputs predict response tokens, and how values at those columns
+    go back to [batch, response_len]."""
+    if remove_padding:
+        packed = pack(inputs)
+        segments = torch.cumsum((packed.position_ids == 0).long(), dim=1) - 1  # a sequence starts at position 0
+        return (packed.input_ids, packed.position_ids, segments, packed.predict_at,
+                lambda x: _unpack(x[0], packed, inputs))
+    length, r = inputs.input_ids.shape[1], inputs.response_len
+    segments = torch.where(inputs.attention_mask.bool(), 0, -1)
+    keep = torch.arange(length - r - 1, length - 1, device=inputs.input_ids.device)
+    return inputs.input_ids, inputs.position_ids, segments, keep, lambda x: _pad_back(x, inputs)
+
+
+def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_entropy: bool, remove_padding: bool, sp):
+    from rlcamp.models.ulysses import sharded_forward
+
+    input_ids, position_ids, segments, keep, finish = _sp_layout(inputs, remove_padding)
+
+    def head(out, local_keep, global_keep):
+        logits = out.logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        log_probs = log_probs_from_logits(logits, input_ids[:, global_keep + 1])
+        return torch.stack([log_probs, entropy_from_logits(logits)], -1) if with_entropy else log_probs[..., None]
+
+    values, out = sharded_forward(model, sp, input_ids, position_ids, segments, keep, head, keep_in_model=True)
+    entropy = finish(values[..., 1]) if with_entropy else None
+    return finish(values[..., 0]), entropy, getattr(out, "aux_loss", None)
+
+
 def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_entropy: bool = False,
-                  remove_padding: bool = False):
+                  remove_padding: bool = False, sp=None):
     """Log-probs [batch, response_len] of the response tokens under softmax(logits / T), entropy
-    optional, and the model's MoE aux loss (or None)."""
+    optional, and the model's MoE aux loss (or None). ``sp``: this rank's Ulysses group, if any
+    (the MoE aux loss is then that of this rank's columns)."""
+    if sp is not None:
+        return _actor_forward_sp(model, inputs, temperature, with_entropy, remove_padding, sp)
     r = inputs.response_len
     if remove_padding:
         packed = pack(inputs)
@@ -98,9 +133,16 @@ def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_
     return log_probs, entropy, getattr(out, "aux_loss", None)
 
 
-def critic_forward(model, inputs: SequenceInputs, remove_padding: bool = False) -> torch.Tensor:
+def critic_forward(model, inputs: SequenceInputs, remove_padding: bool = False, sp=None) -> torch.Tensor:
     """Values [batch, response_len]: V of the state before each response token."""
     r = inputs.response_len
+    if sp is not None:
+        from rlcamp.models.ulysses import sharded_forward
+
+        input_ids, position_ids, segments, keep, finish = _sp_layout(inputs, remove_padding)
+        values, _ = sharded_forward(model, sp, input_ids, position_ids, segments, keep,
+                                    lambda out, local_keep, _: out.logits[:, local_keep, 0].float())
+        return finish(values)
     if remove_padding:
         packed = pack(inputs)
         out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)

@@ -128,8 +128,8 @@ class PPOTrainer:
         with self._timer("reward"):
             batch["token_level_scores"] = self.score(batch)
         restore = None
-        if self.cfg.trainer.balance_batch and self.actor.world_size > 1:
-            batch, restore = balance_batch(batch, self.actor.world_size)  # even tokens per data-parallel rank
+        if self.cfg.trainer.balance_batch and self.actor.dp_size > 1:
+            batch, restore = balance_batch(batch, self.actor.dp_size)  # even tokens per data-parallel rank
         with self._timer("old_log_prob"):
             batch.update(self.actor.call("compute_log_prob", batch))
         if self.derived.uses_ref:
@@ -347,10 +347,15 @@ def make_worker_groups(resolved: ResolvedConfig, device: str):
     cpus = max(1, cores // (derived.n_devices * groups)) if device == "cpu" else 1
     common = dict(device=device, backend=collective_backend(device), stage_timeout_s=c.trainer.stage_timeout_s,
                   nnodes=c.trainer.nnodes, cpus_per_worker=cpus)
+    from rlcamp.workers.actor import ActorRolloutRefWorker
+    from rlcamp.workers.critic import CriticWorker
+
     kwargs = {"config": c, "derived": derived, "device": device}
     actor = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", derived.n_devices, kwargs,
-                           name="actor_rollout_ref", **common)
+                           name="actor_rollout_ref", sp_size=c.actor_rollout_ref.actor.ulysses_sequence_parallel_size,
+                           sp_methods=ActorRolloutRefWorker.SEQUENCE_PARALLEL, **common)
     critic = RayWorkerGroup("rlcamp.workers.critic:CriticWorker", derived.n_devices, kwargs, name="critic",
+                            sp_size=c.critic.ulysses_sequence_parallel_size, sp_methods=CriticWorker.SEQUENCE_PARALLEL,
                             **common) if derived.uses_critic else None
     return actor, critic
 

@@ -125,14 +125,29 @@ def load_full_state_dict(model, state: dict[str, torch.Tensor]) -> None:
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
-def full_optimizer_state(model, optimizer) -> dict:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+def save_sharded(path, model, optimizer, weights: bool, optimizer_state: bool) -> None:
+    """Each rank writes its own shards (torch.distributed.checkpoint); collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state} if weights else {}
+    if optimizer_state:
+        state["optimizer"] = optim_state
+    dcp.save(state, checkpoint_id=str(path))
 
 
-def load_full_optimizer_state(model, optimizer, state: dict) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+def load_sharded(path, model, optimizer, weights: bool, optimizer_state: bool) -> None:
+    """Each rank reads back its own shards, in place; collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state} if weights else {}
+    if optimizer_state:
+        state["optimizer"] = optim_state
+    dcp.load(state, checkpoint_id=str(path))
+    if weights:
+        set_model_state_dict(model, state["model"])
+    if optimizer_state:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])

@@ -15,6 +15,7 @@ from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
 from rlcamp.engines.local import LocalEngine
+from rlcamp.models import ulysses
 from rlcamp.models.forward import actor_forward, sequence_inputs
 from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
 from rlcamp.rollout.hf import HFRollout, SamplingParams
@@ -25,6 +26,9 @@ from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, l
 
 
 class ActorRolloutRefWorker:
+    # methods whose batch is shared by the ranks of a Ulysses group (generation is plain data parallel)
+    SEQUENCE_PARALLEL = frozenset({"compute_log_prob", "compute_ref_log_prob", "update_actor"})
+
     def __init__(self, config: RLConfig, derived: Derived, device: str = "cpu"):
         arr = config.actor_rollout_ref
         self.config, self.derived, self.device = config, derived, torch.device(device)
@@ -49,13 +53,21 @@ class ActorRolloutRefWorker:
             dist.ensure_process_group(collective_backend(self.device.type))
             dist.shard(self.model, reshard_after_forward=fsdp.reshard_after_forward,
                        offload=fsdp.param_offload or fsdp.offload_policy, pin_memory=self.device.type == "cuda")
+        # Ulysses: the trained model and the reference share sequences over a group; the rollout copy does not
+        self.sp = ulysses.setup(arr.actor.ulysses_sequence_parallel_size)  # None at degree 1
+        if self.sp is not None:
+            for model in (self.model, self.ref) if self.ref is not None else (self.model,):
+                ulysses.install(model, self.sp, "actor_rollout_ref.actor.ulysses_sequence_parallel_size")
         compute = to_dtype(arr.actor.fsdp_config.mixed_precision.param_dtype)
         self.engine = LocalEngine(self.model, arr.actor.optim, total_steps=derived.total_training_steps or 1,
                                   warmup_steps=derived.actor_warmup_steps or 0, grad_clip=arr.actor.grad_clip,
                                   compute_dtype=compute, device=self.device,
                                   optimizer_offload=fsdp.optimizer_offload)
-        # each rank samples differently; resume restores every rank's own state
+        # each rank samples differently; ranks that share sequences (Ulysses) shuffle mini batches alike;
+        # resume restores every rank's own state
         self.generator = torch.Generator(device="cpu").manual_seed(self.rollout_cfg.seed + 1000 * dist.rank())
+        dp_rank = self.sp.dp_rank if self.sp is not None else dist.rank()
+        self.shuffle_generator = torch.Generator().manual_seed(config.trainer.seed + 1000 * dp_rank)
 
     # ------------------------------------------------------------------------------ rollout
     def _make_rollout(self) -> HFRollout:
@@ -105,7 +117,7 @@ class ActorRolloutRefWorker:
         with torch.no_grad(), self.engine.autocast():
             for rows, part in micro_batches(batch, dynamic, micro, max_tokens):
                 lp, ent, _ = actor_forward(model, self._inputs(part), self.rollout_cfg.temperature, with_entropy,
-                                           self.remove_padding)
+                                           self.remove_padding, self.sp)
                 log_probs.append((rows, lp.cpu()))
                 if with_entropy:
                     entropies.append((rows, ent.cpu()))
@@ -139,11 +151,13 @@ class ActorRolloutRefWorker:
         a, plan = self.actor_cfg, self.derived.actor
         sink = MetricSink()
         self.model.train()
-        for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle, self.generator):
-            norm = global_norm(mini["response_mask"].float())
+        replicas = self.sp.size if self.sp is not None else 1
+        for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle,
+                                 self.shuffle_generator):
+            norm = global_norm(mini["response_mask"].float(), replicas)
             parts = micro_batches(mini, a.use_dynamic_bsz, plan.micro_batch_per_device, a.ppo_max_token_len_per_gpu)
             pg_loss = sum(self._actor_micro_step(micro, norm, sink) for _, micro in parts)
-            sink.add("actor/pg_loss", dist.all_reduce_sum(pg_loss))
+            sink.add("actor/pg_loss", dist.all_reduce_sum(pg_loss) / replicas)
             sink.add("actor/micro_batches", len(parts))
             grad_norm = self.engine.optimizer_step()
             sink.add("actor/grad_norm", grad_norm)
@@ -160,7 +174,7 @@ class ActorRolloutRefWorker:
         need_entropy = a.entropy_coeff != 0
         with self.engine.autocast():
             log_probs, entropy, aux_loss = actor_forward(self.model, self._inputs(micro), self.rollout_cfg.temperature,
-                                                         need_entropy, self.remove_padding)
+                                                         need_entropy, self.remove_padding, self.sp)
         pg = policy_loss(micro["old_log_probs"].to(self.device), log_probs, micro["advantages"].to(self.device), mask,
                          a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c, a.loss_agg_mode,
                          norm_length=self.rollout_cfg.response_length, **norm)
@@ -175,7 +189,7 @@ class ActorRolloutRefWorker:
             loss = loss + a.kl_loss_coef * kl_loss
             sink.add("actor/kl_loss", masked_mean(kl.detach(), mask))
         if aux_loss is not None:  # MoE router balance loss, weighted as the model's config says
-            share = mask.sum() / norm["global_tokens"]
+            share = mask.sum() / norm["global_tokens"] / (self.sp.size if self.sp is not None else 1)
             loss = loss + getattr(self.model.config, "router_aux_loss_coef", 0.0) * aux_loss * share
             sink.add("actor/moe_aux_loss", aux_loss.detach())
         # divided by the mini batch's global counts; FSDP then averages over ranks (see dist.shard)
@@ -185,10 +199,19 @@ class ActorRolloutRefWorker:
         sink.add("actor/pg_clipfrac_lower", pg.clipfrac_lower)
         return pg.loss.detach()
 
+    def peak_memory_gb(self) -> float:
+        """This worker's peak device memory (resident host memory on CPU) so far."""
+        return dist.peak_memory_gb(self.device)
+
     # --------------------------------------------------------------------------- checkpoint
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"sampling": self.generator, "shuffle": self.shuffle_generator}
+
     def save_checkpoint(self, folder: Path) -> None:
-        save_model_state(folder, self.model, self.engine, self.generator, self.tokenizer)
+        save_model_state(folder, self.model, self.engine, self._generators(), self.actor_cfg.checkpoint.save_contents,
+                         self.tokenizer)
 
     def load_checkpoint(self, folder: Path) -> None:
-        load_model_state(folder, self.model, self.engine, self.generator, "actor")
+        load_model_state(folder, self.model, self.engine, self._generators(), self.actor_cfg.checkpoint.load_contents,
+                         "actor")
         self.sync_rollout_weights()

@@ -25,11 +25,14 @@ def prepare_trained_model(model, model_cfg, forward, key: str) -> bool:
     return model_cfg.use_remove_padding
 
 
-def global_norm(mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Token and sequence counts of a mini batch over all data-parallel ranks (see agg_loss)."""
+def global_norm(mask: torch.Tensor, replicas: int = 1) -> dict[str, torch.Tensor]:
+    """Token and sequence counts of a mini batch over all data-parallel ranks (see agg_loss).
+
+    ``replicas``: how many ranks hold each row (the Ulysses degree), so each is counted once."""
     from rlcamp.utils.dist import all_reduce_sum
 
-    return {"global_tokens": all_reduce_sum(mask.sum()), "global_seqs": all_reduce_sum((mask.sum(-1) > 0).sum())}
+    return {"global_tokens": all_reduce_sum(mask.sum()) / replicas,
+            "global_seqs": all_reduce_sum((mask.sum(-1) > 0).sum()) / replicas}
 
 
 def seed_everything(seed: int) -> None:
@@ -63,37 +66,74 @@ class MetricSink:
         return out
 
 
-def save_model_state(folder, model, engine, generator: torch.Generator, tokenizer=None) -> None:
-    """An HF folder (loadable by transformers as it is) plus optimizer, scheduler and RNG state.
+def save_model_state(folder, model, engine, generators: dict[str, torch.Generator], contents, tokenizer=None) -> None:
+    """Write the parts of a worker's state named in ``contents`` (``checkpoint.save_contents``).
 
-    Sharded (FSDP2) models gather full weights and optimizer state to rank 0, which writes them;
-    every rank writes its own sampling RNG. Collective: all ranks call it."""
+    Sharded (FSDP2) models: 'model' and 'optimizer' are written by every rank, each its own shards,
+    with torch.distributed.checkpoint (folder ``sharded/``): no rank ever holds the full state.
+    'hf_model' gathers the full weights to rank 0 and writes a transformers folder (``huggingface/``).
+    One process: weights are the transformers folder ('model' or 'hf_model'), the optimizer goes
+    into ``state.pt``. 'extra': LR schedule (``state.pt``) and each rank's RNG. Collective."""
     from rlcamp.utils import dist
 
-    rank = dist.rank()
-    if dist.is_sharded(model):
-        weights, optim = dist.full_state_dict(model, rank0_only=True), dist.full_optimizer_state(model, engine.optimizer)
-    else:
-        weights, optim = None, engine.optimizer.state_dict()
+    contents, rank, sharded = set(contents), dist.rank(), dist.is_sharded(model)
     folder.mkdir(parents=True, exist_ok=True)
+    if sharded and contents & {"model", "optimizer"}:
+        dist.save_sharded(folder / "sharded", model, engine.optimizer, "model" in contents, "optimizer" in contents)
+    if "hf_model" in contents or (not sharded and "model" in contents):
+        weights = dist.full_state_dict(model, rank0_only=True) if sharded else None
+        if rank == 0:
+            model.save_pretrained(folder / "huggingface", safe_serialization=True, state_dict=weights)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder / "huggingface")
     if rank == 0:
-        model.save_pretrained(folder / "huggingface", safe_serialization=True, state_dict=weights)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(folder / "huggingface")
-        torch.save({"optimizer": optim, "scheduler": engine.scheduler.state_dict(), "world_size": dist.world_size()},
-                   folder / "state.pt")
-    torch.save(generator.get_state(), folder / f"rng_rank{rank}.pt")
+        meta = {"world_size": dist.world_size(), "contents": sorted(contents), "sharded": sharded}
+        if "extra" in contents:
+            meta["scheduler"] = engine.scheduler.state_dict()
+        if not sharded and "optimizer" in contents:
+            meta["optimizer"] = engine.optimizer.state_dict()
+        torch.save(meta, folder / "state.pt")
+    if "extra" in contents:
+        torch.save({name: g.get_state() for name, g in generators.items()}, folder / f"rng_rank{rank}.pt")
 
 
-def load_model_state(folder, model, engine, generator: torch.Generator, role: str) -> None:
+def load_model_state(folder, model, engine, generators: dict[str, torch.Generator], contents, role: str) -> None:
+    """Load the parts named in ``contents`` (``checkpoint.load_contents``) back; see save_model_state."""
+    from rlcamp.utils import dist
+
+    state = torch.load(folder / "state.pt", weights_only=False)
+    contents, saved, sharded = set(contents), set(state["contents"]), dist.is_sharded(model)
+    if state["world_size"] != dist.world_size():
+        raise RuntimeError(f"{role} checkpoint {folder} was written by {state['world_size']} ranks, this run has "
+                           f"{dist.world_size()}; resume with the same trainer.nnodes x trainer.n_gpus_per_node")
+    for part in contents:
+        if not ({part} | ({"hf_model"} if part == "model" else set())) & saved:
+            key = {"actor": "actor_rollout_ref.actor"}.get(role, role)
+            raise RuntimeError(f"{role} checkpoint {folder} holds no '{part}' (it saved {sorted(saved)}); drop "
+                               f"'{part}' from {key}.checkpoint.load_contents to resume without it")
+    if state["sharded"] != sharded:
+        raise RuntimeError(f"{role} checkpoint {folder} was written {'with' if state['sharded'] else 'without'} FSDP "
+                           f"sharding, this {role} is {'' if sharded else 'not '}sharded; resume with the same "
+                           "trainer devices and fsdp_config offload settings")
+    if sharded and contents & {"model", "optimizer"} & saved:
+        dist.load_sharded(folder / "sharded", model, engine.optimizer, "model" in contents and "model" in saved,
+                          "optimizer" in contents)
+    if "model" in contents and not (sharded and "model" in saved):
+        _load_hf_weights(folder, model, role)
+    if "optimizer" in contents and not sharded:
+        engine.optimizer.load_state_dict(state["optimizer"])
+    if "extra" in contents:
+        engine.scheduler.load_state_dict(state["scheduler"])
+        states = torch.load(folder / f"rng_rank{dist.rank()}.pt", weights_only=False)
+        for name, g in generators.items():
+            g.set_state(states[name])
+
+
+def _load_hf_weights(folder, model, role: str) -> None:
     from safetensors.torch import load_file
 
     from rlcamp.utils import dist
 
-    state = torch.load(folder / "state.pt", weights_only=False)
-    if state.get("world_size", 1) != dist.world_size():
-        raise RuntimeError(f"{role} checkpoint {folder} was written by {state.get('world_size', 1)} ranks, this run has "
-                           f"{dist.world_size()}; resume with the same trainer.nnodes x trainer.n_gpus_per_node")
     weights = {}
     for file in sorted((folder / "huggingface").glob("*.safetensors")):
         weights.update(load_file(file))
@@ -104,16 +144,12 @@ def load_model_state(folder, model, engine, generator: torch.Generator, role: st
         if "lm_head.weight" in tied and "lm_head.weight" not in weights:
             weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
         dist.load_full_state_dict(model, weights)
-        dist.load_full_optimizer_state(model, engine.optimizer, state["optimizer"] if dist.rank() == 0 else {})
-    else:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if k not in tied]
-        if missing or unexpected:
-            raise RuntimeError(f"{role} checkpoint {folder} does not match the model: missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}")
-        engine.optimizer.load_state_dict(state["optimizer"])
-    engine.scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(torch.load(folder / f"rng_rank{dist.rank()}.pt", weights_only=False))
+        return
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise RuntimeError(f"{role} checkpoint {folder} does not match the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
 
 
 def micro_batches(batch: Batch, dynamic: bool, size: int | None, max_tokens: int) -> list[tuple[list[int], Batch]]:

@@ -11,6 +11,7 @@ from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
 from rlcamp.engines.local import LocalEngine
+from rlcamp.models import ulysses
 from rlcamp.models.forward import critic_forward, sequence_inputs
 from rlcamp.models.loading import import_external_lib, load_critic
 from rlcamp.utils import dist
@@ -20,6 +21,8 @@ from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, l
 
 
 class CriticWorker:
+    SEQUENCE_PARALLEL = frozenset({"compute_values", "update_critic"})  # see the actor
+
     def __init__(self, config: RLConfig, derived: Derived, device: str = "cpu"):
         c = config.critic
         self.config, self.cfg, self.derived, self.device = config, c, derived, torch.device(device)
@@ -33,11 +36,14 @@ class CriticWorker:
             dist.ensure_process_group(collective_backend(self.device.type))
             dist.shard(self.model, reshard_after_forward=fsdp.reshard_after_forward,
                        offload=fsdp.param_offload or fsdp.offload_policy, pin_memory=self.device.type == "cuda")
+        self.sp = ulysses.setup(c.ulysses_sequence_parallel_size)  # None at degree 1
+        if self.sp is not None:
+            ulysses.install(self.model, self.sp, "critic.ulysses_sequence_parallel_size")
         self.engine = LocalEngine(self.model, c.optim, total_steps=derived.total_training_steps or 1,
                                   warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip,
                                   compute_dtype=to_dtype(c.model.fsdp_config.mixed_precision.param_dtype),
                                   device=self.device, optimizer_offload=fsdp.optimizer_offload)
-        self.generator = torch.Generator().manual_seed(config.trainer.seed + 2)
+        self.generator = torch.Generator().manual_seed(config.trainer.seed + 2)  # the same on every rank
 
     def _inputs(self, part: Batch):
         return sequence_inputs(part["input_ids"].to(self.device), part["attention_mask"].to(self.device),
@@ -49,7 +55,7 @@ class CriticWorker:
         size = self.cfg.forward_micro_batch_size_per_gpu or self.derived.critic.micro_batch_per_device
         with torch.no_grad(), self.engine.autocast():
             for rows, part in micro_batches(batch, self.cfg.use_dynamic_bsz, size, self.cfg.forward_max_token_len_per_gpu):
-                values.append((rows, critic_forward(self.model, self._inputs(part), self.remove_padding).cpu()
+                values.append((rows, critic_forward(self.model, self._inputs(part), self.remove_padding, self.sp).cpu()
                                * part["response_mask"]))
         self.model.train()
         return Batch({"values": in_original_order(values, len(batch))})
@@ -59,12 +65,12 @@ class CriticWorker:
         sink = MetricSink()
         self.model.train()
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, c.ppo_epochs, c.shuffle, self.generator):
-            norm = global_norm(mini["response_mask"].float())
+            norm = global_norm(mini["response_mask"].float(), self.sp.size if self.sp else 1)
             total = torch.zeros(())
             for _, micro in micro_batches(mini, c.use_dynamic_bsz, plan.micro_batch_per_device, c.ppo_max_token_len_per_gpu):
                 micro_mask = micro["response_mask"].to(self.device).float()
                 with self.engine.autocast():
-                    values = critic_forward(self.model, self._inputs(micro), self.remove_padding)
+                    values = critic_forward(self.model, self._inputs(micro), self.remove_padding, self.sp)
                 out = value_loss(values, micro["values"].to(self.device), micro["returns"].to(self.device), micro_mask,
                                  c.cliprange_value, c.loss_agg_mode,
                                  norm_length=self.config.actor_rollout_ref.rollout.response_length, **norm)
@@ -72,7 +78,7 @@ class CriticWorker:
                 total = total + out.loss.detach().cpu()
                 sink.add("critic/vf_clipfrac", out.clipfrac)
                 sink.add("critic/vpred_mean", masked_mean(values.detach(), micro_mask))
-            sink.add("critic/vf_loss", dist.all_reduce_sum(total))
+            sink.add("critic/vf_loss", dist.all_reduce_sum(total) / (self.sp.size if self.sp else 1))
             sink.add("critic/grad_norm", self.engine.optimizer_step())
         sink.add("critic/lr", self.engine.lr)
         sink.add("perf/critic_peak_memory_gb", dist.peak_memory_gb(self.device))
@@ -80,7 +86,8 @@ class CriticWorker:
         return sink.means()
 
     def save_checkpoint(self, folder: Path) -> None:
-        save_model_state(folder, self.model, self.engine, self.generator)
+        save_model_state(folder, self.model, self.engine, {"shuffle": self.generator}, self.cfg.checkpoint.save_contents)
 
     def load_checkpoint(self, folder: Path) -> None:
-        load_model_state(folder, self.model, self.engine, self.generator, "critic")
+        load_model_state(folder, self.model, self.engine, {"shuffle": self.generator}, self.cfg.checkpoint.load_contents,
+                         "critic")

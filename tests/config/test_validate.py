@@ -88,12 +88,34 @@ def test_range_checks():
 def test_known_but_unimplemented_options_fail_loudly():
     text = "\n".join(problems("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.actor.strategy=megatron",
                               "trainer.logger=[console,wandb]", "reward_model.reward_manager=dapo",
-                              "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"))
+                              "reward_model.ulysses_sequence_parallel_size=2"))
     assert "actor_rollout_ref.rollout.name='vllm' is a known option that rlcamp does not run yet" in text
     assert "vLLM rollout" in text and "use rollout.name=hf" in text
     assert "strategy='megatron'" in text and "trainer.logger=['console', 'wandb']" in text
     assert "reward_manager='dapo'" in text and "ulysses_sequence_parallel_size=2" in text
     assert any("unknown logger(s) ['tensorbored']" in p for p in problems("trainer.logger=[tensorbored]"))
+
+
+def test_ulysses_degrees_are_checked_against_devices_and_each_other():
+    base = ("trainer.n_gpus_per_node=4", "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=4")
+    derived = ok(*base, "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2").derived
+    # 4 prompts x rollout.n=4 over 2 data-parallel ranks (not 4 devices)
+    assert derived.dp_size == 2 and derived.actor.mini_batch_responses_per_device == 8
+    text = "\n".join(problems(*base, "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
+                              "actor_rollout_ref.ref.ulysses_sequence_parallel_size=4",
+                              "critic.ulysses_sequence_parallel_size=3"))
+    assert "ref.ulysses_sequence_parallel_size=4 differs from actor.ulysses_sequence_parallel_size=2" in text
+    assert "not divisible by critic.ulysses_sequence_parallel_size=3" in text
+
+
+def test_checkpoint_contents_are_checked():
+    text = "\n".join(problems("actor_rollout_ref.actor.checkpoint.save_contents=[model,optimiser]",
+                              "critic.checkpoint.save_contents=[hf_model]",
+                              "critic.checkpoint.load_contents=[model,optimizer]"))
+    assert "actor_rollout_ref.actor.checkpoint.save_contents has unknown part(s) ['optimiser']" in text
+    assert "critic.checkpoint.load_contents asks for 'optimizer', which critic.checkpoint.save_contents" in text
+    assert "asks for 'model'" not in text  # weights come back from the HF folder
+    ok("critic.checkpoint.save_contents=[hf_model]", "critic.checkpoint.load_contents=[model]")
 
 
 def test_kl_twice_is_a_warning_not_an_error():

@@ -35,6 +35,16 @@ def test_split_and_gather_restore_order():
         split_for_ranks(b, 3)
 
 
+def test_ulysses_groups_share_a_part_and_return_it_once():
+    b = make(4)
+    parts = split_for_ranks(b, 4, replicas=2)  # ranks 0,1 share part 0; ranks 2,3 part 1
+    assert [p["x"].tolist() for p in parts] == [[0, 1], [0, 1], [2, 3], [2, 3]]
+    assert gather(parts, replicas=2)["x"].tolist() == [0, 1, 2, 3]
+    assert gather([{"loss": 1.0}, {"loss": 1.0}, {"loss": 3.0}, {"loss": 3.0}], replicas=2) == {"loss": 2.0}
+    with pytest.raises(ValueError, match="does not split evenly over 2 data-parallel ranks"):
+        split_for_ranks(make(3), 4, replicas=2)
+
+
 class Doubler:
     def __init__(self, rank):
         self.rank = rank
