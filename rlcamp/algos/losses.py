@@ -58,12 +58,16 @@ class PolicyLoss(NamedTuple):
 
 def policy_loss(old_log_probs: torch.Tensor, log_probs: torch.Tensor, advantages: torch.Tensor,
                 response_mask: torch.Tensor, clip_ratio_low: float = 0.2, clip_ratio_high: float = 0.2,
-                clip_ratio_c: float = 3.0, loss_agg_mode: str = "token-mean", **norm) -> PolicyLoss:
+                clip_ratio_c: float = 3.0, loss_agg_mode: str = "token-mean", is_weights: torch.Tensor | None = None,
+                **norm) -> PolicyLoss:
     """PPO clipped surrogate (Schulman et al. 2017) with asymmetric clip and dual clip.
 
     L = max(-A r, -A clip(r, 1 - low, 1 + high)) and, where A < 0, min(that, -A c): the dual clip
     (Ye et al. 2020) bounds the loss of a very unlikely action with a negative advantage, whose
     ratio is otherwise unbounded above.
+
+    ``is_weights`` [batch, response_len] (constants) multiply each token's loss: truncated importance
+    sampling (see ``tis_weights``) when the rollout engine's policy differs from the trainer's.
     """
     if clip_ratio_c <= 1.0:
         raise ValueError(f"clip_ratio_c={clip_ratio_c} must be > 1")
@@ -80,7 +84,17 @@ def policy_loss(old_log_probs: torch.Tensor, log_probs: torch.Tensor, advantages
     clipfrac_lower = masked_mean((torch.gt(clip_loss, dual_bound) & (advantages < 0)).to(advantages.dtype),
                                  response_mask)
     token_loss = torch.where(advantages < 0, dual_loss, clip_loss)
+    if is_weights is not None:
+        token_loss = token_loss * is_weights.detach()
     return PolicyLoss(agg_loss(token_loss, response_mask, loss_agg_mode, **norm), clipfrac, ppo_kl, clipfrac_lower)
+
+
+def tis_weights(old_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"): responses are sampled by the rollout engine's numerics (pi_rollout),
+    the loss assumes the trainer's (pi_old); weighting each token by min(pi_old / pi_rollout, cap)
+    corrects the mismatch, and the cap bounds the variance. [batch, response_len], no gradient."""
+    return torch.exp(torch.clamp(old_log_probs - rollout_log_probs, max=20.0)).clamp(max=cap).detach()
 
 
 class ValueLoss(NamedTuple):

@@ -183,6 +183,9 @@ class ActorConfig:
     ppo_max_token_len_per_gpu: int = doc("Token budget of one micro batch per device when use_dynamic_bsz.", 16384)
     grad_clip: float = doc("Clip the global gradient norm to this.", 1.0)
     clip_ratio: float = doc("PPO clip range epsilon (both sides unless clip_ratio_low/high are set).", 0.2)
+    tis_imp_ratio_cap: float = doc("Truncated importance sampling: weight each token's policy loss by "
+                                   "min(pi_trainer / pi_rollout, cap) to correct rollout/trainer numerics "
+                                   "(-1 = off; 2 is the usual cap).", -1.0)
     # verl defaults both to 0.2 whatever clip_ratio says; following clip_ratio is what a user expects.
     clip_ratio_low: float | None = doc("Lower clip epsilon (ratio >= 1 - low); defaults to clip_ratio.",
                                        follows="actor_rollout_ref.actor.clip_ratio")

