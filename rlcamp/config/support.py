@@ -11,7 +11,6 @@ from typing import Any, Callable
 
 from rlcamp.config.schema import RLConfig
 
-_VLLM = "arrives with the issue 'vLLM rollout with in-place weight sync'"
 _NOT_PLANNED = "is not implemented in rlcamp and no issue plans it yet"
 
 
@@ -24,7 +23,6 @@ class Unsupported:
 
 
 UNSUPPORTED: list[Unsupported] = [
-    Unsupported("actor_rollout_ref.rollout.mode", lambda v: v == "async", _VLLM, "use rollout.mode=sync"),
     Unsupported("actor_rollout_ref.rollout.multi_turn.enable", bool, _NOT_PLANNED, "set it to False"),
     Unsupported("actor_rollout_ref.actor.strategy", lambda v: v == "megatron", _NOT_PLANNED, "use strategy=fsdp"),
     Unsupported("critic.strategy", lambda v: v == "megatron", _NOT_PLANNED, "use strategy=fsdp"),
@@ -52,6 +50,9 @@ def unsupported_problems(cfg: RLConfig) -> list[str]:
         if entry.applies(value):
             problems.append(f"{entry.key}={value!r} is a known option that rlcamp does not run yet: it {entry.why}; {entry.fix}")
     rollout = cfg.actor_rollout_ref.rollout
+    if rollout.mode == "async" and rollout.name != "vllm":
+        problems.append(f"actor_rollout_ref.rollout.mode=async is served by vLLM's AsyncLLM; with "
+                        f"rollout.name={rollout.name} use rollout.mode=sync (or rollout.name=vllm)")
     if rollout.name in ("vllm", "sglang") and rollout.tensor_model_parallel_size != 1:
         problems.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.tensor_model_parallel_size} "
                         f"with rollout.name={rollout.name} is not implemented: rlcamp runs one rollout engine per "

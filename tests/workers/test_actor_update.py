@@ -100,3 +100,13 @@ def test_checkpoint_contents_are_honoured(tmp_path):
     defaults = resolve(build_config(base), 16)  # a run whose load_contents include the optimizer
     with pytest.raises(RuntimeError, match=r"holds no 'optimizer' .* drop 'optimizer' from actor_rollout_ref.actor.checkpoint"):
         ActorRolloutRefWorker(defaults.config, defaults.derived).load_checkpoint(tmp_path / "ckpt")
+
+
+def test_ignore_eos_runs_every_response_to_its_full_length(tmp_path):
+    model, data = make_tiny_setup(tmp_path)
+    overrides = tiny_run_overrides(model, data, tmp_path / "run", **{"actor_rollout_ref.rollout.ignore_eos": True})
+    resolved = resolve(build_config(overrides), 16)
+    worker = ActorRolloutRefWorker(resolved.config, resolved.derived)
+    assert worker.rollout.eos.numel() == 0  # nothing stops a response early ...
+    batch = rollout_batch(worker, worker.tokenizer)
+    assert batch["response_mask"].sum(-1).tolist() == [8] * len(batch)  # ... so all run data.max_response_length=8
