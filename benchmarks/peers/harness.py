@@ -1,0 +1,154 @@
+"""rlcamp against TRL on identical work, side by side, runs interleaved A B A B.
+
+    python benchmarks/peers/harness.py --pair grpo|ppo --model tiny|smollm2 [--steps 4] [--repeats 2]
+
+Pairs: ``ppo``: rlcamp PPO (GAE + critic) vs TRL 1.12.0's ``trl.experimental.ppo.PPOTrainer`` (the
+last TRL with PPO); ``grpo``: rlcamp GRPO vs the latest TRL's ``GRPOTrainer``. Each TRL runs in its
+own virtual environment, created here on first use (``benchmarks/peers/.venvs/``, ignored by git)
+with the same torch 2.13.0 CPU build and transformers as rlcamp, plus rlcamp itself installed
+without dependencies so the reward and evaluation are the same code (``task.py``).
+
+Equal work is checked, not assumed: every step of every run reports the tokens it generated and
+the optimizer steps it took, and the harness refuses to compare runs where they differ. Reported
+per pair: median ratios of seconds per training step, rollout tokens/s, training tokens/s
+(response tokens / (step - generation)), peak RSS, plus the reward per step and greedy accuracy
+after the run, and a PNG of reward against wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+TRL = {"ppo": "1.12.0", "grpo": "1.16.0"}  # 1.16.0: the newest TRL on the index when this was written
+
+
+def venv_for(version: str) -> Path:
+    """A venv with trl==version next to rlcamp's torch and transformers (created once)."""
+    import torch
+    import transformers
+
+    venv = HERE / ".venvs" / f"trl-{version}"
+    python = venv / "bin" / "python"
+    stamp = venv / ".ready"
+    if stamp.exists():
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    torch_version = torch.__version__.split("+")[0]
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"trl=={version}",
+                    f"transformers=={transformers.__version__}", "accelerate", "datasets", "pyarrow", "matplotlib"],
+                   check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)], check=True)
+    stamp.touch()
+    return python
+
+
+def model_path(name: str) -> str:
+    if name == "smollm2":
+        from rlcamp.models.prepare import prepare
+
+        return str(prepare("smollm2-135m-instruct"))
+    from rlcamp.models.tiny import build_tiny_model
+
+    # a tiny Qwen2 from a config (random weights): speed only, its reward stays near zero
+    path = HERE / ".venvs" / "tiny-qwen2"
+    if not (path / "config.json").exists():
+        build_tiny_model(path, "qwen2", hidden_size=128, intermediate_size=256, num_attention_heads=2,
+                         num_key_value_heads=1)
+    return str(path)
+
+
+def run(cmd: list[str], result: Path) -> dict:
+    """One run in its own process; its peak RSS comes from the kernel's accounting of that process."""
+    env = dict(os.environ, PYTHONPATH=str(HERE), TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-4000:]}")
+    return json.loads(result.read_text())
+
+
+def summarise(r: dict, spec: dict) -> dict:
+    steps = r["steps"][1:] if len(r["steps"]) > 1 else r["steps"]  # the first step pays one-off set-up
+    tokens = spec["prompts_per_step"] * spec["samples"] * spec["response_tokens"]
+    return {"step_s": statistics.median(s["seconds"] for s in steps),
+            "rollout_tps": statistics.median(s["generated_tokens"] / s["generate_s"] for s in steps),
+            "train_tps": statistics.median(tokens / (s["seconds"] - s["generate_s"]) for s in steps),
+            "rss_gb": r["peak_rss_gb"], "final_reward": r["steps"][-1]["reward"], "accuracy": r["accuracy"]}
+
+
+def check_equal_work(results: list[dict], spec: dict) -> None:
+    tokens = spec["prompts_per_step"] * spec["samples"] * spec["response_tokens"]
+    optimizer_steps = spec["prompts_per_step"] // spec["prompts_per_optimizer_step"] * spec["epochs"]
+    for r in results:
+        for i, s in enumerate(r["steps"]):
+            if s["generated_tokens"] != tokens or s["optimizer_steps"] != optimizer_steps:
+                raise RuntimeError(f"{r['side']} step {i + 1}: {s['generated_tokens']} tokens and "
+                                   f"{s['optimizer_steps']} optimizer steps, the spec asks {tokens} and "
+                                   f"{optimizer_steps}: the work is not equal, no comparison")
+        if len(r["steps"]) != spec["steps"]:
+            raise RuntimeError(f"{r['side']} ran {len(r['steps'])} steps, the spec asks {spec['steps']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pair", choices=["ppo", "grpo"], required=True)
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"model": model_path(args.model), "prompts_per_step": args.prompts, "samples": args.samples,
+            "response_tokens": args.tokens, "prompts_per_optimizer_step": args.prompts // 2, "epochs": 1,
+            "lr": 1e-5 if args.model == "smollm2" else 1e-4, "steps": args.steps, "seed": 0, "n_test": 32,
+            "eval_tokens": 32, "threads": len(os.sched_getaffinity(0))}
+    tag = f"{args.pair}-{args.model}"
+    spec_file = out / f"{tag}.spec.json"
+    spec_file.write_text(json.dumps(spec, indent=1))
+    trl_python = venv_for(TRL[args.pair])
+    sides = {"rlcamp": [sys.executable, "rlcamp_run.py", args.pair, str(spec_file)],
+             "trl": [str(trl_python), f"trl_{args.pair}_run.py", str(spec_file)]}
+    results: dict[str, list[dict]] = {"rlcamp": [], "trl": []}
+    for i in range(args.repeats):  # A B A B
+        for side, cmd in sides.items():
+            result = out / f"{tag}.{side}.{i}.json"
+            results[side].append(run(cmd + [str(result)], result))
+            print(f"{side} run {i + 1}: {[round(s['seconds'], 1) for s in results[side][-1]['steps']]} s/step",
+                  flush=True)
+    check_equal_work(results["rlcamp"] + results["trl"], spec)
+    rows = {side: [summarise(r, spec) for r in rs] for side, rs in results.items()}
+    med = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in rows.items()}
+    ratio = lambda k, higher_is_better: (med["rlcamp"][k] / med["trl"][k] if higher_is_better  # noqa: E731
+                                         else med["trl"][k] / med["rlcamp"][k])
+    lines = [f"| {args.pair} on {args.model} | rlcamp | {results['trl'][0]['side']} | rlcamp advantage |",
+             "| --- | --- | --- | --- |",
+             f"| seconds per step | {med['rlcamp']['step_s']:.2f} | {med['trl']['step_s']:.2f} | {ratio('step_s', False):.2f}x |",
+             f"| rollout tokens/s | {med['rlcamp']['rollout_tps']:.0f} | {med['trl']['rollout_tps']:.0f} | {ratio('rollout_tps', True):.2f}x |",
+             f"| training tokens/s | {med['rlcamp']['train_tps']:.0f} | {med['trl']['train_tps']:.0f} | {ratio('train_tps', True):.2f}x |",
+             f"| peak RSS (GiB) | {med['rlcamp']['rss_gb']:.2f} | {med['trl']['rss_gb']:.2f} | {ratio('rss_gb', False):.2f}x |",
+             f"| reward, last step | {med['rlcamp']['final_reward']:.3f} | {med['trl']['final_reward']:.3f} | |",
+             f"| greedy accuracy after | {med['rlcamp']['accuracy']:.3f} | {med['trl']['accuracy']:.3f} | |"]
+    table = "\n".join(lines)
+    print(table)
+    (out / f"{tag}.md").write_text(table + "\n")
+    (out / f"{tag}.json").write_text(json.dumps({"spec": spec, "results": results}, indent=1))
+    plot = subprocess.run([str(trl_python), "plot.py", str(out / f"{tag}.json"), str(out / f"{tag}.png")], cwd=HERE)
+    if plot.returncode == 0:
+        print(f"plot: {out / f'{tag}.png'}")
+
+
+if __name__ == "__main__":
+    main()
