@@ -85,6 +85,34 @@ def summarise(r: dict, spec: dict) -> dict:
             "rss_gb": r["peak_rss_gb"], "final_reward": r["steps"][-1]["reward"], "accuracy": r["accuracy"]}
 
 
+def matmul_peak_gflops(dtype, n: int = 2048, reps: int = 5) -> float:
+    """This machine's measured matmul throughput (all cores), the ceiling for the training figure."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def model_flops_per_token(pair: str, model: str) -> tuple[float, int]:
+    """Dense FLOPs per token of the non-generation part of a step (attention's share ignored at these
+    lengths): forward 2N, forward + backward 6N. GRPO: old log-probs (2N) + actor update (6N) = 8N;
+    PPO: old log-probs, reference, values (3 x 2N) + actor and critic updates (2 x 6N) = 18N."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with __import__("torch").device("meta"):
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).parameters())
+    return (8 if pair == "grpo" else 18) * n, n
+
+
 def check_equal_work(results: list[dict], spec: dict) -> None:
     tokens = spec["prompts_per_step"] * spec["samples"] * spec["response_tokens"]
     optimizer_steps = spec["prompts_per_step"] // spec["prompts_per_optimizer_step"] * spec["epochs"]
@@ -107,33 +135,40 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="fp32 everywhere, or bf16 mixed precision (fp32 weights, bf16 compute) on both sides")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--report-only", action="store_true", help="re-make the table and plot from saved runs")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     spec = {"model": model_path(args.model), "prompts_per_step": args.prompts, "samples": args.samples,
             "response_tokens": args.tokens, "prompts_per_optimizer_step": args.prompts // 2, "epochs": 1,
             "lr": 1e-5 if args.model == "smollm2" else 1e-4, "steps": args.steps, "seed": 0, "n_test": 32,
-            "eval_tokens": 32, "threads": len(os.sched_getaffinity(0))}
-    tag = f"{args.pair}-{args.model}"
-    spec_file = out / f"{tag}.spec.json"
-    spec_file.write_text(json.dumps(spec, indent=1))
+            "eval_tokens": 32, "threads": len(os.sched_getaffinity(0)), "precision": args.precision}
+    tag = f"{args.pair}-{args.model}" + ("-bf16" if args.precision == "bf16" else "")
     trl_python = venv_for(TRL[args.pair])
-    sides = {"rlcamp": [sys.executable, "rlcamp_run.py", args.pair, str(spec_file)],
-             "trl": [str(trl_python), f"trl_{args.pair}_run.py", str(spec_file)]}
-    results: dict[str, list[dict]] = {"rlcamp": [], "trl": []}
-    for i in range(args.repeats):  # A B A B
-        for side, cmd in sides.items():
-            result = out / f"{tag}.{side}.{i}.json"
-            results[side].append(run(cmd + [str(result)], result))
-            print(f"{side} run {i + 1}: {[round(s['seconds'], 1) for s in results[side][-1]['steps']]} s/step",
-                  flush=True)
+    if args.report_only:
+        saved = json.loads((out / f"{tag}.json").read_text())
+        spec, results = saved["spec"], saved["results"]
+    else:
+        spec_file = out / f"{tag}.spec.json"
+        spec_file.write_text(json.dumps(spec, indent=1))
+        sides = {"rlcamp": [sys.executable, "rlcamp_run.py", args.pair, str(spec_file)],
+                 "trl": [str(trl_python), f"trl_{args.pair}_run.py", str(spec_file)]}
+        results = {"rlcamp": [], "trl": []}
+        for i in range(args.repeats):  # A B A B
+            for side, cmd in sides.items():
+                result = out / f"{tag}.{side}.{i}.json"
+                results[side].append(run(cmd + [str(result)], result))
+                print(f"{side} run {i + 1}: {[round(s['seconds'], 1) for s in results[side][-1]['steps']]} s/step",
+                      flush=True)
     check_equal_work(results["rlcamp"] + results["trl"], spec)
     rows = {side: [summarise(r, spec) for r in rs] for side, rs in results.items()}
     med = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in rows.items()}
     ratio = lambda k, higher_is_better: (med["rlcamp"][k] / med["trl"][k] if higher_is_better  # noqa: E731
                                          else med["trl"][k] / med["rlcamp"][k])
-    lines = [f"| {args.pair} on {args.model} | rlcamp | {results['trl'][0]['side']} | rlcamp advantage |",
+    lines = [f"| {args.pair} on {args.model}, {spec.get('precision', 'fp32')} | rlcamp | {results['trl'][0]['side']} | rlcamp advantage |",
              "| --- | --- | --- | --- |",
              f"| seconds per step | {med['rlcamp']['step_s']:.2f} | {med['trl']['step_s']:.2f} | {ratio('step_s', False):.2f}x |",
              f"| rollout tokens/s | {med['rlcamp']['rollout_tps']:.0f} | {med['trl']['rollout_tps']:.0f} | {ratio('rollout_tps', True):.2f}x |",
@@ -141,6 +176,25 @@ def main() -> None:
              f"| peak RSS (GiB) | {med['rlcamp']['rss_gb']:.2f} | {med['trl']['rss_gb']:.2f} | {ratio('rss_gb', False):.2f}x |",
              f"| reward, last step | {med['rlcamp']['final_reward']:.3f} | {med['trl']['final_reward']:.3f} | |",
              f"| greedy accuracy after | {med['rlcamp']['accuracy']:.3f} | {med['trl']['accuracy']:.3f} | |"]
+    # training throughput as a fraction of the matmul peak measured in this run (fp32 training)
+    from transformers import AutoTokenizer
+
+    from task import train_rows
+
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    prompt_tokens = statistics.mean(len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True))
+                                    for r in train_rows(spec))
+    per_token, n_params = model_flops_per_token(args.pair, spec["model"])
+    tokens = spec["prompts_per_step"] * spec["samples"] * (prompt_tokens + spec["response_tokens"])
+    peaks = {"fp32": matmul_peak_gflops(__import__("torch").float32),
+             "bf16": matmul_peak_gflops(__import__("torch").bfloat16)}
+    for side in ("rlcamp", "trl"):
+        train_s = med[side]["step_s"] - statistics.median(s["generate_s"] for r in results[side] for s in r["steps"][1:])
+        achieved = per_token * tokens / train_s / 1e9
+        lines.append(f"| training GFLOP/s ({n_params / 1e6:.0f}M params, {per_token / n_params:.0f}N per token) "
+                     f"| {achieved:.1f} | | {achieved / peaks['fp32']:.1%} of fp32 peak |" if side == "rlcamp" else
+                     f"| training GFLOP/s, {results['trl'][0]['side']} | | {achieved:.1f} | {achieved / peaks['fp32']:.1%} of fp32 peak |")
+    lines.append(f"| matmul peak measured now (2048^3) | fp32 {peaks['fp32']:.0f} GFLOP/s | bf16 {peaks['bf16']:.0f} GFLOP/s | |")
     table = "\n".join(lines)
     print(table)
     (out / f"{tag}.md").write_text(table + "\n")

@@ -44,6 +44,10 @@ def overrides(algo: str, spec: dict, train_file: Path, run_dir: Path) -> list[st
                        "algorithm.kl_penalty": "kl", "critic.optim.lr": spec["lr"], "critic.ppo_epochs": spec["epochs"],
                        "critic.ppo_micro_batch_size_per_gpu": M * G, "critic.model.enable_gradient_checkpointing": False,
                        "critic.model.fsdp_config.mixed_precision.param_dtype": "fp32", "critic.cliprange_value": 0.2})
+    if spec.get("precision") == "bf16":  # fp32 weights, bf16 compute (autocast), bf16 rollout copy
+        common.update({"actor_rollout_ref.rollout.dtype": "bf16",
+                       "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": "bf16",
+                       "critic.model.fsdp_config.mixed_precision.param_dtype": "bf16"})
     return [f"{k}={v}" for k, v in common.items()]
 
 

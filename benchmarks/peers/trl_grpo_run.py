@@ -63,7 +63,7 @@ def main(spec_path: str, out_path: str) -> None:
             generation_kwargs={"min_new_tokens": T}, temperature=1.0, top_k=0, top_p=1.0,
             learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01,
             beta=0.0, loss_type="dapo", max_steps=spec["steps"] * per_step, logging_steps=1, save_strategy="no",
-            report_to="none", bf16=False, use_cpu=True, shuffle_dataset=False, seed=spec["seed"],
+            report_to="none", bf16=spec.get("precision") == "bf16", use_cpu=True, shuffle_dataset=False, seed=spec["seed"],
             dataloader_num_workers=0, disable_dropout=True, max_grad_norm=1.0)
         trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, processing_class=tokenizer,
                               train_dataset=Dataset.from_list(train_rows(spec)), callbacks=[Clock()])

@@ -108,7 +108,7 @@ def main(spec_path: str, out_path: str) -> None:
             learning_rate=spec["lr"], lr_scheduler_type="constant", total_episodes=spec["steps"] * P * G,
             kl_coef=0.05, kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
             whiten_rewards=False, missing_eos_penalty=None, local_rollout_forward_batch_size=P * G,
-            num_sample_generations=0, bf16=False, use_cpu=True, report_to="none", save_strategy="no",
+            num_sample_generations=0, bf16=spec.get("precision") == "bf16", use_cpu=True, report_to="none", save_strategy="no",
             logging_steps=1, seed=spec["seed"], dataloader_num_workers=0)
         trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref,
                              reward_model=reward_model, train_dataset=dataset, value_model=value, callbacks=[Clock()])
