@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--report-only", action="store_true", help="re-make the table and plot from saved runs")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the runners work in this folder
     out.mkdir(parents=True, exist_ok=True)
     spec = {"model": model_path(args.model), "prompts_per_step": args.prompts, "samples": args.samples,
             "response_tokens": args.tokens, "prompts_per_optimizer_step": args.prompts // 2, "epochs": 1,
@@ -191,7 +191,7 @@ def main() -> None:
     for side in ("rlcamp", "trl"):
         train_s = med[side]["step_s"] - statistics.median(s["generate_s"] for r in results[side] for s in r["steps"][1:])
         achieved = per_token * tokens / train_s / 1e9
-        lines.append(f"| training GFLOP/s ({n_params / 1e6:.0f}M params, {per_token / n_params:.0f}N per token) "
+        lines.append(f"| training GFLOP/s ({n_params / 1e6:.1f}M params, {per_token / n_params:.0f}N per token) "
                      f"| {achieved:.1f} | | {achieved / peaks['fp32']:.1%} of fp32 peak |" if side == "rlcamp" else
                      f"| training GFLOP/s, {results['trl'][0]['side']} | | {achieved:.1f} | {achieved / peaks['fp32']:.1%} of fp32 peak |")
     lines.append(f"| matmul peak measured now (2048^3) | fp32 {peaks['fp32']:.0f} GFLOP/s | bf16 {peaks['bf16']:.0f} GFLOP/s | |")
