@@ -3,8 +3,9 @@
 The engine core runs in its own process (vLLM's default), so it never shares this process's
 torch.distributed world or thread settings with the trainer. Weights reach it in place after
 every actor update: the full state dict is cut into buckets, each serialised as one safetensors
-blob, and each blob is loaded by vLLM's own in-place ``reload_weights`` inside the engine worker
-(``collective_rpc`` into a small worker extension). Nothing is written to disk and the engine is
+blob in a shared-memory segment, and each blob is loaded by vLLM's own in-place ``reload_weights``
+inside the engine worker (``collective_rpc`` into a small worker extension, carrying the segment's
+name). The engine runs on the same host as its actor, so shared memory always reaches it. Nothing is written to disk and the engine is
 never restarted. The prefix cache is reset after a sync (its KV entries came from old weights).
 
 Log-probs of the sampled tokens are vLLM's "processed" log-probs: after temperature (and top-k /
@@ -41,10 +42,17 @@ def require_vllm():
 class WeightSyncExtension:
     """Mixed into vLLM's worker class (``worker_extension_cls``): loads one safetensors blob in place."""
 
-    def rlcamp_load_weights(self, blob: bytes) -> int:
+    def rlcamp_load_weights(self, shm_name: str, size: int) -> int:
+        """Load the safetensors blob the trainer left in shared memory segment ``shm_name``."""
+        from multiprocessing import shared_memory
+
         from safetensors.torch import load
 
-        weights = load(blob)
+        segment = shared_memory.SharedMemory(name=shm_name)  # the trainer owns it and unlinks it
+        try:
+            weights = load(bytes(segment.buf[:size]))
+        finally:
+            segment.close()
         self.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)
         return len(weights)
 
@@ -158,8 +166,19 @@ class VLLMRollout:
 
         if self.asleep:
             self.engine.call("wake_up", tags=["weights"])
+        from multiprocessing import shared_memory
+
         for bucket in weight_buckets(state, self.dtype, "cpu", bucket_mb << 20):
-            self.engine.call("collective_rpc", "rlcamp_load_weights", args=(save(dict(bucket)),))
+            blob = save(dict(bucket))
+            # handed over in shared memory: the RPC carries only its name (sending the bytes through
+            # the engine's RPC took 2.5 s for SmolLM2's 311 MiB; see benchmarks/RESULTS.md)
+            segment = shared_memory.SharedMemory(create=True, size=len(blob))
+            try:
+                segment.buf[:len(blob)] = blob
+                self.engine.call("collective_rpc", "rlcamp_load_weights", args=(segment.name, len(blob)))
+            finally:
+                segment.close()
+                segment.unlink()
         self.engine.call("reset_prefix_cache")
 
     def shutdown(self) -> None:
