@@ -124,6 +124,22 @@ def _plan(problems: list[str], prefix: str, cfg: RLConfig, mini_prompts: int, mi
     return BatchPlan(mini_prompts, per_device, micro, accum, mini_batches, epochs * mini_batches)
 
 
+def checkpoint_holds(part: str, saved) -> bool:
+    """Whether a checkpoint of ``saved`` parts can give ``part`` back: weights come back from either
+    the sharded state ('model') or the transformers folder ('hf_model')."""
+    return bool(({part} | ({"hf_model"} if part == "model" else set())) & set(saved))
+
+
+def _ulysses_degree(problems: list[str], n_devices: int, value: int, role: str) -> int:
+    """The Ulysses degree of ``role``, checked against the devices (1 when it does not divide them)."""
+    sp = max(value, 1)
+    if n_devices % sp:
+        problems.append(f"{n_devices} devices (trainer.nnodes x trainer.n_gpus_per_node) are not divisible by "
+                        f"{role}.ulysses_sequence_parallel_size={sp}")
+        return 1
+    return sp
+
+
 def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> None:
     data, arr, algo, trainer = cfg.data, cfg.actor_rollout_ref, cfg.algorithm, cfg.trainer
     actor, rollout = arr.actor, arr.rollout
@@ -157,8 +173,8 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
             unknown = sorted(set(getattr(ckpt, key)) - set(allowed))
             if unknown:
                 problems.append(f"{name}.{key} has unknown part(s) {unknown}; known: {list(allowed)}")
-        for part in ckpt.load_contents:  # weights come back from either the sharded state or the HF folder
-            if not ({part} | ({"hf_model"} if part == "model" else set())) & set(ckpt.save_contents):
+        for part in ckpt.load_contents:
+            if not checkpoint_holds(part, ckpt.save_contents):
                 problems.append(f"{name}.load_contents asks for '{part}', which {name}.save_contents does not save; "
                                 f"add it there or drop it here")
     if actor.tis_imp_ratio_cap != -1 and actor.tis_imp_ratio_cap <= 0:
@@ -225,11 +241,7 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
     arr, algo, trainer = cfg.actor_rollout_ref, cfg.algorithm, cfg.trainer
     actor, rollout, critic, ref = arr.actor, arr.rollout, cfg.critic, arr.ref
     n_devices = max(trainer.nnodes * trainer.n_gpus_per_node, 1)
-    sp = max(actor.ulysses_sequence_parallel_size, 1)
-    if n_devices % sp:
-        problems.append(f"{n_devices} devices (trainer.nnodes x trainer.n_gpus_per_node) are not divisible by "
-                        f"actor.ulysses_sequence_parallel_size={sp}")
-        sp = 1
+    sp = _ulysses_degree(problems, n_devices, actor.ulysses_sequence_parallel_size, "actor")
     dp = n_devices // sp
     responses = cfg.data.train_batch_size * rollout.n
     if responses % dp:
@@ -246,12 +258,7 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
                         f"differs from actor.ulysses_sequence_parallel_size={sp}: the reference runs in the actor's "
                         "workers and shares its groups; leave it unset")
     if uses_critic:
-        critic_sp = max(critic.ulysses_sequence_parallel_size, 1)
-        if n_devices % critic_sp:
-            problems.append(f"{n_devices} devices (trainer.nnodes x trainer.n_gpus_per_node) are not divisible by "
-                            f"critic.ulysses_sequence_parallel_size={critic_sp}")
-            critic_sp = 1
-        critic_dp = n_devices // critic_sp
+        critic_dp = n_devices // _ulysses_degree(problems, n_devices, critic.ulysses_sequence_parallel_size, "critic")
         critic_plan = _plan(problems, "critic", cfg, critic.ppo_mini_batch_size, critic.ppo_micro_batch_size,
                             critic.ppo_micro_batch_size_per_gpu, critic.ppo_epochs, critic_dp, critic.use_dynamic_bsz)
     fallback = actor_plan.micro_batch_per_device if actor_plan else None

@@ -13,6 +13,16 @@ TP_ONE = ("rlcamp runs one rollout engine per device (tensor parallel 1): set "
           "actor_rollout_ref.rollout.tensor_model_parallel_size=1")
 
 
+def require(module: str, hint: str):
+    """Import an optional engine, or fail with the install hint."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise RuntimeError(f"{hint} (import failed: {exc})") from None
+
+
 def prompt_lists(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
     return [row[mask.bool()].tolist() for row, mask in zip(input_ids.cpu(), attention_mask.cpu())]
 

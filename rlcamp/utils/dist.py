@@ -125,27 +125,27 @@ def load_full_state_dict(model, state: dict[str, torch.Tensor]) -> None:
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
-def save_sharded(path, model, optimizer, weights: bool, optimizer_state: bool) -> None:
-    """Each rank writes its own shards (torch.distributed.checkpoint); collective."""
-    import torch.distributed.checkpoint as dcp
+def _sharded_state(model, optimizer, weights: bool, optimizer_state: bool) -> dict:
+    """This rank's shards of the weights and/or optimizer state, as torch.distributed.checkpoint wants them."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state} if weights else {}
-    if optimizer_state:
-        state["optimizer"] = optim_state
-    dcp.save(state, checkpoint_id=str(path))
+    return {**({"model": model_state} if weights else {}), **({"optimizer": optim_state} if optimizer_state else {})}
+
+
+def save_sharded(path, model, optimizer, weights: bool, optimizer_state: bool) -> None:
+    """Each rank writes its own shards (torch.distributed.checkpoint); collective."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_sharded_state(model, optimizer, weights, optimizer_state), checkpoint_id=str(path))
 
 
 def load_sharded(path, model, optimizer, weights: bool, optimizer_state: bool) -> None:
     """Each rank reads back its own shards, in place; collective."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state} if weights else {}
-    if optimizer_state:
-        state["optimizer"] = optim_state
+    state = _sharded_state(model, optimizer, weights, optimizer_state)
     dcp.load(state, checkpoint_id=str(path))
     if weights:
         set_model_state_dict(model, state["model"])

@@ -99,6 +99,7 @@ def save_model_state(folder, model, engine, generators: dict[str, torch.Generato
 
 def load_model_state(folder, model, engine, generators: dict[str, torch.Generator], contents, role: str) -> None:
     """Load the parts named in ``contents`` (``checkpoint.load_contents``) back; see save_model_state."""
+    from rlcamp.config.validate import checkpoint_holds
     from rlcamp.utils import dist
 
     state = torch.load(folder / "state.pt", weights_only=False)
@@ -107,7 +108,7 @@ def load_model_state(folder, model, engine, generators: dict[str, torch.Generato
         raise RuntimeError(f"{role} checkpoint {folder} was written by {state['world_size']} ranks, this run has "
                            f"{dist.world_size()}; resume with the same trainer.nnodes x trainer.n_gpus_per_node")
     for part in contents:
-        if not ({part} | ({"hf_model"} if part == "model" else set())) & saved:
+        if not checkpoint_holds(part, saved):
             key = {"actor": "actor_rollout_ref.actor"}.get(role, role)
             raise RuntimeError(f"{role} checkpoint {folder} holds no '{part}' (it saved {sorted(saved)}); drop "
                                f"'{part}' from {key}.checkpoint.load_contents to resume without it")
