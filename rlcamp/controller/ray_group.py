@@ -51,12 +51,10 @@ class _Host:
 
     def setup(self, worker_path: str, rank: int, world_size: int, master: tuple[str, int], backend: str,
               timeout_s: float, threads: int, kwargs: dict) -> bool:
-        import torch
-
+        from rlcamp.utils.device import tune_cpu
         from rlcamp.utils.dist import init_distributed
 
-        torch.set_flush_denormal(True)
-        torch.set_num_threads(threads)
+        tune_cpu(threads)
         init_distributed(rank, world_size, master[0], master[1], backend, timeout_s)
         module, name = worker_path.split(":")
         self.worker = getattr(importlib.import_module(module), name)(**kwargs)

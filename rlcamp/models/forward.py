@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from rlcamp.algos.losses import entropy_from_logits, log_probs_from_logits
+from rlcamp.models.head import chunked_log_probs, has_plain_head
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,39 @@ def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_en
     return finish(values[..., 0]), entropy, getattr(out, "aux_loss", None)
 
 
+def _actor_forward_chunked(model, inputs: SequenceInputs, temperature: float, with_entropy: bool,
+                           remove_padding: bool):
+    """The decoder, then the vocabulary projection and log-softmax a chunk of rows at a time
+    (``rlcamp.models.head``): the [tokens, vocab] logits never exist in full."""
+    decoder = model.get_decoder()
+    r = inputs.response_len
+    if remove_padding:
+        packed = pack(inputs)
+        hidden = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                         use_cache=False).last_hidden_state[0, packed.predict_at]
+        labels = packed.input_ids[0, packed.predict_at + 1]
+        finish = lambda x: _unpack(x, packed, inputs)  # noqa: E731
+    else:
+        hidden = decoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
+                         position_ids=inputs.position_ids, use_cache=False).last_hidden_state[:, -r - 1:-1]
+        labels = inputs.input_ids[:, -r:]
+        finish = lambda x: _pad_back(x.view(labels.shape), inputs)  # noqa: E731
+    log_probs, entropy = chunked_log_probs(hidden.reshape(-1, hidden.shape[-1]), model.get_output_embeddings().weight,
+                                           labels.reshape(-1), temperature, with_entropy)
+    return finish(log_probs), (finish(entropy) if with_entropy else None), None
+
+
 def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_entropy: bool = False,
-                  remove_padding: bool = False, sp=None):
+                  remove_padding: bool = False, sp=None, chunked_head: bool = True):
     """Log-probs [batch, response_len] of the response tokens under softmax(logits / T), entropy
     optional, and the model's MoE aux loss (or None). ``sp``: this rank's Ulysses group, if any
-    (the MoE aux loss is then that of this rank's columns)."""
+    (the MoE aux loss is then that of this rank's columns). ``chunked_head``: take the log-probs
+    from the decoder's hidden states without full logits, where the model's head allows it
+    (``rlcamp.models.head.has_plain_head``); False forces the plain path."""
     if sp is not None:
         return _actor_forward_sp(model, inputs, temperature, with_entropy, remove_padding, sp)
+    if chunked_head and has_plain_head(model):
+        return _actor_forward_chunked(model, inputs, temperature, with_entropy, remove_padding)
     r = inputs.response_len
     if remove_padding:
         packed = pack(inputs)

@@ -13,10 +13,13 @@ from rlcamp.batch import Batch
 
 
 def prepare_trained_model(model, model_cfg, forward, key: str) -> bool:
-    """Training set-up shared by actor and critic: gradient checkpointing, no KV cache, and the
-    packing self-check when ``use_remove_padding`` is on. Returns that flag."""
+    """Training set-up shared by actor and critic: gradient checkpointing, no KV cache, the
+    attention function for CPU (``rlcamp.models.cpu_attention``) and the packing self-check when
+    ``use_remove_padding`` is on. Returns that flag."""
+    from rlcamp.models.cpu_attention import use_on_cpu
     from rlcamp.models.forward import check_packing
 
+    use_on_cpu(model, model_cfg.override_config)
     if model_cfg.enable_gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

@@ -1,0 +1,85 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlcamp.algos.losses import entropy_from_logits, log_probs_from_logits
+from rlcamp.models import head
+from rlcamp.models.forward import actor_forward, sequence_inputs
+from rlcamp.models.head import chunked_log_probs, has_plain_head
+from rlcamp.models.tiny import build_tiny_model
+
+from tests.models.test_forward import batch
+
+
+def reference(hidden, weight, labels, temperature, with_entropy):
+    logits = (hidden @ weight.T).float() / temperature
+    lp = log_probs_from_logits(logits, labels)
+    return lp, (entropy_from_logits(logits) if with_entropy else None)
+
+
+def leaves(n=37, d=16, vocab=101, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, d, generator=g, dtype=dtype, requires_grad=True)
+    weight = (torch.randn(vocab, d, generator=g) * 0.5).to(dtype).requires_grad_()
+    return hidden, weight, torch.randint(0, vocab, (n,), generator=g)
+
+
+def grads(fn, hidden, weight, labels, temperature, with_entropy):
+    """Values and gradients of a loss that weights log-probs and entropy unevenly per row."""
+    hidden.grad = weight.grad = None
+    lp, ent = fn(hidden, weight, labels, temperature, with_entropy)
+    w = torch.linspace(-1, 2, len(lp))
+    loss = (lp * w).sum() + ((ent * w.flip(0)).sum() if with_entropy else 0)
+    loss.backward()
+    return lp.detach(), (ent.detach() if with_entropy else None), hidden.grad.clone(), weight.grad.clone()
+
+
+@pytest.mark.parametrize("with_entropy", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_equals_full_logits_values_and_gradients(monkeypatch, with_entropy, temperature):
+    monkeypatch.setattr(head, "CHUNK_ELEMENTS", 101 * 8)  # 8 rows a chunk: 5 chunks, the last one short
+    monkeypatch.setattr(head, "BLOCK_ELEMENTS", 101 * 20)  # backward blocks of 20 rows: 2 blocks
+    hidden, weight, labels = leaves()
+    got = grads(chunked_log_probs, hidden, weight, labels, temperature, with_entropy)
+    want = grads(reference, hidden, weight, labels, temperature, with_entropy)
+    for a, b in zip(got, want):
+        if b is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_under_autocast_projects_in_bf16_like_linear():
+    hidden, weight, labels = leaves(n=20, d=32, vocab=300)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = grads(chunked_log_probs, hidden, weight, labels, 1.0, True)
+        want = grads(reference, hidden, weight, labels, 1.0, True)
+    assert got[2].dtype == hidden.dtype and got[3].dtype == weight.dtype
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("remove_padding", [False, True])
+def test_actor_forward_chunked_equals_the_plain_head(tmp_path, family, remove_padding):
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path, family))
+    assert has_plain_head(model)
+    inputs = sequence_inputs(*batch())
+
+    def run(chunked):
+        model.zero_grad()
+        lp, ent, aux = actor_forward(model, inputs, 0.8, True, remove_padding, chunked_head=chunked)
+        m = inputs.attention_mask[:, -inputs.response_len:].bool()
+        (lp[:, :m.shape[1]][m].sum() - 0.3 * ent[:, :m.shape[1]][m].sum()).backward()
+        return lp.detach(), ent.detach(), aux, [p.grad.clone() for p in model.parameters()]
+
+    lp, ent, aux, g = run(True)
+    lp0, ent0, aux0, g0 = run(False)
+    assert aux is None and aux0 is None
+    torch.testing.assert_close(lp, lp0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, ent0, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g, g0):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_heads_with_extra_steps_keep_the_plain_path(tmp_path):
+    gemma2 = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path, "gemma2"))
+    assert not has_plain_head(gemma2)  # final logit soft-capping lives in the wrapper's forward
