@@ -158,6 +158,9 @@ class ModelConfig:
     enable_gradient_checkpointing: bool = doc("Recompute activations in backward to save memory.", True)
     enable_activation_offload: bool = doc("Offload activations to the CPU during forward.", False)
     use_remove_padding: bool = doc("Pack sequences without padding (varlen) where the model allows it.", False)
+    share_prompt_prefix: bool = doc("Run a prompt once for all its samples in a micro batch (rollout.n > 1) where the "
+                                    "model allows it (rlcamp.models.shared_prefix); exact, fewer tokens. Actor and "
+                                    "reference; precedes use_remove_padding.", True)
     use_liger: bool = doc("Use Liger kernels (GPU only).", False)
     use_fused_kernels: bool = doc("Fuse the LM head with log-prob computation.", False)
     use_shm: bool = doc("Copy the model to shared memory before loading.", False)
@@ -302,6 +305,8 @@ class CriticModelConfig:
     enable_gradient_checkpointing: bool = doc("Recompute activations in backward.", True)
     enable_activation_offload: bool = doc("Offload activations to the CPU during forward.", False)
     use_remove_padding: bool = doc("Pack sequences without padding.", False)
+    share_prompt_prefix: bool = doc("Run a prompt once for all its samples in a micro batch, as the actor's "
+                                    "model.share_prompt_prefix.", True)
     use_shm: bool = doc("Copy the model to shared memory before loading.", False)
     lora_rank: int = doc("LoRA rank; 0 trains all weights.", 0)
     lora_alpha: int = doc("LoRA alpha.", 16)

@@ -7,7 +7,7 @@ FSDP2 (issue 'Scale out') wraps the same interface; workers only see ``autocast(
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -38,21 +38,64 @@ class LocalEngine:
         # parameters keep the default.
         sharded = any(hasattr(p, "full_tensor") for p in params)
         fused = {"fused": True} if not sharded and device.type in ("cpu", "cuda") else {}
-        self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+        self.params, self.master = params, None
+        param_dtype = params[0].dtype if params else None
+        if (device.type == "cpu" and not sharded and compute_dtype is not None and param_dtype == torch.float32
+                and compute_dtype != torch.float32):
+            self.master = self._keep_master_weights(params, compute_dtype)
+        self.optimizer = torch.optim.AdamW(self.master or params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                            weight_decay=optim.weight_decay, **fused)
         min_lr = optim.min_lr_ratio or 0.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, warmup_steps, total_steps, optim.warmup_style, min_lr, optim.num_cycles))
 
-    def autocast(self):
-        param_dtype = next(self.model.parameters()).dtype
+    @staticmethod
+    def _keep_master_weights(params: list[torch.nn.Parameter], compute_dtype: torch.dtype) -> list[torch.Tensor]:
+        """Mixed precision as FSDP's ``MixedPrecisionPolicy(param_dtype=...)`` does it, on one CPU
+        process: the model holds its weights in the compute dtype and runs in it end to end; the
+        optimizer steps fp32 copies (the master weights), and each micro batch's gradients are
+        added up in fp32 as soon as they exist. Against autocast, which re-casts every weight
+        in every forward and every gradient in every backward and keeps the residual stream in
+        fp32: a PPO step on SmolLM2 took 9.0 s instead of 9.5 s (``benchmarks/RESULTS.md``)."""
+        master = []
+        for p in params:
+            m = p.detach().clone()
+            p.data = p.data.to(compute_dtype)
+
+            def accumulate(param: torch.Tensor, m: torch.Tensor = m) -> None:
+                m.grad = param.grad.float() if m.grad is None else m.grad.add_(param.grad)
+                param.grad = None
+
+            p.register_post_accumulate_grad_hook(accumulate)
+            master.append(m)
+        return master
+
+    @contextmanager
+    def full_precision(self):
+        """The model holds the fp32 master weights for the duration (checkpoints, exports, weight
+        syncs); whatever they hold at the end is cast back into the compute copy."""
+        if self.master is None:
+            yield
+            return
+        for p, m in zip(self.params, self.master):
+            p.data = m
+        try:
+            yield
+        finally:
+            for p, m in zip(self.params, self.master):
+                p.data = m.detach().to(self.compute_dtype)
+
+    def autocast(self, model: torch.nn.Module | None = None):
+        """Autocast to the compute dtype for ``model`` (default: the trained one) when its weights are
+        in another dtype: a frozen fp32 reference still computes in bf16 next to a bf16 actor."""
+        param_dtype = next((model or self.model).parameters()).dtype
         if self.compute_dtype is None or self.compute_dtype == param_dtype:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def optimizer_step(self) -> torch.Tensor:
         """Clip, step (skipped when the gradient is not finite), zero. Returns the pre-clip grad norm."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.master or [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over all shards
             grad_norm = grad_norm.full_tensor()
@@ -61,6 +104,10 @@ class LocalEngine:
             self.optimizer.step()
             if self.optimizer_offload:  # the state waits in host memory until the next step
                 self._move_optimizer_state(torch.device("cpu"))
+            if self.master is not None:
+                with torch.no_grad():
+                    for p, m in zip(self.params, self.master):
+                        p.copy_(m)
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 

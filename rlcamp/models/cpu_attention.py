@@ -5,9 +5,9 @@ short sequences with many rows that dominates, most of all backwards and in bf16
 this project's 2-core CPU, forward + backward, 9 heads of 64 (``benchmarks/RESULTS.md``):
 
     bf16  16 x 77 keys:   SDPA 21 ms   matmul-softmax 5 ms
-    bf16   8 x 128:             13 ms                  7 ms
-    bf16   6 x 192:              9 ms                 11 ms
-    bf16   4 x 512:             31 ms                 72 ms
+    bf16   4 x 173:             17 ms                  5 ms  (boolean mask)
+    bf16   4 x 256:             10 ms                 13 ms
+    bf16   2 x 512:             13 ms                 23 ms
 
 so up to ``MATH_MAX_KEYS`` keys the explicit form runs, above it SDPA (its memory stays linear in
 the length; the explicit form's is quadratic). The masks are the ones transformers builds for
@@ -23,13 +23,16 @@ from __future__ import annotations
 import torch
 
 NAME = "rlcamp_cpu"
-MATH_MAX_KEYS = 160  # the measured crossover is between 128 and 192 keys
+MATH_MAX_KEYS = 192  # the measured crossover is between 173 and 256 keys (bf16; fp32 is even up to 256)
 
 
 def cpu_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """transformers' attention-function signature: q [B, H, Lq, d], k/v [B, Hkv, Lk, d] ->
     ([B, Lq, H, d], None)."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import (
+        repeat_kv,
+        sdpa_attention_forward,
+    )
 
     q_len, kv_len = query.shape[2], key.shape[2]
     if (kv_len > MATH_MAX_KEYS or query.device.type != "cpu" or kwargs.get("softcap") is not None

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from rlcamp.algos.losses import entropy_from_logits, log_probs_from_logits
+from rlcamp.models import shared_prefix
 from rlcamp.models.head import chunked_log_probs, has_plain_head
+from rlcamp.models.shared_prefix import SharedLayout
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,19 @@ def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_en
 
 
 def _actor_forward_chunked(model, inputs: SequenceInputs, temperature: float, with_entropy: bool,
-                           remove_padding: bool):
+                           remove_padding: bool, shared: SharedLayout | None):
     """The decoder, then the vocabulary projection and log-softmax a chunk of rows at a time
     (``rlcamp.models.head``): the [tokens, vocab] logits never exist in full."""
     decoder = model.get_decoder()
     r = inputs.response_len
-    if remove_padding:
+    labels = inputs.input_ids[:, -r:]
+    finish = lambda x: _pad_back(x.view(labels.shape), inputs)  # noqa: E731
+    if shared is not None:
+        hidden = decoder(input_ids=shared.input_ids, attention_mask=shared.mask, position_ids=shared.position_ids,
+                         use_cache=False).last_hidden_state[shared.rows, shared.cols]
+        real = inputs.attention_mask[:, -r:].bool()
+        finish = lambda x: _pad_back(x.view(labels.shape) * real, inputs)  # noqa: E731  (0 at padding, as packed)
+    elif remove_padding:
         packed = pack(inputs)
         hidden = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids,
                          use_cache=False).last_hidden_state[0, packed.predict_at]
@@ -121,24 +130,31 @@ def _actor_forward_chunked(model, inputs: SequenceInputs, temperature: float, wi
     else:
         hidden = decoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
                          position_ids=inputs.position_ids, use_cache=False).last_hidden_state[:, -r - 1:-1]
-        labels = inputs.input_ids[:, -r:]
-        finish = lambda x: _pad_back(x.view(labels.shape), inputs)  # noqa: E731
     log_probs, entropy = chunked_log_probs(hidden.reshape(-1, hidden.shape[-1]), model.get_output_embeddings().weight,
                                            labels.reshape(-1), temperature, with_entropy)
     return finish(log_probs), (finish(entropy) if with_entropy else None), None
 
 
+def _shared_layout(model, inputs: SequenceInputs, share_prefix: bool) -> SharedLayout | None:
+    if not share_prefix or not shared_prefix.supported(model):
+        return None
+    return shared_prefix.layout(inputs.input_ids, inputs.attention_mask, inputs.response_len)
+
+
 def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_entropy: bool = False,
-                  remove_padding: bool = False, sp=None, chunked_head: bool = True):
+                  remove_padding: bool = False, sp=None, chunked_head: bool = True, share_prefix: bool = False):
     """Log-probs [batch, response_len] of the response tokens under softmax(logits / T), entropy
     optional, and the model's MoE aux loss (or None). ``sp``: this rank's Ulysses group, if any
     (the MoE aux loss is then that of this rank's columns). ``chunked_head``: take the log-probs
     from the decoder's hidden states without full logits, where the model's head allows it
-    (``rlcamp.models.head.has_plain_head``); False forces the plain path."""
+    (``rlcamp.models.head.has_plain_head``); False forces the plain path. ``share_prefix``: run
+    each distinct prompt once (``rlcamp.models.shared_prefix``) where the model allows it; this
+    goes through the chunked head, and takes precedence over ``remove_padding``."""
     if sp is not None:
         return _actor_forward_sp(model, inputs, temperature, with_entropy, remove_padding, sp)
     if chunked_head and has_plain_head(model):
-        return _actor_forward_chunked(model, inputs, temperature, with_entropy, remove_padding)
+        shared = _shared_layout(model, inputs, share_prefix)
+        return _actor_forward_chunked(model, inputs, temperature, with_entropy, remove_padding, shared)
     r = inputs.response_len
     if remove_padding:
         packed = pack(inputs)
@@ -160,9 +176,17 @@ def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_
     return log_probs, entropy, getattr(out, "aux_loss", None)
 
 
-def critic_forward(model, inputs: SequenceInputs, remove_padding: bool = False, sp=None) -> torch.Tensor:
-    """Values [batch, response_len]: V of the state before each response token."""
+def critic_forward(model, inputs: SequenceInputs, remove_padding: bool = False, sp=None,
+                   share_prefix: bool = False) -> torch.Tensor:
+    """Values [batch, response_len]: V of the state before each response token. ``share_prefix``:
+    as in ``actor_forward``."""
     r = inputs.response_len
+    shared = _shared_layout(model, inputs, share_prefix) if sp is None else None
+    if shared is not None:
+        out = model(input_ids=shared.input_ids, attention_mask=shared.mask, position_ids=shared.position_ids,
+                    use_cache=False)
+        real = inputs.attention_mask[:, -r:].bool()
+        return _pad_back(out.logits[shared.rows, shared.cols, 0].float().view(-1, r) * real, inputs)
     if sp is not None:
         from rlcamp.models.ulysses import sharded_forward
 

@@ -116,9 +116,10 @@ def chunked_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
     return log_probs, (entropy if with_entropy else None)
 
 
-# model types whose causal-LM head is exactly ``lm_head(decoder(...).last_hidden_state)``: no logit
-# soft-capping or scaling, no router loss added in the wrapper
-_PLAIN_HEAD_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "olmo2", "smollm3"})
+# dense decoder-only families whose causal-LM head is exactly ``lm_head(decoder(...).last_hidden_state)``
+# (no logit soft-capping or scaling, no router loss added in the wrapper) and whose attention is
+# plain causal attention over position ids
+PLAIN_DECODERS = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "olmo2", "smollm3"})
 
 
 def has_plain_head(model) -> bool:
@@ -128,7 +129,7 @@ def has_plain_head(model) -> bool:
     if cached is not None:
         return cached
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    ok = (getattr(model.config, "model_type", None) in _PLAIN_HEAD_TYPES
+    ok = (getattr(model.config, "model_type", None) in PLAIN_DECODERS
           and isinstance(head, torch.nn.Linear) and head.bias is None
           and hasattr(model, "get_decoder")
           and not any(hasattr(p, "full_tensor") for p in model.parameters()))  # FSDP's hooks live on the wrapper

@@ -17,12 +17,26 @@ from rlcamp.config.validate import Derived
 from rlcamp.engines.local import LocalEngine
 from rlcamp.models import ulysses
 from rlcamp.models.forward import actor_forward, sequence_inputs
-from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
+from rlcamp.models.loading import (
+    eos_token_ids,
+    import_external_lib,
+    load_causal_lm,
+    load_tokenizer,
+)
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 from rlcamp.utils import dist
 from rlcamp.utils.device import collective_backend, to_dtype
-from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
-                                   mini_batches, prepare_trained_model, save_model_state, seed_everything)
+from rlcamp.workers.common import (
+    MetricSink,
+    global_norm,
+    in_original_order,
+    load_model_state,
+    micro_batches,
+    mini_batches,
+    prepare_trained_model,
+    save_model_state,
+    seed_everything,
+)
 
 
 class ActorRolloutRefWorker:
@@ -42,6 +56,7 @@ class ActorRolloutRefWorker:
                                     override_config=arr.model.override_config).to(self.device)
         self.remove_padding = prepare_trained_model(self.model, arr.model, actor_forward,
                                                     "actor_rollout_ref.model.use_remove_padding")
+        self.share_prefix = arr.model.share_prompt_prefix
         self.ref = None
         if derived.uses_ref:  # a frozen copy of the initial weights (full on every rank: no grads, no comms)
             self.ref = copy.deepcopy(self.model).to(to_dtype(arr.ref.fsdp_config.model_dtype)).eval()
@@ -63,6 +78,9 @@ class ActorRolloutRefWorker:
                                   warmup_steps=derived.actor_warmup_steps or 0, grad_clip=arr.actor.grad_clip,
                                   compute_dtype=compute, device=self.device,
                                   optimizer_offload=fsdp.optimizer_offload)
+        if self.engine.master is not None and isinstance(self.rollout, HFRollout) and self.rollout.model is self.model:
+            with self.engine.full_precision():  # the actor now computes in the compute dtype: not rollout.dtype
+                self.rollout = self._make_rollout(share=False)
         # each rank samples differently; ranks that share sequences (Ulysses) shuffle mini batches alike;
         # resume restores every rank's own state
         self.generator = torch.Generator(device="cpu").manual_seed(self.rollout_cfg.seed + 1000 * dist.rank())
@@ -70,10 +88,11 @@ class ActorRolloutRefWorker:
         self.shuffle_generator = torch.Generator().manual_seed(config.trainer.seed + 1000 * dp_rank)
 
     # ------------------------------------------------------------------------------ rollout
-    def _make_rollout(self):
+    def _make_rollout(self, share: bool = True):
         """rollout.name=hf: our engine generates from a copy in rollout.dtype (bf16 decodes ~2.5x faster
         on CPU here), refreshed in place after every update; in the model's own dtype it uses the actor
-        directly. rollout.name=vllm|sglang: that engine, fed the actor's weights (rlcamp.rollout.*_engine)."""
+        directly (unless ``share`` is False). rollout.name=vllm|sglang: that engine, fed the actor's
+        weights (rlcamp.rollout.*_engine)."""
         dtype = to_dtype(self.rollout_cfg.dtype)
         if self.rollout_cfg.name in ("vllm", "sglang"):
             if self.rollout_cfg.name == "vllm":
@@ -88,7 +107,7 @@ class ActorRolloutRefWorker:
                           initial_state=self.model.state_dict(), dtype=dtype)
         module = self.model
         # a separate copy when its dtype differs, or when the actor is sharded (generation is not lockstep)
-        if dtype != next(self.model.parameters()).dtype or dist.needs_sharding(self.actor_cfg.fsdp_config):
+        if not share or dtype != next(self.model.parameters()).dtype or dist.needs_sharding(self.actor_cfg.fsdp_config):
             module = copy.deepcopy(self.model).to(dtype)  # no requires_grad_(False): see the ref above
             if getattr(module, "is_gradient_checkpointing", False):
                 module.gradient_checkpointing_disable()
@@ -100,7 +119,7 @@ class ActorRolloutRefWorker:
         """Refresh the rollout engine in place (the full weights are gathered when sharded)."""
         if isinstance(self.rollout, HFRollout) and self.rollout.model is self.model:
             return
-        with torch.no_grad():
+        with torch.no_grad(), self.engine.full_precision():
             state = dist.full_state_dict(self.model) if dist.is_sharded(self.model) else self.model.state_dict()
             if not isinstance(self.rollout, HFRollout):
                 self.rollout.load_weights(state)
@@ -132,10 +151,10 @@ class ActorRolloutRefWorker:
         log_probs, entropies = [], []
         model_was_training = model.training
         model.eval()
-        with torch.no_grad(), self.engine.autocast():
+        with torch.no_grad(), self.engine.autocast(model):
             for rows, part in micro_batches(batch, dynamic, micro, max_tokens):
                 lp, ent, _ = actor_forward(model, self._inputs(part), self.rollout_cfg.temperature, with_entropy,
-                                           self.remove_padding, self.sp)
+                                           self.remove_padding, self.sp, share_prefix=self.share_prefix)
                 log_probs.append((rows, lp.cpu()))
                 if with_entropy:
                     entropies.append((rows, ent.cpu()))
@@ -192,7 +211,8 @@ class ActorRolloutRefWorker:
         need_entropy = a.entropy_coeff != 0
         with self.engine.autocast():
             log_probs, entropy, aux_loss = actor_forward(self.model, self._inputs(micro), self.rollout_cfg.temperature,
-                                                         need_entropy, self.remove_padding, self.sp)
+                                                         need_entropy, self.remove_padding, self.sp,
+                                                         share_prefix=self.share_prefix)
         old_log_probs = micro["old_log_probs"].to(self.device)
         is_weights = None
         if a.tis_imp_ratio_cap > 0:  # correct for the rollout engine's numerics (see algos.tis_weights)
@@ -236,10 +256,12 @@ class ActorRolloutRefWorker:
         return {"sampling": self.generator, "shuffle": self.shuffle_generator}
 
     def save_checkpoint(self, folder: Path) -> None:
-        save_model_state(folder, self.model, self.engine, self._generators(), self.actor_cfg.checkpoint.save_contents,
-                         self.tokenizer)
+        with self.engine.full_precision():
+            save_model_state(folder, self.model, self.engine, self._generators(), self.actor_cfg.checkpoint.save_contents,
+                             self.tokenizer)
 
     def load_checkpoint(self, folder: Path) -> None:
-        load_model_state(folder, self.model, self.engine, self._generators(), self.actor_cfg.checkpoint.load_contents,
-                         "actor")
+        with self.engine.full_precision():
+            load_model_state(folder, self.model, self.engine, self._generators(), self.actor_cfg.checkpoint.load_contents,
+                             "actor")
         self.sync_rollout_weights()

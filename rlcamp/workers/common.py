@@ -162,7 +162,6 @@ def micro_batches(batch: Batch, dynamic: bool, size: int | None, max_tokens: int
         return [(list(range(s, min(s + size, len(batch)))), part) for s, part in zip(range(0, len(batch), size),
                                                                                      batch.split(size))]
     from rlcamp.controller.balance import token_budget_micro_batches
-
     from rlcamp.utils.dist import all_reduce_max
 
     lengths = (batch["attention_mask"].sum(-1) + batch["response_mask"].sum(-1)).tolist()

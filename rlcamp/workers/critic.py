@@ -16,8 +16,17 @@ from rlcamp.models.forward import critic_forward, sequence_inputs
 from rlcamp.models.loading import import_external_lib, load_critic
 from rlcamp.utils import dist
 from rlcamp.utils.device import collective_backend, to_dtype
-from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
-                                   mini_batches, prepare_trained_model, save_model_state, seed_everything)
+from rlcamp.workers.common import (
+    MetricSink,
+    global_norm,
+    in_original_order,
+    load_model_state,
+    micro_batches,
+    mini_batches,
+    prepare_trained_model,
+    save_model_state,
+    seed_everything,
+)
 
 
 class CriticWorker:
@@ -31,6 +40,7 @@ class CriticWorker:
         self.model = load_critic(c.model.path, dtype=to_dtype(c.model.dtype), trust_remote_code=c.model.trust_remote_code,
                                  override_config=c.model.override_config).to(self.device)
         self.remove_padding = prepare_trained_model(self.model, c.model, critic_forward, "critic.model.use_remove_padding")
+        self.share_prefix = c.model.share_prompt_prefix
         fsdp = c.model.fsdp_config
         if dist.needs_sharding(fsdp):  # see the actor
             dist.ensure_process_group(collective_backend(self.device.type))
@@ -55,7 +65,8 @@ class CriticWorker:
         size = self.cfg.forward_micro_batch_size_per_gpu or self.derived.critic.micro_batch_per_device
         with torch.no_grad(), self.engine.autocast():
             for rows, part in micro_batches(batch, self.cfg.use_dynamic_bsz, size, self.cfg.forward_max_token_len_per_gpu):
-                values.append((rows, critic_forward(self.model, self._inputs(part), self.remove_padding, self.sp).cpu()
+                values.append((rows, critic_forward(self.model, self._inputs(part), self.remove_padding, self.sp,
+                                                          self.share_prefix).cpu()
                                * part["response_mask"]))
         self.model.train()
         return Batch({"values": in_original_order(values, len(batch))})
@@ -70,7 +81,8 @@ class CriticWorker:
             for _, micro in micro_batches(mini, c.use_dynamic_bsz, plan.micro_batch_per_device, c.ppo_max_token_len_per_gpu):
                 micro_mask = micro["response_mask"].to(self.device).float()
                 with self.engine.autocast():
-                    values = critic_forward(self.model, self._inputs(micro), self.remove_padding, self.sp)
+                    values = critic_forward(self.model, self._inputs(micro), self.remove_padding, self.sp,
+                                            self.share_prefix)
                 out = value_loss(values, micro["values"].to(self.device), micro["returns"].to(self.device), micro_mask,
                                  c.cliprange_value, c.loss_agg_mode,
                                  norm_length=self.config.actor_rollout_ref.rollout.response_length, **norm)
@@ -86,8 +98,10 @@ class CriticWorker:
         return sink.means()
 
     def save_checkpoint(self, folder: Path) -> None:
-        save_model_state(folder, self.model, self.engine, {"shuffle": self.generator}, self.cfg.checkpoint.save_contents)
+        with self.engine.full_precision():
+            save_model_state(folder, self.model, self.engine, {"shuffle": self.generator}, self.cfg.checkpoint.save_contents)
 
     def load_checkpoint(self, folder: Path) -> None:
-        load_model_state(folder, self.model, self.engine, {"shuffle": self.generator}, self.cfg.checkpoint.load_contents,
-                         "critic")
+        with self.engine.full_precision():
+            load_model_state(folder, self.model, self.engine, {"shuffle": self.generator}, self.cfg.checkpoint.load_contents,
+                             "critic")

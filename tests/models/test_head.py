@@ -7,7 +7,6 @@ from rlcamp.models import head
 from rlcamp.models.forward import actor_forward, sequence_inputs
 from rlcamp.models.head import chunked_log_probs, has_plain_head
 from rlcamp.models.tiny import build_tiny_model
-
 from tests.models.test_forward import batch
 
 
