@@ -44,7 +44,7 @@ def overrides(algo: str, spec: dict, train_file: Path, run_dir: Path) -> list[st
                        "algorithm.kl_penalty": "kl", "critic.optim.lr": spec["lr"], "critic.ppo_epochs": spec["epochs"],
                        "critic.ppo_micro_batch_size_per_gpu": M * G, "critic.model.enable_gradient_checkpointing": False,
                        "critic.model.fsdp_config.mixed_precision.param_dtype": "fp32", "critic.cliprange_value": 0.2})
-    if spec.get("precision") == "bf16":  # fp32 weights, bf16 compute (autocast), bf16 rollout copy
+    if spec.get("precision") == "bf16":  # fp32 master weights, bf16 compute, bf16 rollout copy
         common.update({"actor_rollout_ref.rollout.dtype": "bf16",
                        "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": "bf16",
                        "critic.model.fsdp_config.mixed_precision.param_dtype": "bf16"})
@@ -99,7 +99,8 @@ def main(algo: str, spec_path: str, out_path: str) -> None:
             s["optimizer_steps"] = per_step
             wall += s["seconds"]
             s["wall"] = wall
-        accuracy = greedy_accuracy(worker.model, trainer.tokenizer, test_rows(spec), spec["eval_tokens"])
+        with worker.engine.full_precision():  # evaluated in fp32, as TRL's (autocast) model is
+            accuracy = greedy_accuracy(worker.model, trainer.tokenizer, test_rows(spec), spec["eval_tokens"])
     import rlcamp
 
     write_result(out_path, f"rlcamp {rlcamp.__version__} {algo}", clock, accuracy)

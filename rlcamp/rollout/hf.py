@@ -1,7 +1,8 @@
 """rlcamp's own rollout engine (``rollout.name=hf``): batched sampling with a KV cache.
 
 It runs on the actor's own module, so there are no weights to sync after an update. Prompts come
-left-padded; the prefill computes logits for the last position only, each decode step feeds one
+left-padded; the prefill runs each distinct prompt once (the n samples of a prompt share it) and
+computes logits for the last position only, each decode step feeds one
 token per active row, and rows that finished are dropped from the cache so the remaining work
 shrinks with them. Output buffers are allocated once; nothing is re-padded or re-tokenised.
 """
@@ -94,11 +95,20 @@ class HFRollout:
         extra = {"output_router_logits": False} if hasattr(self.model.config, "output_router_logits") else {}
         cache = DynamicCache(config=self.model.config)
         active = torch.arange(batch, device=device)  # rows still generating, in cache order
+        # the n samples of a prompt share one prefill: distinct prompts run, then their cache rows
+        # (and last logits) are repeated for every sample
+        distinct, copy_of = torch.unique(torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1), dim=0,
+                                         return_inverse=True)
+        shared = len(distinct) < batch
+        ids, mask = (distinct[:, :prompt_len], distinct[:, prompt_len:].to(attention_mask.dtype)) if shared \
+            else (input_ids, attention_mask)
         with self._autocast(device):
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0),
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                              past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
             logits = out.logits[:, -1]
+            if shared:  # distinct prompts come sorted: copy_of puts every sample back in its row
+                cache.batch_select_indices(copy_of)
+                logits = logits[copy_of]
             for t in range(steps):
                 tokens, token_log_probs = sample_next(logits, params, generator)
                 responses[active, t] = tokens

@@ -62,6 +62,32 @@ def test_sampling_is_seeded(tiny):
     assert torch.equal(a["responses"], b["responses"]) and not torch.equal(a["responses"], c["responses"])
 
 
+def test_samples_of_a_prompt_share_one_prefill(tiny, monkeypatch):
+    """Repeated prompts (rollout.n samples, here mixed with distinct ones) prefill once and give what
+    one prefill per row gives: the same tokens and log-probs, greedy and sampled."""
+    model, tok, enc = tiny
+    pick = torch.tensor([2, 0, 2, 2, 5, 0])
+    ids, mask = enc["input_ids"][pick], enc["attention_mask"][pick]
+    engine = HFRollout(model, [tok.eos_token_id], tok.pad_token_id)
+    prefill_rows = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            prefill_rows.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    for params in (SamplingParams(8, do_sample=False), SamplingParams(8, temperature=1.0)):
+        monkeypatch.setattr(model, "forward", counting)
+        shared = engine.generate(ids, mask, params, torch.Generator().manual_seed(5))
+        monkeypatch.setattr(torch, "unique", lambda x, dim, return_inverse: (x, torch.arange(len(x))))
+        per_row = engine.generate(ids, mask, params, torch.Generator().manual_seed(5))
+        monkeypatch.undo()
+        assert prefill_rows[-2:] == [3, 6]  # three distinct prompts, then every row
+        assert torch.equal(shared["responses"], per_row["responses"])
+        assert torch.allclose(shared["rollout_log_probs"], per_row["rollout_log_probs"], atol=1e-5)
+
+
 def test_sample_next_distribution_top_k_and_top_p():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40000, 1)
     g = torch.Generator().manual_seed(0)

@@ -1,0 +1,91 @@
+"""Where an rlcamp step of a peer benchmark goes: per-phase seconds, and optionally torch-profiler
+tables of chosen worker methods (their second call).
+
+    python benchmarks/peers/profile_step.py ppo bf16                      # phases of 3 steps
+    python benchmarks/peers/profile_step.py ppo bf16 --profile actor.update_actor,critic.update_critic
+    python benchmarks/peers/profile_step.py grpo bf16 -- actor_rollout_ref.model.share_prompt_prefix=False
+
+Same work as ``harness.py --model smollm2`` (8 prompts x 4 samples x 32 tokens, 2 optimizer steps);
+extra config overrides after ``--``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from harness import model_path  # noqa: E402
+from rlcamp_run import overrides  # noqa: E402
+from task import train_rows  # noqa: E402
+
+
+def profiled(method, rows: int):
+    from torch.profiler import ProfilerActivity, profile
+
+    calls = []
+
+    def run(*args, **kwargs):
+        calls.append(1)
+        if len(calls) != 2:
+            return method(*args, **kwargs)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = method(*args, **kwargs)
+        print(f"===== {method.__qualname__} (call 2)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+        return out
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("pair", choices=["grpo", "ppo"])
+    parser.add_argument("precision", choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--profile", default="", help="comma-separated role.method, e.g. actor.update_actor")
+    parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("extra", nargs="*", help="config overrides")
+    args = parser.parse_args()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlcamp.config import build_config, resolve
+    from rlcamp.trainer.ppo import build_trainer
+
+    spec = {"model": model_path("smollm2"), "prompts_per_step": 8, "samples": 4, "response_tokens": 32,
+            "prompts_per_optimizer_step": 4, "epochs": 1, "lr": 1e-5, "steps": args.steps, "seed": 0, "n_test": 32,
+            "eval_tokens": 32, "threads": 2, "precision": args.precision}
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rows = [{"data_source": "rlcamp/arith", "prompt": r["prompt"], "ability": "math",
+                 "reward_model": {"style": "rule", "ground_truth": r["ground_truth"]}, "extra_info": {"index": i}}
+                for i, r in enumerate(train_rows(spec))]
+        pq.write_table(pa.Table.from_pylist(rows), tmp / "train.parquet")
+        config = build_config(overrides(args.pair, spec, tmp / "train.parquet", tmp / "run") + args.extra)
+        trainer = build_trainer(resolve(config, len(rows)), tmp / "run")
+        torch.set_num_threads(spec["threads"])
+        for target in filter(None, args.profile.split(",")):
+            role, name = target.split(".")
+            worker = getattr(trainer, role).workers[0]
+            setattr(worker, name, profiled(getattr(worker, name), args.rows))
+        try:
+            trainer.fit()
+        finally:
+            trainer.shutdown()
+        for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines():
+            m = json.loads(line)
+            if "timing_s/step" in m:
+                print({k.split("/")[-1]: round(v, 2) for k, v in m.items() if k.startswith("timing_s")})
+
+
+if __name__ == "__main__":
+    main()
