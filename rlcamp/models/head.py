@@ -124,14 +124,10 @@ PLAIN_DECODERS = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "olmo
 
 def has_plain_head(model) -> bool:
     """Whether ``model``'s log-probs can be taken from its decoder's hidden states with
-    ``chunked_log_probs`` (a known plain head, unsharded weights). Cached on the model."""
-    cached = getattr(model, "_rlcamp_plain_head", None)
-    if cached is not None:
-        return cached
+    ``chunked_log_probs``: a known plain head, and weights that are not sharded (FSDP's unsharding
+    hooks sit on the wrapper's forward, which this path goes around; a model can be sharded after
+    its first call, so that part is checked every time)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    ok = (getattr(model.config, "model_type", None) in PLAIN_DECODERS
-          and isinstance(head, torch.nn.Linear) and head.bias is None
-          and hasattr(model, "get_decoder")
-          and not any(hasattr(p, "full_tensor") for p in model.parameters()))  # FSDP's hooks live on the wrapper
-    model._rlcamp_plain_head = ok
-    return ok
+    plain = (getattr(model.config, "model_type", None) in PLAIN_DECODERS and isinstance(head, torch.nn.Linear)
+             and head.bias is None and hasattr(model, "get_decoder"))
+    return plain and not hasattr(head.weight, "full_tensor")

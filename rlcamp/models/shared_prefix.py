@@ -40,17 +40,12 @@ class SharedLayout:
 
 
 def supported(model) -> bool:
-    """Whether ``model``'s attention honours the shared layout's mask (cached on the model)."""
-    cached = getattr(model, "_rlcamp_shared_prefix", None)
-    if cached is not None:
-        return cached
+    """Whether ``model``'s attention honours the shared layout's mask."""
     config = model.config
     sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
     sliding = sliding or any("sliding" in t for t in getattr(config, "layer_types", None) or ())
-    ok = (getattr(config, "model_type", None) in PLAIN_DECODERS and not sliding
-          and getattr(config, "_attn_implementation", None) in _MASKABLE)
-    model._rlcamp_shared_prefix = ok
-    return ok
+    return (getattr(config, "model_type", None) in PLAIN_DECODERS and not sliding
+            and getattr(config, "_attn_implementation", None) in _MASKABLE)
 
 
 def layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> SharedLayout | None:

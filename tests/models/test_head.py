@@ -79,6 +79,10 @@ def test_actor_forward_chunked_equals_the_plain_head(tmp_path, family, remove_pa
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_heads_with_extra_steps_keep_the_plain_path(tmp_path):
-    gemma2 = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path, "gemma2"))
+def test_heads_with_extra_steps_or_sharded_weights_keep_the_plain_path(tmp_path):
+    gemma2 = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "g", "gemma2"))
     assert not has_plain_head(gemma2)  # final logit soft-capping lives in the wrapper's forward
+    qwen2 = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "q", "qwen2"))
+    assert has_plain_head(qwen2)
+    qwen2.lm_head.weight.full_tensor = lambda: None  # what FSDP2's DTensor parameters have, after a first call
+    assert not has_plain_head(qwen2)
