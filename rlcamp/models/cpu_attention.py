@@ -29,31 +29,32 @@ MATH_MAX_KEYS = 192  # the measured crossover is between 173 and 256 keys (bf16;
 def cpu_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """transformers' attention-function signature: q [B, H, Lq, d], k/v [B, Hkv, Lk, d] ->
     ([B, Lq, H, d], None)."""
-    from transformers.integrations.sdpa_attention import (
-        repeat_kv,
-        sdpa_attention_forward,
-    )
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q_len, kv_len = query.shape[2], key.shape[2]
     if (kv_len > MATH_MAX_KEYS or query.device.type != "cpu" or kwargs.get("softcap") is not None
             or (attention_mask is not None and attention_mask.dtype != torch.bool)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = (query @ key.transpose(-1, -2)) * scale
+    b, heads, _, d = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    # the query heads that share a KV head become extra query rows of it: keys and values (the whole
+    # cache, when decoding) are never repeated into copies
+    q = query.reshape(b, kv_heads, groups * q_len, d)
+    scale = scaling if scaling is not None else d ** -0.5
+    scores = (q @ key.transpose(-1, -2)) * scale  # [b, kv_heads, groups * q_len, kv_len]
     if attention_mask is None and q_len > 1 and (is_causal if is_causal is not None else getattr(module, "is_causal", True)):
         # bottom-right aligned causal mask (queries are the last q_len positions of the keys)
-        attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+        attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)[None, None]
     if attention_mask is not None:
         # a large negative rather than -inf: a fully masked (padding) row gets finite, unused weights
-        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        scores = scores.view(b, kv_heads, groups, q_len, kv_len).masked_fill(
+            ~attention_mask[:, :, None], torch.finfo(scores.dtype).min).view(b, kv_heads, groups * q_len, kv_len)
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if dropout > 0.0:
         weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
-    return (weights @ value).transpose(1, 2).contiguous(), None
+    return (weights @ value).view(b, heads, q_len, d).transpose(1, 2).contiguous(), None
 
 
 def register() -> None:

@@ -37,7 +37,8 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     if not params.do_sample or params.temperature == 0:
         tokens = logits.argmax(-1)
     else:
-        logits = logits / params.temperature
+        if params.temperature != 1.0:
+            logits = logits / params.temperature
         filtered = logits
         if 0 < params.top_k < logits.shape[-1]:
             kth = torch.topk(filtered, params.top_k, dim=-1).values[:, -1:]
