@@ -10,7 +10,9 @@ this project's 2-core CPU, forward + backward, 9 heads of 64 (``benchmarks/RESUL
     bf16   2 x 512:             13 ms                 23 ms
 
 so up to ``MATH_MAX_KEYS`` keys the explicit form runs, above it SDPA (its memory stays linear in
-the length; the explicit form's is quadratic). The masks are the ones transformers builds for
+the length; the explicit form's is quadratic). With grouped-query attention the query heads of a
+group are stacked as rows against their one KV head, so keys and values (when decoding, the
+whole cache) are not copied per query head. The masks are the ones transformers builds for
 SDPA (boolean, or None for plain causal), so padding, packed sequences and sliding windows behave
 exactly as with ``attn_implementation="sdpa"``.
 
