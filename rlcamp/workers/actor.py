@@ -17,26 +17,12 @@ from rlcamp.config.validate import Derived
 from rlcamp.engines.local import LocalEngine
 from rlcamp.models import ulysses
 from rlcamp.models.forward import actor_forward, sequence_inputs
-from rlcamp.models.loading import (
-    eos_token_ids,
-    import_external_lib,
-    load_causal_lm,
-    load_tokenizer,
-)
+from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 from rlcamp.utils import dist
 from rlcamp.utils.device import collective_backend, to_dtype
-from rlcamp.workers.common import (
-    MetricSink,
-    global_norm,
-    in_original_order,
-    load_model_state,
-    micro_batches,
-    mini_batches,
-    prepare_trained_model,
-    save_model_state,
-    seed_everything,
-)
+from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
+                                   mini_batches, prepare_trained_model, save_model_state, seed_everything)
 
 
 class ActorRolloutRefWorker:

@@ -16,17 +16,8 @@ from rlcamp.models.forward import critic_forward, sequence_inputs
 from rlcamp.models.loading import import_external_lib, load_critic
 from rlcamp.utils import dist
 from rlcamp.utils.device import collective_backend, to_dtype
-from rlcamp.workers.common import (
-    MetricSink,
-    global_norm,
-    in_original_order,
-    load_model_state,
-    micro_batches,
-    mini_batches,
-    prepare_trained_model,
-    save_model_state,
-    seed_everything,
-)
+from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
+                                   mini_batches, prepare_trained_model, save_model_state, seed_everything)
 
 
 class CriticWorker:
@@ -66,8 +57,7 @@ class CriticWorker:
         with torch.no_grad(), self.engine.autocast():
             for rows, part in micro_batches(batch, self.cfg.use_dynamic_bsz, size, self.cfg.forward_max_token_len_per_gpu):
                 values.append((rows, critic_forward(self.model, self._inputs(part), self.remove_padding, self.sp,
-                                                          self.share_prefix).cpu()
-                               * part["response_mask"]))
+                                                    self.share_prefix).cpu() * part["response_mask"]))
         self.model.train()
         return Batch({"values": in_original_order(values, len(batch))})
 
