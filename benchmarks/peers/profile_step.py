@@ -23,8 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from harness import model_path  # noqa: E402
-from rlcamp_run import overrides  # noqa: E402
-from task import train_rows  # noqa: E402
+from rlcamp_run import make_trainer  # noqa: E402
 
 
 def profiled(method, rows: int):
@@ -54,25 +53,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("extra", nargs="*", help="config overrides")
     args = parser.parse_args()
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from rlcamp.config import build_config, resolve
-    from rlcamp.trainer.ppo import build_trainer
-
     spec = {"model": model_path("smollm2"), "prompts_per_step": 8, "samples": 4, "response_tokens": 32,
             "prompts_per_optimizer_step": 4, "epochs": 1, "lr": 1e-5, "steps": args.steps, "seed": 0, "n_test": 32,
             "eval_tokens": 32, "threads": 2, "precision": args.precision}
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rows = [{"data_source": "rlcamp/arith", "prompt": r["prompt"], "ability": "math",
-                 "reward_model": {"style": "rule", "ground_truth": r["ground_truth"]}, "extra_info": {"index": i}}
-                for i, r in enumerate(train_rows(spec))]
-        pq.write_table(pa.Table.from_pylist(rows), tmp / "train.parquet")
-        config = build_config(overrides(args.pair, spec, tmp / "train.parquet", tmp / "run") + args.extra)
-        trainer = build_trainer(resolve(config, len(rows)), tmp / "run")
-        torch.set_num_threads(spec["threads"])
+        trainer = make_trainer(args.pair, spec, tmp, args.extra)
         for target in filter(None, args.profile.split(",")):
             role, name = target.split(".")
             worker = getattr(trainer, role).workers[0]

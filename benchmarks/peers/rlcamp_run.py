@@ -51,24 +51,31 @@ def overrides(algo: str, spec: dict, train_file: Path, run_dir: Path) -> list[st
     return [f"{k}={v}" for k, v in common.items()]
 
 
-def main(algo: str, spec_path: str, out_path: str) -> None:
+def make_trainer(algo: str, spec: dict, folder: Path, extra: list[str] = ()):
+    """The spec's prompts as a parquet file in ``folder`` and a trainer on them (run folder ``folder/run``),
+    with the spec's thread count; ``extra``: further config overrides."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from rlcamp.config import build_config, resolve
     from rlcamp.trainer.ppo import build_trainer
 
+    rows = [{"data_source": "rlcamp/arith", "prompt": r["prompt"], "ability": "math",
+             "reward_model": {"style": "rule", "ground_truth": r["ground_truth"]}, "extra_info": {"index": i}}
+            for i, r in enumerate(train_rows(spec))]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "train.parquet")
+    config = build_config(overrides(algo, spec, folder / "train.parquet", folder / "run") + list(extra))
+    trainer = build_trainer(resolve(config, len(rows)), folder / "run")
+    torch.set_num_threads(spec["threads"])  # after build_trainer's own CPU tuning: the same threads as TRL
+    return trainer
+
+
+def main(algo: str, spec_path: str, out_path: str) -> None:
     spec = load_spec(spec_path)
     torch.manual_seed(spec["seed"])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rows = [{"data_source": "rlcamp/arith", "prompt": r["prompt"], "ability": "math",
-                 "reward_model": {"style": "rule", "ground_truth": r["ground_truth"]}, "extra_info": {"index": i}}
-                for i, r in enumerate(train_rows(spec))]
-        pq.write_table(pa.Table.from_pylist(rows), tmp / "train.parquet")
-        resolved = resolve(build_config(overrides(algo, spec, tmp / "train.parquet", tmp / "run")), len(rows))
-        trainer = build_trainer(resolved, tmp / "run")
-        torch.set_num_threads(spec["threads"])  # after build_trainer's own CPU tuning: the same threads as TRL
+        trainer = make_trainer(algo, spec, tmp)
         worker = trainer.actor.workers[0]
         counts = {"optimizer_steps": 0}
         step_fn = worker.engine.optimizer_step

@@ -95,7 +95,7 @@ class LocalEngine:
 
     def optimizer_step(self) -> torch.Tensor:
         """Clip, step (skipped when the gradient is not finite), zero. Returns the pre-clip grad norm."""
-        params = self.master or [p for p in self.model.parameters() if p.requires_grad]
+        params = self.master or self.params
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over all shards
             grad_norm = grad_norm.full_tensor()

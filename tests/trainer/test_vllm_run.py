@@ -14,14 +14,19 @@ from tests.helpers import tiny_run_overrides  # noqa: E402
 from tests.rollout.test_vllm import VLLM_SIZED  # noqa: E402
 
 
-def test_ppo_with_vllm_rollout(tmp_path):
+def vllm_run_overrides(tmp_path, **extra) -> tuple[list[str], object]:
+    """A 2-step tiny PPO run with rollout.name=vllm (model sized for vLLM's CPU attention): overrides, run folder."""
     model = build_tiny_model(tmp_path / "model", "qwen2", **VLLM_SIZED)
     write_splits(tmp_path / "data", n_test=84)
     run = tmp_path / "run"
-    overrides = tiny_run_overrides(model, tmp_path / "data", run, **{
+    return tiny_run_overrides(model, tmp_path / "data", run, **{
         "actor_rollout_ref.rollout.name": "vllm", "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
-        "actor_rollout_ref.rollout.max_num_seqs": 16, "actor_rollout_ref.actor.tis_imp_ratio_cap": 2.0,
-        "trainer.total_training_steps": 2, "trainer.test_freq": 1, "data.val_batch_size": 16})
+        "actor_rollout_ref.rollout.max_num_seqs": 16, "trainer.total_training_steps": 2, **extra}), run
+
+
+def test_ppo_with_vllm_rollout(tmp_path):
+    overrides, run = vllm_run_overrides(tmp_path, **{"actor_rollout_ref.actor.tis_imp_ratio_cap": 2.0,
+                                                     "trainer.test_freq": 1, "data.val_batch_size": 16})
     assert main(overrides) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -35,12 +40,7 @@ def test_ppo_with_vllm_rollout(tmp_path):
 def test_vllm_rollout_on_two_ray_ranks(tmp_path):
     """trainer.n_gpus_per_node=2: each rank drives its own vLLM engine, fed from the FSDP2-sharded actor."""
     ray = pytest.importorskip("ray", reason="Ray is installed by scripts/setup.sh (extra 'ray')")
-    model = build_tiny_model(tmp_path / "model", "qwen2", **VLLM_SIZED)
-    write_splits(tmp_path / "data", n_test=84)
-    run = tmp_path / "run"
-    overrides = tiny_run_overrides(model, tmp_path / "data", run, **{
-        "actor_rollout_ref.rollout.name": "vllm", "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
-        "actor_rollout_ref.rollout.max_num_seqs": 16, "trainer.total_training_steps": 2,
+    overrides, run = vllm_run_overrides(tmp_path, **{
         "actor_rollout_ref.actor.entropy_coeff": 0.05,  # the weights move even where rewards are all zero
         "trainer.n_gpus_per_node": 2, "ray_init.num_cpus": 4, "trainer.stage_timeout_s": 300})
     try:
