@@ -100,10 +100,9 @@ class LocalEngine:
         if hasattr(grad_norm, "full_tensor"):  # sharded parameters: the norm over all shards
             grad_norm = grad_norm.full_tensor()
         if torch.isfinite(grad_norm):
-            self._move_optimizer_state(self.device)
+            self._place_optimizer_state(to_host=False)
             self.optimizer.step()
-            if self.optimizer_offload:  # the state waits in host memory until the next step
-                self._move_optimizer_state(torch.device("cpu"))
+            self._place_optimizer_state(to_host=True)  # it waits in host memory until the next step
             if self.master is not None:
                 with torch.no_grad():
                     for p, m in zip(self.params, self.master):
@@ -111,13 +110,17 @@ class LocalEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def _move_optimizer_state(self, device: torch.device) -> None:
+    def _place_optimizer_state(self, to_host: bool) -> None:
+        """``optimizer_offload``: after a step the state goes to host memory, before the next it goes
+        back next to its parameter. That is the parameter's own device, not the engine's: under
+        FSDP2's CPU offload the (sharded) parameters, their gradients and so the step stay on the host."""
         if not self.optimizer_offload:
             return
-        for state in self.optimizer.state.values():
+        for param, state in self.optimizer.state.items():
+            device = torch.device("cpu") if to_host else param.device
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and key != "step":
-                    state[key] = value.to(device, non_blocking=True)
+                    state[key] = value.to(device, non_blocking=not to_host)
 
     def scheduler_step(self) -> None:
         self.scheduler.step()
