@@ -140,6 +140,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--report-only", action="store_true", help="re-make the table and plot from saved runs")
     args = parser.parse_args()
+    import torch
+
+    from rlcamp.utils.device import cpu_features, cpu_matmul_is_fast
+
+    if args.precision == "bf16" and not args.report_only and not cpu_matmul_is_fast(torch.bfloat16):
+        parser.error(f"--precision bf16 needs a CPU with bf16 matrix kernels (AVX-512 or AMX); this one has "
+                     f"{cpu_features()}, where both sides would time torch's reference loop: use fp32")
     out = Path(args.out).resolve()  # the runners work in this folder
     out.mkdir(parents=True, exist_ok=True)
     spec = {"model": model_path(args.model), "prompts_per_step": args.prompts, "samples": args.samples,

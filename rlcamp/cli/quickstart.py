@@ -18,7 +18,6 @@ MAIN_JOB = [
     "data.max_response_length=32",
     "actor_rollout_ref.rollout.n=4",
     "actor_rollout_ref.rollout.temperature=0.8",
-    "actor_rollout_ref.rollout.dtype=bf16",
     "actor_rollout_ref.actor.optim.lr=1e-5",
     "actor_rollout_ref.actor.ppo_mini_batch_size=8",
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",

@@ -378,6 +378,12 @@ def config_to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
+def with_key(cfg: Any, key: str, value: Any) -> Any:
+    """A copy of the frozen config ``cfg`` with ``key`` (dotted) set to ``value``."""
+    head, _, rest = key.partition(".")
+    return dataclasses.replace(cfg, **{head: with_key(getattr(cfg, head), rest, value) if rest else value})
+
+
 def get_key(cfg: Any, key: str) -> Any:
     node = cfg
     for part in key.split("."):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlcamp.config.loader import ConfigError, LoadedConfig
+from rlcamp.config.loader import ConfigError, LoadedConfig, get_key, with_key
 from rlcamp.config.schema import RLConfig
 from rlcamp.config.support import unsupported_problems
 
@@ -230,11 +230,50 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
                         f"data.max_response_length={data.max_response_length}; the rollout's value is used")
 
 
+# the dtypes the models compute in (and the weights they are held in) on the training device;
+# rollout.dtype only for our own engine (vLLM and SGLang bring their own kernels)
+COMPUTE_DTYPE_KEYS = ("actor_rollout_ref.model.dtype", "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype",
+                      "actor_rollout_ref.ref.fsdp_config.model_dtype", "critic.model.dtype",
+                      "critic.model.fsdp_config.mixed_precision.param_dtype", "actor_rollout_ref.rollout.dtype")
+
+
+def _cpu_precision(cfg: RLConfig, user_keys: frozenset[str], warnings: list[str]) -> RLConfig:
+    """On a CPU whose torch has no matrix kernels for bf16 / fp16 (no AVX-512 or AMX: they run
+    100-500x slower than fp32 there), the low-precision *defaults* become fp32, and a low precision
+    the user set is kept with a warning that says what it costs. Anywhere else: unchanged."""
+    if cfg.trainer.device not in ("cpu", "auto"):
+        return cfg
+    from rlcamp.utils.device import cpu_features, cpu_matmul_is_fast, resolve_device, to_dtype
+
+    if cfg.trainer.device == "auto" and resolve_device("auto") != "cpu":
+        return cfg
+    defaults, kept = [], []
+    for key in COMPUTE_DTYPE_KEYS:
+        if key == "actor_rollout_ref.rollout.dtype" and cfg.actor_rollout_ref.rollout.name != "hf":
+            continue
+        value = get_key(cfg, key)
+        if to_dtype(value) == to_dtype("fp32") or cpu_matmul_is_fast(to_dtype(value)):
+            continue
+        if key in user_keys:
+            kept.append(f"{key}={value}")
+        else:
+            defaults.append(f"{key}={value}")
+            cfg = with_key(cfg, key, "fp32")
+    why = (f"torch has no bf16/fp16 matrix kernels for this CPU ({cpu_features()}; they need AVX-512 or AMX) "
+           "and runs them several to hundreds of times slower than fp32")
+    if defaults:
+        warnings.append(f"{why}: the defaults {', '.join(defaults)} become fp32 here")
+    if kept:
+        warnings.append(f"{why}: {', '.join(kept)} kept as set; set fp32 instead unless you mean to test that precision")
+    return cfg
+
+
 def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None) -> ResolvedConfig:
     """Validate ``loaded`` and compute the derived values; raises ConfigError listing every problem."""
     cfg = loaded.config if isinstance(loaded, LoadedConfig) else loaded
     problems: list[str] = []
     warnings: list[str] = []
+    cfg = _cpu_precision(cfg, loaded.user_keys if isinstance(loaded, LoadedConfig) else frozenset(), warnings)
     _check_ranges(cfg, problems, warnings)
     problems += unsupported_problems(cfg)
 

@@ -128,3 +128,49 @@ def test_a_failed_actor_plan_is_reported_once():
     found = problems("trainer.n_gpus_per_node=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16")
     assert any("8 responses per device per mini batch" in p and "ppo_micro_batch_size_per_gpu=16" in p for p in found)
     assert not any("log_prob_micro_batch_size_per_gpu is not set" in p for p in found)
+
+
+def _cpu_without_bf16_kernels(monkeypatch):
+    import torch
+
+    from rlcamp.utils import device
+
+    monkeypatch.setattr(device, "cpu_matmul_is_fast", lambda dtype: dtype == torch.float32)
+    monkeypatch.setattr(device, "cpu_features", lambda: "AVX2")
+
+
+def test_low_precision_defaults_become_fp32_on_a_cpu_without_bf16_kernels(monkeypatch):
+    _cpu_without_bf16_kernels(monkeypatch)
+    resolved = ok("trainer.device=cpu")
+    arr, critic = resolved.config.actor_rollout_ref, resolved.config.critic
+    assert arr.rollout.dtype == "fp32" and arr.actor.fsdp_config.mixed_precision.param_dtype == "fp32"
+    assert critic.model.fsdp_config.mixed_precision.param_dtype == "fp32"
+    (warning,) = resolved.warnings
+    assert "(AVX2; they need AVX-512 or AMX)" in warning and "actor_rollout_ref.rollout.dtype=bfloat16" in warning
+
+
+def test_a_low_precision_the_user_set_is_kept_with_a_warning(monkeypatch):
+    _cpu_without_bf16_kernels(monkeypatch)
+    resolved = ok("trainer.device=cpu", "actor_rollout_ref.rollout.dtype=bf16", "critic.model.dtype=fp16")
+    assert resolved.config.actor_rollout_ref.rollout.dtype == "bf16" and resolved.config.critic.model.dtype == "fp16"
+    kept = [w for w in resolved.warnings if "kept as set" in w]
+    assert len(kept) == 1 and "critic.model.dtype=fp16, actor_rollout_ref.rollout.dtype=bf16 kept" in kept[0]
+    # vLLM brings its own kernels: its dtype is its business
+    vllm = ok("trainer.device=cpu", "actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.dtype=bf16",
+              "actor_rollout_ref.rollout.tensor_model_parallel_size=1")
+    assert vllm.config.actor_rollout_ref.rollout.dtype == "bf16"
+    assert not any("rollout.dtype" in w for w in vllm.warnings)
+
+
+def test_precision_is_left_alone_where_bf16_is_fast_or_off_the_cpu(monkeypatch):
+    import torch
+
+    from rlcamp.utils import device
+
+    monkeypatch.setattr(device, "cpu_matmul_is_fast", lambda dtype: True)
+    resolved = ok("trainer.device=cpu")
+    assert resolved.config.actor_rollout_ref.rollout.dtype == "bfloat16" and not resolved.warnings
+    _cpu_without_bf16_kernels(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ok("trainer.device=cuda").config.actor_rollout_ref.rollout.dtype == "bfloat16"
+    assert ok("trainer.device=auto").config.actor_rollout_ref.rollout.dtype == "bfloat16"
