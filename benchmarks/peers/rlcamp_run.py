@@ -95,9 +95,8 @@ def main(algo: str, spec_path: str, out_path: str) -> None:
             m = json.loads(line)
             if "timing_s/step" not in m:
                 continue
-            responses = spec["prompts_per_step"] * spec["samples"]
             clock.steps.append({"seconds": m["timing_s/step"], "generate_s": m["timing_s/generate"],
-                                "generated_tokens": round(m["response_length/mean"] * responses),
+                                "generated_tokens": round(m["perf/generated_tokens"]),
                                 "optimizer_steps": None, "reward": m["critic/score/mean"]})
             seen += 1
         per_step = counts["optimizer_steps"] / max(seen, 1)

@@ -260,7 +260,8 @@ class RolloutConfig:
     response_length: int | None = doc("Longest response the engine generates.", follows="data.max_response_length")
     dtype: str = doc("Dtype of the rollout engine's weights.", "bfloat16")
     gpu_memory_utilization: float = doc("Fraction of device memory the engine may take (weights + KV cache).", 0.5)
-    ignore_eos: bool = doc("Keep generating past EOS.", False)
+    ignore_eos: bool = doc("Keep generating past EOS (fixed work per response); as in verl, a response still "
+                           "ends at its first EOS for training and reward.", False)
     enforce_eager: bool = doc("Disable CUDA graphs in the engine.", True)
     free_cache_engine: bool = doc("Free the engine's KV cache during training (sleep/wake).", True)
     load_format: str = doc("How the engine gets its first weights (dummy_dtensor: synced from the actor).", "dummy_dtensor")

@@ -53,6 +53,17 @@ def to_batch(token_ids: list[list[int]], log_probs: list[list[float]], steps: in
             "rollout_log_probs": (lps * response_mask).to(device)}
 
 
+def mask_through_first_eos(responses: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
+    """[batch, steps] mask: 1 up to and including each row's first EOS, 0 after it (all 1 without one).
+
+    What a response is, whatever the engine did after its end: with ``rollout.ignore_eos`` the engines
+    keep generating past EOS (a fixed amount of work), and, as in verl, the tokens after the first EOS
+    are neither trained on nor scored."""
+    is_eos = torch.isin(responses, torch.tensor(eos_token_ids, dtype=responses.dtype, device=responses.device))
+    eos_before = is_eos.long().cumsum(-1) - is_eos.long()  # EOS tokens strictly before each position
+    return (eos_before == 0).long()
+
+
 def weight_buckets(state: dict[str, torch.Tensor], dtype: torch.dtype, device: str, bucket_bytes: int):
     """The full weights in buckets of about ``bucket_bytes``, floating tensors cast to ``dtype``.
 

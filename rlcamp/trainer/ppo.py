@@ -217,8 +217,11 @@ class PPOTrainer:
     def timing_metrics(self, batch: Batch) -> dict[str, float]:
         response_tokens = batch["response_mask"].sum().item()
         all_tokens = response_tokens + batch["attention_mask"].sum().item()
+        # with rollout.ignore_eos the engine also generated the tokens after each response's end
+        generated = batch["responses"].numel() if self.cfg.actor_rollout_ref.rollout.ignore_eos else response_tokens
         out = {f"timing_s/{k}": v for k, v in self.timing.items()}
-        out["perf/generate_tokens_per_s"] = response_tokens / max(self.timing["generate"], 1e-9)
+        out["perf/generated_tokens"] = generated
+        out["perf/generate_tokens_per_s"] = generated / max(self.timing["generate"], 1e-9)
         for stage in ("old_log_prob", "ref", "values", "update_critic", "update_actor"):
             if stage in self.timing:
                 out[f"perf/{stage}_tokens_per_s"] = all_tokens / max(self.timing[stage], 1e-9)

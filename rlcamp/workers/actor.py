@@ -18,6 +18,7 @@ from rlcamp.engines.local import LocalEngine
 from rlcamp.models import ulysses
 from rlcamp.models.forward import actor_forward, sequence_inputs
 from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
+from rlcamp.rollout.engines import mask_through_first_eos
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 from rlcamp.utils import dist
 from rlcamp.utils.device import collective_backend, to_dtype
@@ -40,6 +41,7 @@ class ActorRolloutRefWorker:
         self.model = load_causal_lm(arr.model.path, dtype=to_dtype(arr.model.dtype),
                                     trust_remote_code=arr.model.trust_remote_code,
                                     override_config=arr.model.override_config).to(self.device)
+        self.eos_token_ids = eos_token_ids(self.tokenizer, self.model)
         self.remove_padding = prepare_trained_model(self.model, arr.model, actor_forward,
                                                     "actor_rollout_ref.model.use_remove_padding")
         self.share_prefix = arr.model.share_prompt_prefix
@@ -86,7 +88,7 @@ class ActorRolloutRefWorker:
             else:
                 from rlcamp.rollout.sglang_engine import SGLangRollout as Engine
             r, arr = self.rollout_cfg, self.config.actor_rollout_ref
-            return Engine(arr.model.path, r, eos_token_ids=eos_token_ids(self.tokenizer, self.model),
+            return Engine(arr.model.path, r, eos_token_ids=self.eos_token_ids,
                           pad_token_id=self.tokenizer.pad_token_id,
                           max_model_len=r.max_model_len or r.prompt_length + r.response_length,
                           device=self.device.type, trust_remote_code=arr.model.trust_remote_code,
@@ -98,8 +100,7 @@ class ActorRolloutRefWorker:
             if getattr(module, "is_gradient_checkpointing", False):
                 module.gradient_checkpointing_disable()
         module.config.use_cache = True
-        eos = [] if self.rollout_cfg.ignore_eos else eos_token_ids(self.tokenizer, self.model)
-        return HFRollout(module, eos, self.tokenizer.pad_token_id)
+        return HFRollout(module, [] if self.rollout_cfg.ignore_eos else self.eos_token_ids, self.tokenizer.pad_token_id)
 
     def sync_rollout_weights(self) -> None:
         """Refresh the rollout engine in place (the full weights are gathered when sharded)."""
@@ -130,7 +131,11 @@ class ActorRolloutRefWorker:
                                     self.sampling_params(validate), self.generator)
         if hasattr(self.rollout, "sleep"):  # free the engine's device memory for training (free_cache_engine)
             self.rollout.sleep()
-        return prompts.update({k: v.cpu() for k, v in out.items()})
+        out = {k: v.cpu() for k, v in out.items()}
+        if self.rollout_cfg.ignore_eos:  # generated to full length; the response still ends at its first EOS
+            out["response_mask"] = mask_through_first_eos(out["responses"], self.eos_token_ids)
+            out["rollout_log_probs"] = out["rollout_log_probs"] * out["response_mask"]
+        return prompts.update(out)
 
     # ---------------------------------------------------------------------------- log-probs
     def _log_probs(self, model, batch: Batch, micro: int, with_entropy: bool, dynamic: bool, max_tokens: int) -> Batch:

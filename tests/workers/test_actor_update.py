@@ -102,11 +102,27 @@ def test_checkpoint_contents_are_honoured(tmp_path):
         ActorRolloutRefWorker(defaults.config, defaults.derived).load_checkpoint(tmp_path / "ckpt")
 
 
-def test_ignore_eos_runs_every_response_to_its_full_length(tmp_path):
+def test_ignore_eos_generates_full_length_but_a_response_ends_at_its_first_eos(tmp_path):
     model, data = make_tiny_setup(tmp_path)
     overrides = tiny_run_overrides(model, data, tmp_path / "run", **{"actor_rollout_ref.rollout.ignore_eos": True})
     resolved = resolve(build_config(overrides), 16)
     worker = ActorRolloutRefWorker(resolved.config, resolved.derived)
-    assert worker.rollout.eos.numel() == 0  # nothing stops a response early ...
+    assert worker.rollout.eos.numel() == 0  # nothing stops the engine early ...
+    eos, engine_generate = worker.eos_token_ids[0], worker.rollout.generate
+
+    def says_eos_early(*args, **kwargs):
+        out = engine_generate(*args, **kwargs)
+        out["responses"][0, 3] = eos  # row 0 ends at its 4th token, and the engine went on
+        return out
+
+    worker.rollout.generate = says_eos_early
     batch = rollout_batch(worker, worker.tokenizer)
-    assert batch["response_mask"].sum(-1).tolist() == [8] * len(batch)  # ... so all run data.max_response_length=8
+    responses = batch["responses"]
+    assert (responses != worker.tokenizer.pad_token_id).all()  # ... every row ran data.max_response_length=8
+    # as verl: trained and scored up to and including the first EOS (a slow loop as the reference)
+    expected = [next((t + 1 for t, token in enumerate(row.tolist()) if token in worker.eos_token_ids), 8)
+                for row in responses]
+    assert expected[0] == 4 and batch["response_mask"].sum(-1).tolist() == expected
+    after_end = batch["response_mask"] == 0
+    assert (batch["rollout_log_probs"][after_end] == 0).all() and (batch["old_log_probs"][after_end] == 0).all()
+
