@@ -238,9 +238,10 @@ COMPUTE_DTYPE_KEYS = ("actor_rollout_ref.model.dtype", "actor_rollout_ref.actor.
 
 
 def _cpu_precision(cfg: RLConfig, user_keys: frozenset[str], warnings: list[str]) -> RLConfig:
-    """On a CPU whose torch has no matrix kernels for bf16 / fp16 (no AVX-512 or AMX: they run
-    100-500x slower than fp32 there), the low-precision *defaults* become fp32, and a low precision
-    the user set is kept with a warning that says what it costs. Anywhere else: unchanged."""
+    """On a CPU whose torch has no matrix kernels for bf16 / fp16 (no AVX-512 or AMX: the matmuls of
+    a step run 4-500x slower than in fp32 there, ``benchmarks/RESULTS.md``), the low-precision
+    *defaults* become fp32, and a low precision the user set is kept with a warning that says what
+    it costs. Anywhere else: unchanged."""
     if cfg.trainer.device not in ("cpu", "auto"):
         return cfg
     from rlcamp.utils.device import cpu_features, cpu_matmul_is_fast, resolve_device, to_dtype
