@@ -56,11 +56,15 @@ def main(spec_path: str, out_path: str) -> None:
                              sum(state["rewards"]) / max(len(state["rewards"]), 1))
                 state.update(gen_s=0.0, tokens=0, rewards=[], step_start=now)
 
+    # every response exactly T tokens, as rlcamp's rollout.ignore_eos: generation stops at no real token
+    # (an id past the vocabulary), while TRL's completion mask still ends each response at its first
+    # EOS, so both sides train and score the same thing (verl's semantics)
+    past_eos = {"eos_token_id": [model.config.vocab_size]}
     with tempfile.TemporaryDirectory() as tmp:
         args = GRPOConfig(
             output_dir=tmp, per_device_train_batch_size=M * G, gradient_accumulation_steps=1, num_generations=G,
             steps_per_generation=P // M, num_iterations=spec["epochs"], max_completion_length=T,
-            generation_kwargs={"min_new_tokens": T}, temperature=1.0, top_k=0, top_p=1.0,
+            generation_kwargs=past_eos, temperature=1.0, top_k=0, top_p=1.0,
             learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01,
             beta=0.0, loss_type="dapo", max_steps=spec["steps"] * per_step, logging_steps=1, save_strategy="no",
             report_to="none", bf16=spec.get("precision") == "bf16", use_cpu=True, shuffle_dataset=False, seed=spec["seed"],

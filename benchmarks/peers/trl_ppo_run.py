@@ -77,9 +77,12 @@ def main(spec_path: str, out_path: str) -> None:
     state = {"gen_s": 0.0, "tokens": 0, "opt_steps": 0, "step_start": time.perf_counter()}
     generate = policy.generate
 
-    def fixed_length_generate(*args, **kwargs):  # every response exactly T tokens, as on rlcamp's side
+    def fixed_length_generate(*args, **kwargs):
+        # every response exactly T tokens, as rlcamp's rollout.ignore_eos: generation stops at no real
+        # token (an id past the vocabulary), and stop_token="eos" below still ends each response at its
+        # first EOS for reward and training, so both sides learn from the same thing (verl's semantics)
         config = copy.deepcopy(kwargs["generation_config"])
-        config.min_new_tokens = T
+        config.eos_token_id = [policy.config.vocab_size]
         kwargs["generation_config"] = config
         start = time.perf_counter()
         out = generate(*args, **kwargs)
@@ -104,7 +107,7 @@ def main(spec_path: str, out_path: str) -> None:
         args = PPOConfig(
             # TRL 1.12: the rollout batch is per_device_train_batch_size x accumulation, cut into num_mini_batches
             output_dir=tmp, per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_mini_batches=P // M,
-            num_ppo_epochs=spec["epochs"], response_length=T, stop_token=None, temperature=1.0,
+            num_ppo_epochs=spec["epochs"], response_length=T, stop_token="eos", temperature=1.0,
             learning_rate=spec["lr"], lr_scheduler_type="constant", total_episodes=spec["steps"] * P * G,
             kl_coef=0.05, kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
             whiten_rewards=False, missing_eos_penalty=None, local_rollout_forward_batch_size=P * G,
