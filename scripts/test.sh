@@ -17,7 +17,8 @@ if [ $rc -eq 0 ] && [ $# -eq 0 ] && [ "${SLOW_BUDGET_S:-2400}" -gt 0 ]; then
     124|130) echo "slow tier stopped after ${budget}s (time budget), not a failure"; rc=0 ;;
   esac
 fi
-count() { grep -E "^=+ .* in [0-9.]+s" "$log" | grep -oE "[0-9]+ $1" | awk '{s += $1} END {print s + 0}'; }
+# pytest's closing line, with its "===" border or without it (-q)
+count() { grep -E "^(=+ )?[0-9]+ [a-z]+.* in [0-9.]+s" "$log" | grep -oE "[0-9]+ $1" | awk '{s += $1} END {print s + 0}'; }
 echo "tests: $(count passed) passed, $(count failed) failed"
 rm -f "$log"
 exit $rc
