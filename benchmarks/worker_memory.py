@@ -108,7 +108,10 @@ def one_device(spec: dict) -> dict:
     resolved = resolve(build_config(overrides(model, spec["device"], 1, spec["extra"])), 64)
     device = torch.device(spec["device"])
     worker = ActorRolloutRefWorker(resolved.config, resolved.derived, spec["device"])
-    held = lambda: torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")  # noqa: E731
+
+    def held() -> float:  # what the worker keeps on the device (CPU: not measured)
+        return torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
     at_start = held()
     seconds, losses = [], []
     for _ in range(2):

@@ -21,7 +21,7 @@ from rlcamp.models.tiny import build_tiny_model
 from rlcamp.trainer.main_ppo import main
 from rlcamp.workers.actor import ActorRolloutRefWorker
 from tests.helpers import make_tiny_setup, tiny_run_overrides
-from tests.workers.test_actor_update import rollout_batch
+from tests.workers.test_actor_update import first_gradient, rollout_batch
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: torch sees none")]
@@ -34,21 +34,6 @@ def _worker(tmp_path, device: str, extra: dict | None = None) -> ActorRolloutRef
     return ActorRolloutRefWorker(resolved.config, resolved.derived, device)
 
 
-def _first_gradient(worker: ActorRolloutRefWorker, batch: Batch) -> tuple[list[torch.Tensor], dict]:
-    """The accumulated gradient of the first mini batch (on the CPU), the optimizer step skipped."""
-    captured = {}
-
-    def capture():
-        grads = [p.grad for p in worker.model.parameters() if p.grad is not None]
-        captured.setdefault("g", [(g.full_tensor() if hasattr(g, "full_tensor") else g).detach().cpu().clone()
-                                  for g in grads])
-        return torch.tensor(0.0)
-
-    worker.engine.optimizer_step = capture
-    metrics = worker.update_actor(batch)
-    return captured["g"], metrics
-
-
 def test_actor_step_on_cuda_equals_the_cpu_step(tmp_path):
     cpu = _worker(tmp_path / "cpu", "cpu")
     batch = rollout_batch(cpu, cpu.tokenizer)  # one batch, generated on the CPU, fed to both
@@ -57,8 +42,8 @@ def test_actor_step_on_cuda_equals_the_cpu_step(tmp_path):
     gpu_log_probs = gpu.compute_log_prob(batch)["old_log_probs"]
     mask = batch["response_mask"].bool()
     assert torch.allclose(gpu_log_probs[mask], batch["old_log_probs"][mask], atol=1e-4, rtol=1e-4)
-    g_cpu, m_cpu = _first_gradient(cpu, batch)
-    g_gpu, m_gpu = _first_gradient(gpu, batch)
+    g_cpu, m_cpu = first_gradient(cpu, batch)
+    g_gpu, m_gpu = first_gradient(gpu, batch)
     assert len(g_cpu) == len(g_gpu) > 0
     for a, b in zip(g_cpu, g_gpu):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3), (a - b).abs().max()
@@ -89,8 +74,8 @@ def test_offload_on_cuda_keeps_state_on_the_host_with_the_same_gradient(tmp_path
     assert torch.distributed.get_backend() == "nccl"
     local = [p.to_local() for p in offload.model.parameters()]
     assert all(t.device.type == "cpu" for t in local), "offloaded shards must live in host memory"
-    g_plain, _ = _first_gradient(plain, batch)
-    g_off, _ = _first_gradient(offload, batch)
+    g_plain, _ = first_gradient(plain, batch)
+    g_off, _ = first_gradient(offload, batch)
     for a, b in zip(g_plain, g_off):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3), (a - b).abs().max()
     # a real step: the optimizer state waits on the host between steps

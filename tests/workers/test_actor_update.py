@@ -29,11 +29,21 @@ def grads_after_update(tmp_path, micro, extra=()):
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro, "actor_rollout_ref.actor.optim.lr": 0.0})
     resolved = resolve(build_config(overrides + list(extra)), 16)
     worker = ActorRolloutRefWorker(resolved.config, resolved.derived)
-    batch = rollout_batch(worker, worker.tokenizer)
-    # capture the accumulated gradient of the first mini batch instead of stepping
+    return first_gradient(worker, rollout_batch(worker, worker.tokenizer))
+
+
+def first_gradient(worker, batch) -> tuple[list[torch.Tensor], dict]:
+    """update_actor with the optimizer step skipped: the first mini batch's accumulated gradient (full
+    tensors, on the CPU) and the update's metrics."""
     captured = {}
-    worker.engine.optimizer_step = lambda: captured.setdefault(
-        "g", [p.grad.clone() for p in worker.model.parameters() if p.grad is not None]) and torch.tensor(0.0)
+
+    def capture():
+        grads = [p.grad for p in worker.model.parameters() if p.grad is not None]
+        captured.setdefault("g", [(g.full_tensor() if hasattr(g, "full_tensor") else g).detach().cpu().clone()
+                                  for g in grads])
+        return torch.tensor(0.0)
+
+    worker.engine.optimizer_step = capture
     metrics = worker.update_actor(batch)
     return captured["g"], metrics
 
