@@ -272,7 +272,9 @@ class RolloutConfig:
     max_num_seqs: int = doc("Sequences the engine runs at once.", 1024)
     enable_chunked_prefill: bool = doc("Split long prefills into chunks.", True)
     disable_log_stats: bool = doc("Silence the engine's periodic statistics.", True)
-    calculate_log_probs: bool = doc("Return the engine's sampling log-probs (for the mismatch report).", False)
+    calculate_log_probs: bool = doc("Keep the engine's sampling log-probs for training "
+                                    "(algorithm.rollout_correction.bypass_mode); the mismatch report always has them.",
+                                    False)
     log_prob_micro_batch_size: int | None = doc("Deprecated global micro batch; use the _per_gpu key.", None)
     log_prob_micro_batch_size_per_gpu: int | None = doc("Responses per old-log-prob forward on one device.", None)
     log_prob_use_dynamic_bsz: bool | None = doc("Token-budget micro batches for old log-probs.",
@@ -399,6 +401,13 @@ class PFPPOConfig:
 
 
 @dataclass(frozen=True)
+class RolloutCorrectionConfig:
+    bypass_mode: bool = doc("Use the rollout engine's sampling log-probs as old_log_probs (the PPO ratio's anchor) and "
+                            "skip the actor's recomputation pass, as verl's bypass mode; needs "
+                            "actor_rollout_ref.rollout.calculate_log_probs=True.", False)
+
+
+@dataclass(frozen=True)
 class AlgorithmConfig:
     gamma: float = doc("Discount factor.", 1.0)
     lam: float = doc("GAE lambda.", 1.0)
@@ -410,6 +419,8 @@ class AlgorithmConfig:
     kl_ctrl: KLCtrlConfig = doc("In-reward KL coefficient controller.", factory=KLCtrlConfig)
     use_pf_ppo: bool = doc("Resample each batch by reward (PF-PPO, Zhang et al. 2025).", False)
     pf_ppo: PFPPOConfig = doc("PF-PPO settings.", factory=PFPPOConfig)
+    rollout_correction: RolloutCorrectionConfig = doc("How the rollout engine's policy relates to the trainer's.",
+                                                      factory=RolloutCorrectionConfig)
 
 
 # ---------------------------------------------------------------------------------- trainer

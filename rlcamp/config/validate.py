@@ -180,6 +180,14 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
     if actor.tis_imp_ratio_cap != -1 and actor.tis_imp_ratio_cap <= 0:
         problems.append(f"actor_rollout_ref.actor.tis_imp_ratio_cap={actor.tis_imp_ratio_cap} must be -1 (off) or "
                         "a positive cap (2 is usual)")
+    if algo.rollout_correction.bypass_mode:
+        if not rollout.calculate_log_probs:
+            problems.append("algorithm.rollout_correction.bypass_mode=True trains on the rollout engine's log-probs: "
+                            "set actor_rollout_ref.rollout.calculate_log_probs=True as well")
+        if actor.tis_imp_ratio_cap > 0:
+            problems.append(f"actor_rollout_ref.actor.tis_imp_ratio_cap={actor.tis_imp_ratio_cap} weighs old against "
+                            "rollout log-probs, which algorithm.rollout_correction.bypass_mode=True makes the same: "
+                            "set one of them off")
     if not 0.0 < actor.clip_ratio_low < 1.0:
         problems.append(f"actor_rollout_ref.actor.clip_ratio_low={actor.clip_ratio_low} must be in (0, 1): "
                         "the ratio is clipped at 1 - clip_ratio_low")

@@ -60,6 +60,8 @@ class _ChunkedLogProbs(torch.autograd.Function):
             if with_entropy:  # H = -sum p log p = log(total) - sum(ez * z) / total, with z = logits - top
                 entropy[s:e] = total.log() - (ez * z).sum(-1) / total
         ctx.save_for_backward(hidden, weight, labels, lse, entropy if with_entropy else lse)
+        # an output the loss does not use (the entropy, when only reported) gets None, not zeros to work through
+        ctx.set_materialize_grads(False)
         ctx.inv_temperature, ctx.with_entropy, ctx.compute_dtype = inv_temperature, with_entropy, compute_dtype
         if with_entropy:
             return log_probs, entropy

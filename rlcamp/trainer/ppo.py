@@ -130,8 +130,11 @@ class PPOTrainer:
         restore = None
         if self.cfg.trainer.balance_batch and self.actor.dp_size > 1:
             batch, restore = balance_batch(batch, self.actor.dp_size)  # even tokens per data-parallel rank
-        with self._timer("old_log_prob"):
-            batch.update(self.actor.call("compute_log_prob", batch))
+        if self.cfg.algorithm.rollout_correction.bypass_mode:  # the engine's sampling policy is the anchor
+            batch["old_log_probs"] = batch["rollout_log_probs"].clone()
+        else:
+            with self._timer("old_log_prob"):
+                batch.update(self.actor.call("compute_log_prob", batch))
         if self.derived.uses_ref:
             with self._timer("ref"):
                 batch.update(self.actor.call("compute_ref_log_prob", batch))
@@ -200,12 +203,15 @@ class PPOTrainer:
                **_stats("critic/returns", batch["returns"][mask]),
                **_stats("response_length", lengths),
                **_stats("prompt_length", batch["attention_mask"].sum(-1)),
-               "response_length/clip_ratio": (lengths == batch["responses"].shape[1]).float().mean().item(),
-               "actor/entropy": masked_mean(batch["entropys"], mask.float()).item()}
+               "response_length/clip_ratio": (lengths == batch["responses"].shape[1]).float().mean().item()}
+        if "entropys" in batch:  # with bypass_mode the actor's update reports it instead
+            out["actor/entropy"] = masked_mean(batch["entropys"], mask.float()).item()
         if "values" in batch:
             out.update(_stats("critic/values", batch["values"][mask]))
         if "rm_scores" in batch:
             out.update(_stats("critic/rm_score", batch["rm_scores"]))
+        if self.cfg.algorithm.rollout_correction.bypass_mode:  # nothing recomputed to compare with
+            return out
         # how far the rollout's sampling log-probs are from the trainer's recomputation
         log_ratio = (batch["old_log_probs"] - batch["rollout_log_probs"])[mask]
         out["rollout/log_prob_diff_max"] = log_ratio.abs().max().item()

@@ -199,7 +199,8 @@ class ActorRolloutRefWorker:
         """Forward + backward of one micro batch; returns its share of the mini batch's policy loss."""
         a = self.actor_cfg
         mask = micro["response_mask"].to(self.device).float()
-        need_entropy = a.entropy_coeff != 0
+        # with bypass_mode no recomputation pass reports the entropy: the update's forward does
+        need_entropy = a.entropy_coeff != 0 or self.config.algorithm.rollout_correction.bypass_mode
         with self.engine.autocast():
             log_probs, entropy, aux_loss = actor_forward(self.model, self._inputs(micro), self.rollout_cfg.temperature,
                                                          need_entropy, self.remove_padding, self.sp,
@@ -214,8 +215,9 @@ class ActorRolloutRefWorker:
                          norm_length=self.rollout_cfg.response_length, **norm)
         loss = pg.loss
         if need_entropy:
-            entropy_loss = agg_loss(entropy, mask, a.loss_agg_mode, self.rollout_cfg.response_length, **norm)
-            loss = loss - a.entropy_coeff * entropy_loss
+            if a.entropy_coeff != 0:
+                entropy_loss = agg_loss(entropy, mask, a.loss_agg_mode, self.rollout_cfg.response_length, **norm)
+                loss = loss - a.entropy_coeff * entropy_loss
             sink.add("actor/entropy", masked_mean(entropy.detach(), mask))
         if a.use_kl_loss:
             kl = kl_penalty(log_probs, micro["ref_log_probs"].to(self.device), a.kl_loss_type)

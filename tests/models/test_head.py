@@ -46,6 +46,18 @@ def test_chunked_equals_full_logits_values_and_gradients(monkeypatch, with_entro
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_reported_but_unused_entropy_leaves_the_gradients_alone():
+    hidden, weight, labels = leaves()
+    lp, ent = chunked_log_probs(hidden, weight, labels, with_entropy=True)
+    (lp * torch.linspace(-1, 2, len(lp))).sum().backward()  # the entropy is only looked at
+    with_unused = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    lp, _ = chunked_log_probs(hidden, weight, labels)
+    (lp * torch.linspace(-1, 2, len(lp))).sum().backward()
+    assert torch.equal(with_unused[0], hidden.grad) and torch.equal(with_unused[1], weight.grad)
+    assert torch.isfinite(ent).all()
+
+
 def test_chunked_under_autocast_projects_in_bf16_like_linear():
     hidden, weight, labels = leaves(n=20, d=32, vocab=300)
     with torch.autocast("cpu", dtype=torch.bfloat16):
