@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="comma-separated role.method, e.g. actor.update_actor")
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("extra", nargs="*", help="config overrides")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     spec = {"model": model_path("smollm2"), "prompts_per_step": 8, "samples": 4, "response_tokens": 32,
             "prompts_per_optimizer_step": 4, "epochs": 1, "lr": 1e-5, "steps": args.steps, "seed": 0, "n_test": 32,
             "eval_tokens": 32, "threads": 2, "precision": args.precision}
