@@ -1,5 +1,5 @@
 """Where an rlcamp step of a peer benchmark goes: per-phase seconds, and optionally torch-profiler
-tables of chosen worker methods (their second call).
+tables of chosen worker methods (their last call: the first ones still fault memory in).
 
     python benchmarks/peers/profile_step.py ppo bf16                      # phases of 3 steps
     python benchmarks/peers/profile_step.py ppo bf16 --profile actor.update_actor,critic.update_critic
@@ -26,19 +26,19 @@ from harness import model_path  # noqa: E402
 from rlcamp_run import make_trainer  # noqa: E402
 
 
-def profiled(method, rows: int):
+def profiled(method, rows: int, at_call: int, by_shape: bool = False):
     from torch.profiler import ProfilerActivity, profile
 
     calls = []
 
     def run(*args, **kwargs):
         calls.append(1)
-        if len(calls) != 2:
+        if len(calls) != at_call:
             return method(*args, **kwargs)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=by_shape) as prof:
             out = method(*args, **kwargs)
-        print(f"===== {method.__qualname__} (call 2)")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+        print(f"===== {method.__qualname__} (call {at_call})")
+        print(prof.key_averages(group_by_input_shape=by_shape).table(sort_by="self_cpu_time_total", row_limit=rows))
         return out
 
     return run
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--profile", default="", help="comma-separated role.method, e.g. actor.update_actor")
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--by-shape", action="store_true", help="profiler rows per operator and input shapes")
     parser.add_argument("extra", nargs="*", help="config overrides")
     args = parser.parse_intermixed_args()
     spec = {"model": model_path("smollm2"), "prompts_per_step": 8, "samples": 4, "response_tokens": 32,
@@ -63,7 +64,7 @@ def main() -> None:
         for target in filter(None, args.profile.split(",")):
             role, name = target.split(".")
             worker = getattr(trainer, role).workers[0]
-            setattr(worker, name, profiled(getattr(worker, name), args.rows))
+            setattr(worker, name, profiled(getattr(worker, name), args.rows, args.steps, args.by_shape))
         try:
             trainer.fit()
         finally:
