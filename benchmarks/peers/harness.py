@@ -137,6 +137,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="fp32 everywhere, or bf16 mixed precision (fp32 weights, bf16 compute) on both sides")
+    parser.add_argument("--rlcamp", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for rlcamp's side (repeatable), e.g. "
+                             "algorithm.rollout_correction.bypass_mode=True; the results are tagged --tag")
+    parser.add_argument("--tag", default="", help="suffix of the result files, for runs with --rlcamp overrides")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--report-only", action="store_true", help="re-make the table and plot from saved runs")
     args = parser.parse_args()
@@ -149,11 +153,13 @@ def main() -> None:
                      f"{cpu_features()}, where both sides would time torch's reference loop: use fp32")
     out = Path(args.out).resolve()  # the runners work in this folder
     out.mkdir(parents=True, exist_ok=True)
+    if args.rlcamp and not args.tag:
+        parser.error("--rlcamp adds a side of rlcamp with those overrides: name it with --tag")
     spec = {"model": model_path(args.model), "prompts_per_step": args.prompts, "samples": args.samples,
             "response_tokens": args.tokens, "prompts_per_optimizer_step": args.prompts // 2, "epochs": 1,
             "lr": 1e-5 if args.model == "smollm2" else 1e-4, "steps": args.steps, "seed": 0, "n_test": 32,
             "eval_tokens": 32, "threads": len(os.sched_getaffinity(0)), "precision": args.precision}
-    tag = f"{args.pair}-{args.model}" + ("-bf16" if args.precision == "bf16" else "")
+    tag = f"{args.pair}-{args.model}" + ("-bf16" if args.precision == "bf16" else "") + (f"-{args.tag}" if args.tag else "")
     trl_python = venv_for(TRL[args.pair])
     if args.report_only:
         saved = json.loads((out / f"{tag}.json").read_text())
@@ -161,28 +167,38 @@ def main() -> None:
     else:
         spec_file = out / f"{tag}.spec.json"
         spec_file.write_text(json.dumps(spec, indent=1))
-        sides = {"rlcamp": [sys.executable, "rlcamp_run.py", args.pair, str(spec_file)],
-                 "trl": [str(trl_python), f"trl_{args.pair}_run.py", str(spec_file)]}
-        results = {"rlcamp": [], "trl": []}
-        for i in range(args.repeats):  # A B A B
+        sides = {"rlcamp": [sys.executable, "rlcamp_run.py", args.pair, str(spec_file)]}
+        if args.rlcamp:  # the same runner and spec, with the overrides after it
+            sides[f"rlcamp {args.tag}"] = sides["rlcamp"] + ["--"] + args.rlcamp
+        sides["trl"] = [str(trl_python), f"trl_{args.pair}_run.py", str(spec_file)]
+        results = {side: [] for side in sides}
+        for i in range(args.repeats):  # A B A B (A B C A B C with a variant)
             for side, cmd in sides.items():
-                result = out / f"{tag}.{side}.{i}.json"
-                results[side].append(run(cmd + [str(result)], result))
+                result = out / f"{tag}.{side.replace(' ', '-')}.{i}.json"
+                results[side].append(run(cmd[:4] + [str(result)] + cmd[4:], result))
                 print(f"{side} run {i + 1}: {[round(s['seconds'], 1) for s in results[side][-1]['steps']]} s/step",
                       flush=True)
-    check_equal_work(results["rlcamp"] + results["trl"], spec)
+    check_equal_work([r for rs in results.values() for r in rs], spec)
     rows = {side: [summarise(r, spec) for r in rs] for side, rs in results.items()}
     med = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in rows.items()}
-    ratio = lambda k, higher_is_better: (med["rlcamp"][k] / med["trl"][k] if higher_is_better  # noqa: E731
-                                         else med["trl"][k] / med["rlcamp"][k])
-    lines = [f"| {args.pair} on {args.model}, {spec.get('precision', 'fp32')} | rlcamp | {results['trl'][0]['side']} | rlcamp advantage |",
-             "| --- | --- | --- | --- |",
-             f"| seconds per step | {med['rlcamp']['step_s']:.2f} | {med['trl']['step_s']:.2f} | {ratio('step_s', False):.2f}x |",
-             f"| rollout tokens/s | {med['rlcamp']['rollout_tps']:.0f} | {med['trl']['rollout_tps']:.0f} | {ratio('rollout_tps', True):.2f}x |",
-             f"| training tokens/s | {med['rlcamp']['train_tps']:.0f} | {med['trl']['train_tps']:.0f} | {ratio('train_tps', True):.2f}x |",
-             f"| peak RSS (GiB) | {med['rlcamp']['rss_gb']:.2f} | {med['trl']['rss_gb']:.2f} | {ratio('rss_gb', False):.2f}x |",
-             f"| reward, last step | {med['rlcamp']['final_reward']:.3f} | {med['trl']['final_reward']:.3f} | |",
-             f"| greedy accuracy after | {med['rlcamp']['accuracy']:.3f} | {med['trl']['accuracy']:.3f} | |"]
+    ours = [side for side in results if side != "trl"]
+
+    def row(name: str, key: str, fmt: str, higher_is_better: bool | None) -> str:
+        cells = [format(med[side][key], fmt) for side in ours + ["trl"]]
+        if higher_is_better is not None:
+            cells += [f"{(med[side][key] / med['trl'][key]) if higher_is_better else (med['trl'][key] / med[side][key]):.2f}x"
+                      for side in ours]
+        else:
+            cells += [""] * len(ours)
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    lines = [f"| {args.pair} on {args.model}, {spec.get('precision', 'fp32')} | " + " | ".join(ours)
+             + f" | {results['trl'][0]['side']} | " + " | ".join(f"{side} advantage" for side in ours) + " |",
+             "|" + " --- |" * (2 + 2 * len(ours)),
+             row("seconds per step", "step_s", ".2f", False), row("rollout tokens/s", "rollout_tps", ".0f", True),
+             row("training tokens/s", "train_tps", ".0f", True), row("peak RSS (GiB)", "rss_gb", ".2f", False),
+             row("reward, last step", "final_reward", ".3f", None),
+             row("greedy accuracy after", "accuracy", ".3f", None)]
     # training throughput as a fraction of the matmul peak measured in this run, in the run's precision
     from transformers import AutoTokenizer
 
@@ -198,14 +214,15 @@ def main() -> None:
              "bf16": matmul_peak_gflops(torch.bfloat16) if cpu_matmul_is_fast(torch.bfloat16) else float("nan")}
     # the FLOPs of the work as specified (every sample's prompt counted), whatever a side skips
     peak = peaks[spec.get("precision", "fp32")]
-    for side in ("rlcamp", "trl"):
+    for side in results:
         train_s = med[side]["step_s"] - statistics.median(s["generate_s"] for r in results[side] for s in r["steps"][1:])
         achieved = per_token * tokens / train_s / 1e9
-        share = f"{achieved / peak:.1%} of {spec.get('precision', 'fp32')} peak"
-        lines.append(f"| training GFLOP/s of the work ({n_params / 1e6:.1f}M params, {per_token / n_params:.0f}N "
-                     f"per token) | {achieved:.1f} | | {share} |" if side == "rlcamp" else
-                     f"| training GFLOP/s of the work, {results['trl'][0]['side']} | | {achieved:.1f} | {share} |")
+        lines.append(f"| training GFLOP/s of the work ({n_params / 1e6:.1f}M params, {per_token / n_params:.0f}N per "
+                     f"token), {side if side != 'trl' else results['trl'][0]['side']} | {achieved:.1f} | {achieved / peak:.1%} of "
+                     f"{spec.get('precision', 'fp32')} peak |")
     lines.append(f"| matmul peak measured now (2048^3) | fp32 {peaks['fp32']:.0f} GFLOP/s | bf16 {peaks['bf16']:.0f} GFLOP/s | |")
+    if args.rlcamp:
+        lines.append(f"| rlcamp {args.tag}: overrides | {' '.join(args.rlcamp)} | |")
     table = "\n".join(lines)
     print(table)
     (out / f"{tag}.md").write_text(table + "\n")

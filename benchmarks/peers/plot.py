@@ -14,17 +14,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def main(results_path: str, out_path: str) -> None:
     data = json.loads(open(results_path).read())
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for side, colour in (("rlcamp", "tab:blue"), ("trl", "tab:orange")):
-        for i, run in enumerate(data["results"][side]):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = iter(["tab:blue", "tab:green", "tab:purple"])
+    for side, runs in data["results"].items():
+        colour = "tab:orange" if side == "trl" else next(colours)
+        for i, run in enumerate(runs):
             walls = [s["wall"] for s in run["steps"]]
             rewards = [s["reward"] for s in run["steps"]]
-            ax.plot(walls, rewards, marker="o", color=colour, alpha=0.8, label=run["side"] if i == 0 else None)
+            label = run["side"] + (" + " + " ".join(run["overrides"]) if run.get("overrides") else "")
+            ax.plot(walls, rewards, marker="o", color=colour, alpha=0.8, label=label if i == 0 else None)
     spec = data["spec"]
     ax.set_xlabel("wall-clock seconds (training steps only)")
     ax.set_ylabel("mean reward of the step's samples")
     ax.set_title(f"{spec['prompts_per_step']} prompts x {spec['samples']} samples x {spec['response_tokens']} tokens per step")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
 

@@ -1,6 +1,6 @@
 """rlcamp on the spec's work (GRPO or PPO with GAE + critic); run in rlcamp's own venv.
 
-    python rlcamp_run.py grpo|ppo SPEC.json RESULT.json
+    python rlcamp_run.py grpo|ppo SPEC.json RESULT.json [-- KEY=VALUE ...]   (config overrides on top)
 """
 
 from __future__ import annotations
@@ -70,12 +70,12 @@ def make_trainer(algo: str, spec: dict, folder: Path, extra: list[str] = ()):
     return trainer
 
 
-def main(algo: str, spec_path: str, out_path: str) -> None:
+def main(algo: str, spec_path: str, out_path: str, extra: list[str] = ()) -> None:
     spec = load_spec(spec_path)
     torch.manual_seed(spec["seed"])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        trainer = make_trainer(algo, spec, tmp)
+        trainer = make_trainer(algo, spec, tmp, extra)
         worker = trainer.actor.workers[0]
         counts = {"optimizer_steps": 0}
         step_fn = worker.engine.optimizer_step
@@ -109,8 +109,10 @@ def main(algo: str, spec_path: str, out_path: str) -> None:
             accuracy = greedy_accuracy(worker.model, trainer.tokenizer, test_rows(spec), spec["eval_tokens"])
     import rlcamp
 
-    write_result(out_path, f"rlcamp {rlcamp.__version__} {algo}", clock, accuracy)
+    write_result(out_path, f"rlcamp {rlcamp.__version__} {algo}", clock, accuracy, {"overrides": list(extra)})
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    if len(sys.argv) > 4 and sys.argv[4] != "--":
+        sys.exit(f"expected '--' before config overrides, got {sys.argv[4]!r}")
+    main(*sys.argv[1:4], sys.argv[5:])
