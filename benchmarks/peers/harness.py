@@ -141,7 +141,7 @@ def main() -> None:
                         help="a config override for rlcamp's side (repeatable), e.g. "
                              "algorithm.rollout_correction.bypass_mode=True; the results are tagged --tag")
     parser.add_argument("--tag", default="", help="suffix of the result files, for runs with --rlcamp overrides")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default="results", help="results folder (relative: under benchmarks/peers/)")
     parser.add_argument("--report-only", action="store_true", help="re-make the table and plot from saved runs")
     args = parser.parse_args()
     import torch
@@ -151,7 +151,7 @@ def main() -> None:
     if args.precision == "bf16" and not args.report_only and not cpu_matmul_is_fast(torch.bfloat16):
         parser.error(f"--precision bf16 needs a CPU with bf16 matrix kernels (AVX-512 or AMX); this one has "
                      f"{cpu_features()}, where both sides would time torch's reference loop: use fp32")
-    out = Path(args.out).resolve()  # the runners work in this folder
+    out = Path(args.out) if Path(args.out).is_absolute() else HERE / args.out  # relative: under benchmarks/peers
     out.mkdir(parents=True, exist_ok=True)
     if args.rlcamp and not args.tag:
         parser.error("--rlcamp adds a side of rlcamp with those overrides: name it with --tag")

@@ -21,6 +21,10 @@ CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MB in fp32 (341 rows of a 49k v
 # matmuls that follow are per block, not per chunk (per chunk, adding up the [vocab, hidden] weight
 # gradient would cost more than the chunk itself)
 BLOCK_ELEMENTS = 1 << 25
+# exp(logits - max) of the first chunks kept from the forward for the backward, up to this many
+# values (128 MB in fp32): those chunks skip the backward's recomputation, one of the head's four
+# vocabulary-sized products; the rest are recomputed, so memory stays bounded for any length
+SAVED_ELEMENTS = 1 << 25
 EXP_FLOOR = -80.0
 
 
@@ -48,6 +52,8 @@ class _ChunkedLogProbs(torch.autograd.Function):
         lse = torch.empty_like(log_probs)
         entropy = torch.empty_like(log_probs) if with_entropy else None
         step = _rows_per_chunk(vocab, n)
+        keep = SAVED_ELEMENTS if any(ctx.needs_input_grad[:2]) else 0
+        saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # chunk start -> (exp(z), its row sums)
         for s in range(0, n, step):
             e = min(n, s + step)
             z = (hidden[s:e].to(compute_dtype) @ w.T).float()
@@ -62,7 +68,10 @@ class _ChunkedLogProbs(torch.autograd.Function):
             log_probs[s:e] = picked - total.log()
             if with_entropy:  # H = -sum p log p = log(total) - sum(ez * z) / total, with z = logits - top
                 entropy[s:e] = total.log() - (ez * z).sum(-1) / total
+            if ez.numel() <= keep:
+                saved[s], keep = (ez, total), keep - ez.numel()
         ctx.save_for_backward(hidden, weight, labels, lse, entropy if with_entropy else lse)
+        ctx.saved_exp, ctx.step = saved, step
         # an output the loss does not use (the entropy, when only reported) gets None, not zeros to work through
         ctx.set_materialize_grads(False)
         ctx.inv_temperature, ctx.with_entropy, ctx.compute_dtype = inv_temperature, with_entropy, compute_dtype
@@ -80,13 +89,25 @@ class _ChunkedLogProbs(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = None
         g_lp = grad_log_probs.float() if grad_log_probs is not None else torch.zeros_like(lse)
-        step, block = _rows_per_chunk(vocab, n), max(1, BLOCK_ELEMENTS // vocab)
+        step = ctx.step  # the forward's chunks, so that its saved ones line up
+        block = max(1, BLOCK_ELEMENTS // vocab) // step * step or step
+        saved, ctx.saved_exp = ctx.saved_exp or {}, None  # (a second backward, retain_graph, recomputes)
         in_place = dtype == torch.float32  # d loss / d logits computed right in grad_z, no temporaries
         for b in range(0, n, block):  # d loss / d logits of a block of rows, then two matmuls for the block
             b_end = min(n, b + block)
             grad_z = torch.empty((b_end - b, vocab), dtype=dtype, device=hidden.device)
             for s in range(b, b_end, step):
                 e = min(b_end, s + step)
+                if s in saved and not use_entropy:  # p = exp(z) / its row sum, kept by the forward
+                    ez, total = saved.pop(s)
+                    g = torch.mul(ez, (-g_lp[s:e] / total)[:, None], out=grad_z[s - b:e - b] if in_place else None)
+                    del ez
+                    g[torch.arange(e - s, device=g.device), labels[s:e]] += g_lp[s:e]
+                    if t != 1.0:
+                        g.mul_(t)
+                    if not in_place:
+                        grad_z[s - b:e - b] = g
+                    continue
                 if in_place:
                     log_p = torch.mm(hidden[s:e], w.T, out=grad_z[s - b:e - b])
                 else:

@@ -35,9 +35,11 @@ def grads(fn, hidden, weight, labels, temperature, with_entropy):
 
 @pytest.mark.parametrize("with_entropy", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_chunked_equals_full_logits_values_and_gradients(monkeypatch, with_entropy, temperature):
-    monkeypatch.setattr(head, "CHUNK_ELEMENTS", 101 * 8)  # 8 rows a chunk: 5 chunks, the last one short
-    monkeypatch.setattr(head, "BLOCK_ELEMENTS", 101 * 20)  # backward blocks of 20 rows: 2 blocks
+@pytest.mark.parametrize("saved_chunks", [0, 2, 5])  # recomputed in the backward, partly, not at all
+def test_chunked_equals_full_logits_values_and_gradients(monkeypatch, with_entropy, temperature, saved_chunks):
+    monkeypatch.setattr(head, "CHUNK_ELEMENTS", 101 * 8)  # 37 rows: 5 chunks of 8 rows, the last one short
+    monkeypatch.setattr(head, "BLOCK_ELEMENTS", 101 * 20)  # backward blocks of 16 rows (2 chunks): 3 blocks
+    monkeypatch.setattr(head, "SAVED_ELEMENTS", 101 * 8 * saved_chunks)
     hidden, weight, labels = leaves()
     got = grads(chunked_log_probs, hidden, weight, labels, temperature, with_entropy)
     want = grads(reference, hidden, weight, labels, temperature, with_entropy)
@@ -98,3 +100,13 @@ def test_heads_with_extra_steps_or_sharded_weights_keep_the_plain_path(tmp_path)
     assert has_plain_head(qwen2)
     qwen2.lm_head.weight.full_tensor = lambda: None  # what FSDP2's DTensor parameters have, after a first call
     assert not has_plain_head(qwen2)
+
+
+def test_a_second_backward_recomputes_what_the_first_used_up():
+    hidden, weight, labels = leaves()
+    lp, _ = chunked_log_probs(hidden, weight, labels)
+    loss = (lp * torch.linspace(-1, 2, len(lp))).sum()
+    loss.backward(retain_graph=True)  # uses the forward's saved exponentials
+    once = weight.grad.clone()
+    loss.backward()  # they are gone: recomputed
+    torch.testing.assert_close(weight.grad, 2 * once, atol=1e-6, rtol=1e-5)
