@@ -6,6 +6,8 @@ A B C A B C; the median of ``--repeats`` is reported. The weight sync is a full 
 actor pushed into the running vLLM engine in place (no disk, no restart).
 
     python benchmarks/rollout_engines.py [--repeats 3]
+
+bf16 runs only where torch has bf16 matrix kernels (``cpu_matmul_is_fast``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def main() -> None:
     from rlcamp.models.prepare import prepare
     from rlcamp.rollout.hf import HFRollout, SamplingParams
     from rlcamp.rollout.vllm_engine import VLLMRollout
-    from rlcamp.utils.device import tune_cpu
+    from rlcamp.utils.device import cpu_matmul_is_fast, tune_cpu
 
     tune_cpu()
     path = str(prepare("smollm2-135m-instruct"))
@@ -44,7 +46,10 @@ def main() -> None:
     print(f"| dtype | engine | tokens/s (median of {args.repeats}) | vs transformers generate |")
     print("| --- | --- | --- | --- |")
     sync_rows = []
-    for dtype in (torch.bfloat16, torch.float32):
+    dtypes = [d for d in (torch.bfloat16, torch.float32) if d == torch.float32 or cpu_matmul_is_fast(d)]
+    if torch.bfloat16 not in dtypes:
+        print("(bf16 left out: torch has no bf16 matrix kernels on this CPU)")
+    for dtype in dtypes:
         model = load_causal_lm(path, dtype=dtype).eval()
         ours = HFRollout(model, [], tok.pad_token_id)  # no EOS: every row runs the full 64 tokens
         vllm = VLLMRollout(path, cfg, eos_token_ids=[], pad_token_id=tok.pad_token_id, max_model_len=256,

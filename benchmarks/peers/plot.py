@@ -21,7 +21,7 @@ def main(results_path: str, out_path: str) -> None:
         for i, run in enumerate(runs):
             walls = [s["wall"] for s in run["steps"]]
             rewards = [s["reward"] for s in run["steps"]]
-            label = run["side"] + (" + " + " ".join(run["overrides"]) if run.get("overrides") else "")
+            label = run["side"] if side in ("rlcamp", "trl") else f"{run['side']}, {side.removeprefix('rlcamp ')}"
             ax.plot(walls, rewards, marker="o", color=colour, alpha=0.8, label=label if i == 0 else None)
     spec = data["spec"]
     ax.set_xlabel("wall-clock seconds (training steps only)")

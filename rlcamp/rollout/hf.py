@@ -3,8 +3,8 @@
 It runs on the actor's own module, so there are no weights to sync after an update. Prompts come
 left-padded; the prefill runs each distinct prompt once (the n samples of a prompt share it) and
 computes logits for the last position only, each decode step feeds one
-token per active row and writes its keys and values in place (``InPlaceLayer``), and rows that
-finished are dropped from the cache so the remaining work shrinks with them. Output buffers are allocated once; nothing is re-padded or re-tokenised.
+token per active row, and rows that finished are dropped from the cache so the remaining work
+shrinks with them. Output buffers are allocated once; nothing is re-padded or re-tokenised.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 
 @dataclass(frozen=True)
@@ -58,61 +57,6 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return tokens, log_probs
 
 
-class InPlaceLayer(DynamicLayer):
-    """A full-attention cache layer whose keys and values live in buffers sized for the whole
-    generation: each decode step writes its token in place, where ``DynamicLayer`` concatenates
-    (copies) the layer's whole cache every step. ``keys`` / ``values`` are views of the filled part."""
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.length = 0
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if self.buffers is None or end > self.buffers[0].shape[-2]:  # first call, or longer than planned
-            grown = []
-            for old, new in zip(self.buffers or (None, None), (key_states, value_states)):
-                b, h, _, d = new.shape
-                buffer = new.new_empty((b, h, max(self.capacity, end), d))
-                if self.length:
-                    buffer[:, :, :self.length] = old[:, :, :self.length]
-                grown.append(buffer)
-            self.buffers = (grown[0], grown[1])
-        keys, values = self.buffers
-        keys[:, :, self.length:end] = key_states
-        values[:, :, self.length:end] = value_states
-        self.length = end
-        self.keys, self.values = keys[:, :, :end], values[:, :, :end]
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.length:
-            self.buffers = (self.buffers[0][indices], self.buffers[1][indices])
-            self.keys, self.values = self.buffers[0][:, :, :self.length], self.buffers[1][:, :, :self.length]
-
-    def reset(self) -> None:
-        self.buffers, self.length = None, 0
-        super().reset()
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("rlcamp's rollout cache never drops tokens")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self.batch_select_indices(torch.arange(self.buffers[0].shape[0]).repeat_interleave(repeats))
-
-
-def generation_cache(config, capacity: int) -> DynamicCache:
-    """A DynamicCache for ``config`` whose full-attention layers write in place (``InPlaceLayer``);
-    sliding-window and other special layers keep transformers' own."""
-    cache = DynamicCache(config=config)
-    cache.layers = [InPlaceLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    return cache
-
-
 class HFRollout:
     """Generate responses with a transformers causal LM and a KV cache."""
 
@@ -150,7 +94,7 @@ class HFRollout:
         # router logits are for the training loss; in transformers' MoE models their aux loss also
         # breaks on cached decoding (router logits cover the new token, the mask the whole sequence)
         extra = {"output_router_logits": False} if hasattr(self.model.config, "output_router_logits") else {}
-        cache = generation_cache(self.model.config, prompt_len + steps)
+        cache = DynamicCache(config=self.model.config)
         active = torch.arange(batch, device=device)  # rows still generating, in cache order
         # the n samples of a prompt share one prefill: distinct prompts run, then their cache rows
         # (and last logits) are repeated for every sample

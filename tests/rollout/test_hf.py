@@ -2,29 +2,24 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers import AutoModelForCausalLM
 
 from rlcamp.models.forward import actor_forward, sequence_inputs
-from rlcamp.models.tiny import TINY_FAMILIES, build_tiny_model
-from rlcamp.rollout import hf
+from rlcamp.models.tiny import build_tiny_model
 from rlcamp.rollout.hf import HFRollout, SamplingParams, sample_next
-
-
-def tiny_prompts(tokenizer):
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": f"What is {i} + {i * 3}?"}],
-                                           add_generation_prompt=True, tokenize=False) for i in range(6)]
-    tokenizer.padding_side = "left"
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    enc["attention_mask"][0, :3] = 0  # make row 0 shorter than the rest: left padding must be honoured
-    enc["input_ids"][0, :3] = tokenizer.pad_token_id
-    return enc
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tiny_tokenizer):
     path = build_tiny_model(tmp_path_factory.mktemp("m"), "qwen2")
-    return AutoModelForCausalLM.from_pretrained(path), tiny_tokenizer, tiny_prompts(tiny_tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    texts = [tiny_tokenizer.apply_chat_template([{"role": "user", "content": f"What is {i} + {i * 3}?"}],
+                                                add_generation_prompt=True, tokenize=False) for i in range(6)]
+    tiny_tokenizer.padding_side = "left"
+    enc = tiny_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc["attention_mask"][0, :3] = 0  # make row 0 shorter than the rest: left padding must be honoured
+    enc["input_ids"][0, :3] = tiny_tokenizer.pad_token_id
+    return model, tiny_tokenizer, enc
 
 
 def test_greedy_matches_transformers_generate(tiny):
@@ -107,41 +102,3 @@ def test_sample_next_distribution_top_k_and_top_p():
     assert set(tokens.tolist()) == {0, 1}
     tokens, _ = sample_next(logits[:3], SamplingParams(1, do_sample=False), g)
     assert tokens.tolist() == [0, 0, 0]
-
-
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_in_place_cache_generates_what_transformers_cache_does(tmp_path, tiny_tokenizer, family, monkeypatch):
-    """Same tokens and log-probs with the in-place cache as with transformers' DynamicCache, while
-    rows finish at different steps (the cache drops them) and after a shared prefill."""
-    model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / family, family))
-    enc = tiny_prompts(tiny_tokenizer)
-    ids, mask = enc["input_ids"][[0, 0, 1, 2, 3, 3]], enc["attention_mask"][[0, 0, 1, 2, 3, 3]]
-    params = SamplingParams(10, temperature=1.0)
-    transformers_cache = lambda config, capacity: DynamicCache(config=config)  # noqa: E731
-    monkeypatch.setattr(hf, "generation_cache", transformers_cache)
-    first = HFRollout(model, [10**9], 0).generate(ids, mask, params, torch.Generator().manual_seed(1))
-    eos = [int(first["responses"][0, 2]), int(first["responses"][2, 5])]  # rows end early, at different steps
-    want = HFRollout(model, eos, 0).generate(ids, mask, params, torch.Generator().manual_seed(1))
-    monkeypatch.undo()
-    got = HFRollout(model, eos, 0).generate(ids, mask, params, torch.Generator().manual_seed(1))
-    lengths = want["response_mask"].sum(-1)
-    assert lengths.min() < 10 and len(set(lengths.tolist())) > 1
-    assert torch.equal(got["responses"], want["responses"])
-    torch.testing.assert_close(got["rollout_log_probs"], want["rollout_log_probs"], atol=1e-5, rtol=0)
-    layers = hf.generation_cache(model.config, 8).layers  # full attention in place, sliding windows as before
-    assert any(isinstance(layer, hf.InPlaceLayer) for layer in layers)
-    assert not any(type(layer) is DynamicLayer for layer in layers)
-
-
-def test_in_place_layer_grows_past_its_capacity_and_selects_rows():
-    layer = hf.InPlaceLayer(capacity=3)
-    chunks = [torch.randn(4, 2, n, 5) for n in (2, 1, 3)]
-    for c in chunks:
-        keys, values = layer.update(c, -c)
-    full = torch.cat(chunks, dim=-2)
-    assert torch.equal(keys, full) and torch.equal(values, -full) and layer.get_seq_length() == 6
-    layer.batch_select_indices(torch.tensor([3, 1]))
-    assert torch.equal(layer.keys, full[[3, 1]]) and torch.equal(layer.values, -full[[3, 1]])
-    step = torch.randn(2, 2, 1, 5)
-    keys, _ = layer.update(step, step)
-    assert torch.equal(keys, torch.cat([full[[3, 1]], step], dim=-2))
