@@ -47,6 +47,9 @@ def run(extra: list[str], data_dir: str = "~/data/rlcamp_arith", run_dir: str | 
     model = prepare("smollm2-135m-instruct")
     train, test = write_splits(data_dir, n_test=32, digits=1)
     run_dir = Path(run_dir or "checkpoints/rlcamp_quickstart/smollm2_135m_arith_ppo").expanduser()
+    # a run folder given among the overrides wins, and the summary below reads that one
+    given = [o.split("=", 1)[1] for o in extra if o.lstrip("+").startswith("trainer.default_local_dir=")]
+    run_dir = Path(given[-1]).expanduser() if given else run_dir
     overrides = MAIN_JOB + [f"actor_rollout_ref.model.path={model}", f"data.train_files={train}",
                             f"data.val_files={test}", f"trainer.default_local_dir={run_dir}",
                             "trainer.resume_mode=disable"] + extra

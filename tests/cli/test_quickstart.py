@@ -14,3 +14,25 @@ def test_work_order_script_sets_exactly_the_main_job():
     job = dict(item.split("=", 1) for item in MAIN_JOB)
     assert script_settings == job
     build_config(MAIN_JOB)  # and every key is valid
+
+
+def test_a_run_folder_among_the_overrides_is_the_one_summarised(tmp_path, monkeypatch):
+    import rlcamp.cli.quickstart as quickstart
+    import rlcamp.data.arith
+    import rlcamp.models.prepare
+    import rlcamp.trainer.main_ppo
+
+    seen = {}
+    run_dir = tmp_path / "mine"
+
+    def fake_train(overrides):
+        seen["dir"] = [o for o in overrides if o.startswith("trainer.default_local_dir=")][-1]
+        run_dir.mkdir()
+        (run_dir / "metrics.jsonl").write_text('{"step": 0, "val/acc": 0.0}\n{"step": 1, "val/acc": 0.5}\n')
+        return 0
+
+    monkeypatch.setattr(rlcamp.models.prepare, "prepare", lambda name: tmp_path / "model")
+    monkeypatch.setattr(rlcamp.data.arith, "write_splits", lambda *a, **k: (tmp_path / "train", tmp_path / "test"))
+    monkeypatch.setattr(rlcamp.trainer.main_ppo, "main", fake_train)
+    assert quickstart.run([f"trainer.default_local_dir={run_dir}"], run_dir=str(tmp_path / "default")) == 0
+    assert seen["dir"] == f"trainer.default_local_dir={run_dir}"
