@@ -4,8 +4,9 @@ The plain way projects every position onto the whole vocabulary, keeps the [toke
 in fp32 for the backward, and runs several full-size passes over them (log-sum-exp, softmax,
 gather, and the same again backwards). With SmolLM2's 49k vocabulary and 512 response tokens that
 is 100 MB per tensor; on CPU every fresh tensor that size is also page faults. Here the logits of
-``chunk`` rows exist at a time: the forward keeps only the per-row log-sum-exp (and entropy), the
-backward recomputes each chunk's logits, turns them into d loss / d logits in the compute dtype
+``chunk`` rows exist at a time: the forward keeps the per-row log-sum-exp (and entropy), plus the
+exponentials of its first chunks up to ``SAVED_ELEMENTS``; the backward takes those, recomputes the
+other chunks' logits, turns them into d loss / d logits in the compute dtype
 (what autocast's backward holds anyway) and multiplies a block of those rows into the gradients
 of the hidden states and of the output weight. Same values as ``log_probs_from_logits`` /
 ``entropy_from_logits`` on the full logits (tested), computed in the same dtypes: the projection
@@ -98,30 +99,24 @@ class _ChunkedLogProbs(torch.autograd.Function):
             grad_z = torch.empty((b_end - b, vocab), dtype=dtype, device=hidden.device)
             for s in range(b, b_end, step):
                 e = min(b_end, s + step)
+                # d lp / dz = onehot - p;  d H / dz = -p (log p + H)
                 if s in saved and not use_entropy:  # p = exp(z) / its row sum, kept by the forward
                     ez, total = saved.pop(s)
                     g = torch.mul(ez, (-g_lp[s:e] / total)[:, None], out=grad_z[s - b:e - b] if in_place else None)
-                    del ez
-                    g[torch.arange(e - s, device=g.device), labels[s:e]] += g_lp[s:e]
+                else:
+                    if in_place:
+                        log_p = torch.mm(hidden[s:e], w.T, out=grad_z[s - b:e - b])
+                    else:
+                        log_p = (hidden[s:e].to(dtype) @ w.T).float()
                     if t != 1.0:
-                        g.mul_(t)
-                    if not in_place:
-                        grad_z[s - b:e - b] = g
-                    continue
-                if in_place:
-                    log_p = torch.mm(hidden[s:e], w.T, out=grad_z[s - b:e - b])
-                else:
-                    log_p = (hidden[s:e].to(dtype) @ w.T).float()
-                if t != 1.0:
-                    log_p.mul_(t)
-                log_p.sub_(lse[s:e, None])  # log softmax
-                # d lp / dz = onehot - p;  d H / dz = -p (log p + H)
-                if use_entropy:
-                    p = _exp(log_p, inplace=False)
-                    g_ent = grad_entropy[s:e, None].float()
-                    g = log_p.add_(entropy[s:e, None]).mul_(-g_ent).sub_(g_lp[s:e, None]).mul_(p)
-                else:
-                    g = _exp(log_p, inplace=True).mul_(-g_lp[s:e, None])
+                        log_p.mul_(t)
+                    log_p.sub_(lse[s:e, None])  # log softmax
+                    if use_entropy:
+                        p = _exp(log_p, inplace=False)
+                        g_ent = grad_entropy[s:e, None].float()
+                        g = log_p.add_(entropy[s:e, None]).mul_(-g_ent).sub_(g_lp[s:e, None]).mul_(p)
+                    else:
+                        g = _exp(log_p, inplace=True).mul_(-g_lp[s:e, None])
                 g[torch.arange(e - s, device=g.device), labels[s:e]] += g_lp[s:e]
                 if t != 1.0:
                     g.mul_(t)
