@@ -167,15 +167,16 @@ def main() -> None:
     else:
         spec_file = out / f"{tag}.spec.json"
         spec_file.write_text(json.dumps(spec, indent=1))
-        sides = {"rlcamp": [sys.executable, "rlcamp_run.py", args.pair, str(spec_file)]}
+        rlcamp = [sys.executable, "rlcamp_run.py", args.pair, str(spec_file)]
+        sides = {"rlcamp": (rlcamp, [])}  # each side: its command, and what follows the result path
         if args.rlcamp:  # the same runner and spec, with the overrides after it
-            sides[f"rlcamp {args.tag}"] = sides["rlcamp"] + ["--"] + args.rlcamp
-        sides["trl"] = [str(trl_python), f"trl_{args.pair}_run.py", str(spec_file)]
+            sides[f"rlcamp {args.tag}"] = (rlcamp, ["--"] + args.rlcamp)
+        sides["trl"] = ([str(trl_python), f"trl_{args.pair}_run.py", str(spec_file)], [])
         results = {side: [] for side in sides}
         for i in range(args.repeats):  # A B A B (A B C A B C with a variant)
-            for side, cmd in sides.items():
+            for side, (cmd, after) in sides.items():
                 result = out / f"{tag}.{side.replace(' ', '-')}.{i}.json"
-                results[side].append(run(cmd[:4] + [str(result)] + cmd[4:], result))
+                results[side].append(run(cmd + [str(result)] + after, result))
                 print(f"{side} run {i + 1}: {[round(s['seconds'], 1) for s in results[side][-1]['steps']]} s/step",
                       flush=True)
     check_equal_work([r for rs in results.values() for r in rs], spec)
