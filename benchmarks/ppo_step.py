@@ -72,7 +72,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     stages = ppo_step_stages(args.steps)
     print("\n| stage | seconds | tokens/s |\n| --- | --- | --- |")
-    for stage in ("generate", "reward", "old_log_prob", "values", "advantages", "update_critic", "update_actor", "step"):
+    for stage in ("gen", "reward", "old_log_prob", "values", "adv", "update_critic", "update_actor", "step"):
         rate = stages.get(f"perf/{stage}_tokens_per_s")
         print(f"| {stage} | {stages[f'timing_s/{stage}']:.2f} | {rate:.0f} |" if rate else
               f"| {stage} | {stages[f'timing_s/{stage}']:.2f} | |")

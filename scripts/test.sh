@@ -4,6 +4,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
+# the report test drives a real headless Chromium: Debian's chromium + chromium-driver
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
+      || echo "could not install chromium: the report's browser test will be skipped"
+  else
+    echo "chromium/chromedriver missing (install Debian's chromium chromium-driver): the report's browser test will be skipped"
+  fi
+fi
 log=$(mktemp)
 .venv/bin/python -m pytest "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}

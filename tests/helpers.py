@@ -20,8 +20,11 @@ def tiny_run_overrides(model: Path, data: Path, run_dir: Path, **extra) -> list[
         "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": "fp32",
         "critic.model.fsdp_config.mixed_precision.param_dtype": "fp32",
         "trainer.n_gpus_per_node": 1, "trainer.device": "cpu", "trainer.total_training_steps": 3,
-        "trainer.default_local_dir": run_dir, "trainer.logger": "[file]", "trainer.val_before_train": False,
+        "trainer.default_local_dir": run_dir, "trainer.logger": "[]", "trainer.val_before_train": False,
         "+custom_reward_function.reward_kwargs.format_score": 0.1,
+        # compiling the full-logits helpers costs each process ~7 s (more in a 1-core Ray worker);
+        # tests/models/test_forward.py checks the compiled helpers against eager ones
+        "actor_rollout_ref.actor.use_torch_compile": False,
     }
     settings.update(extra)
     return [f"{k}={v}" for k, v in settings.items()]

@@ -28,7 +28,7 @@ def overrides(algo: str, spec: dict, train_file: Path, run_dir: Path) -> list[st
         "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype": "fp32",
         "trainer.device": "cpu", "trainer.n_gpus_per_node": 1, "trainer.total_training_steps": spec["steps"],
         "trainer.val_before_train": False, "trainer.test_freq": -1, "trainer.save_freq": -1,
-        "trainer.logger": "[file]", "trainer.default_local_dir": run_dir, "trainer.resume_mode": "disable",
+        "trainer.logger": "[]", "trainer.default_local_dir": run_dir, "trainer.resume_mode": "disable",
         "trainer.seed": spec["seed"], "+custom_reward_function.reward_kwargs.format_score": 0.1,
         # the run's last step saves a checkpoint after its timing: keep it to the weights
         "actor_rollout_ref.actor.checkpoint.save_contents": "[hf_model]",
@@ -95,7 +95,7 @@ def main(algo: str, spec_path: str, out_path: str, extra: list[str] = ()) -> Non
             m = json.loads(line)
             if "timing_s/step" not in m:
                 continue
-            clock.steps.append({"seconds": m["timing_s/step"], "generate_s": m["timing_s/generate"],
+            clock.steps.append({"seconds": m["timing_s/step"], "generate_s": m["timing_s/gen"],
                                 "generated_tokens": round(m["perf/generated_tokens"]),
                                 "optimizer_steps": None, "reward": m["critic/score/mean"]})
             seen += 1

@@ -32,7 +32,8 @@ python -m rlcamp.trainer.main_ppo \
   trainer.val_before_train=True \
   trainer.test_freq=-1 \
   trainer.save_freq=-1 \
-  trainer.logger='[console,file]' \
+  trainer.logger='[console]' \
+  trainer.log_val_generations=4 \
   trainer.project_name=rlcamp_quickstart \
   trainer.experiment_name=smollm2_135m_arith_ppo \
   "$@"

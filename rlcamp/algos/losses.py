@@ -89,6 +89,11 @@ def policy_loss(old_log_probs: torch.Tensor, log_probs: torch.Tensor, advantages
     return PolicyLoss(agg_loss(token_loss, response_mask, loss_agg_mode, **norm), clipfrac, ppo_kl, clipfrac_lower)
 
 
+# actor.policy_loss.loss_mode -> the policy loss; verl has more modes (gspo, gpg, clip-cov, ...), each
+# a function with policy_loss's signature
+POLICY_LOSSES = {"vanilla": policy_loss}
+
+
 def tis_weights(old_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor, cap: float) -> torch.Tensor:
     """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
     off-policy RL training"): responses are sampled by the rollout engine's numerics (pi_rollout),

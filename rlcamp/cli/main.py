@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.add_argument("--max-queue", type=int, default=1024, help="requests waiting before 429 (retry)")
     sandbox.add_argument("--run-timeout", type=float, default=10.0, help="default wall/CPU seconds per program")
     sandbox.add_argument("--memory-mb", type=int, default=1024, help="default address-space limit per program")
+    report = sub.add_parser("report", help="write a run folder's HTML report (plots and validation samples)")
+    report.add_argument("run_dir", help="the run folder (trainer.default_local_dir); a run still training works too")
+    report.add_argument("--out", help="where to write the page (default: RUN_DIR/report.html)")
     keys = sub.add_parser("config", help="list config keys with their types, defaults and docs")
     keys.add_argument("what", choices=["keys"])
     keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. actor_rollout_ref.actor")
@@ -62,6 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "config":
         return _config_keys(args.prefix)
+    if args.command == "report":
+        from pathlib import Path
+
+        from rlcamp.trainer.report import write_report
+
+        try:
+            print(write_report(Path(args.run_dir), Path(args.out) if args.out else None))
+        except FileNotFoundError as exc:
+            print(f"rlcamp: {exc}", file=sys.stderr)
+            return 2
+        return 0
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -2,12 +2,12 @@
 
 `make run` / `rlcamp quickstart` prepares the model and the data, validates greedily before
 training, trains, validates again, and prints both accuracies and where everything went. The same
-run as a work order: examples/ppo_trainer/run_smollm2_135m_arith_cpu.sh.
+run as a work order: examples/ppo_trainer/run_smollm2_135m_arith_cpu.sh. Each run gets a fresh
+folder (``..._ppo``, then ``..._ppo_2``, ...): a second `make run` never mixes into the first.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 # the work order's settings (the .sh script lists the same keys; a test keeps them equal)
@@ -33,10 +33,22 @@ MAIN_JOB = [
     "trainer.val_before_train=True",
     "trainer.test_freq=-1",
     "trainer.save_freq=-1",
-    "trainer.logger=[console,file]",
+    "trainer.logger=[console]",
+    "trainer.log_val_generations=4",
     "trainer.project_name=rlcamp_quickstart",
     "trainer.experiment_name=smollm2_135m_arith_ppo",
 ]
+
+
+def free_run_folder(base: Path) -> Path:
+    """``base``, or ``base_2``, ``base_3``, ... : the first that holds no run yet."""
+    from rlcamp.trainer.run import holds_a_run
+
+    candidate, n = base, 1
+    while holds_a_run(candidate):
+        n += 1
+        candidate = base.with_name(f"{base.name}_{n}")
+    return candidate
 
 
 def run(extra: list[str], data_dir: str = "~/data/rlcamp_arith", run_dir: str | None = None) -> int:
@@ -44,23 +56,23 @@ def run(extra: list[str], data_dir: str = "~/data/rlcamp_arith", run_dir: str | 
     from rlcamp.models.prepare import prepare
     from rlcamp.trainer.main_ppo import main as train_main
 
+    from rlcamp.trainer.report import summarize
+
     model = prepare("smollm2-135m-instruct")
     train, test = write_splits(data_dir, n_test=32, digits=1)
-    run_dir = Path(run_dir or "checkpoints/rlcamp_quickstart/smollm2_135m_arith_ppo").expanduser()
-    # a run folder given among the overrides wins, and the summary below reads that one
+    # a run folder given among the overrides wins (and may be resumed); else the first free one
     given = [o.split("=", 1)[1] for o in extra if o.lstrip("+").startswith("trainer.default_local_dir=")]
-    run_dir = Path(given[-1]).expanduser() if given else run_dir
+    if given:
+        run_dir = Path(given[-1]).expanduser()
+    else:
+        run_dir = free_run_folder(Path(run_dir or "checkpoints/rlcamp_quickstart/smollm2_135m_arith_ppo").expanduser())
     overrides = MAIN_JOB + [f"actor_rollout_ref.model.path={model}", f"data.train_files={train}",
                             f"data.val_files={test}", f"trainer.default_local_dir={run_dir}",
                             "trainer.resume_mode=disable"] + extra
     code = train_main(overrides)
     if code != 0:
         return code
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    before = next(r for r in rows if r["step"] == 0)
-    after = [r for r in rows if "val/acc" in r][-1]
-    print(f"\nGSM8K-format arithmetic, greedy accuracy: before {before['val/acc']:.1%} -> after {after['val/acc']:.1%} "
-          f"({after['step']} PPO steps)")
-    print(f"checkpoints: {run_dir}/global_step_{after['step']}/ (actor/huggingface loads with transformers)")
-    print(f"metrics: {run_dir}/metrics.jsonl; resolved config: {run_dir}/resolved_config.yaml")
+    summary = summarize(run_dir)
+    print(f"\nGSM8K-format arithmetic, greedy accuracy: before {summary.acc_before:.1%} -> after "
+          f"{summary.acc_after:.1%} ({summary.step_after} PPO steps)")
     return 0

@@ -7,8 +7,9 @@ value into it, unless the user set it.
 
 Deliberate departures from verl's defaults, each because the verl default cannot run on a
 laptop (they are listed in the README too): ``rollout.name`` is ``hf`` (our own engine, not
-vllm), ``trainer.logger`` is ``["console"]`` (no wandb account needed), ``trainer.device`` is
-``auto`` (cuda, else npu, else cpu).
+vllm), ``trainer.logger`` is ``["console"]`` (no wandb account needed; the run folder always gets
+``metrics.jsonl``), ``trainer.device`` is ``auto`` (cuda, else npu, else cpu),
+``data.dataloader_num_workers`` is 0 (prompts are tokenised once at load; workers would only collate).
 """
 
 from __future__ import annotations
@@ -59,12 +60,13 @@ class DataConfig:
     shuffle: bool = doc("Shuffle training prompts every epoch, seeded by data.seed.", True)
     seed: int = doc("Seed of the training-prompt shuffle.", 1)
     validation_shuffle: bool = doc("Shuffle the validation set.", False)
-    dataloader_num_workers: int = doc("Dataloader worker processes (prompts are pre-tokenised, so 0 is usually best).", 8)
+    dataloader_num_workers: int = doc("DataLoader worker processes that collate the next batches ahead (prompts are "
+                                      "tokenised once at load, so 0, collating in the trainer, is usually best).", 0)
     filter_overlong_prompts: bool = doc("Drop prompts longer than max_prompt_length at load time.", False)
     filter_overlong_prompts_workers: int = doc("Processes used to filter overlong prompts.", 1)
     truncation: Literal["error", "left", "right", "middle"] = doc(
         "What to do with a prompt longer than max_prompt_length: error, or keep its left/right/middle-cut part.", "error")
-    trust_remote_code: bool = doc("Allow the tokenizer's remote code.", False)
+    trust_remote_code: bool = doc("Allow the remote code of data.tokenizer's tokenizer.", False)
     image_key: str = doc("Column with images (multimodal; not supported yet).", "images")
     video_key: str = doc("Column with videos (multimodal; not supported yet).", "videos")
     use_shm: bool = doc("Copy the model to shared memory before loading (verl key; no effect needed on a local path).", False)
@@ -80,7 +82,7 @@ class OptimConfig:
     min_lr_ratio: float | None = doc("Floor of the cosine schedule as a fraction of lr (null = 0).", 0.0)
     num_cycles: float = doc("Cosine cycles over training (0.5 = one half-cosine decay).", 0.5)
     warmup_style: Literal["constant", "cosine"] = doc("Schedule after warm-up: constant or cosine.", "constant")
-    total_training_steps: int = doc("Steps the schedule spans; -1 means derived from the trainer (set for you).", -1)
+    total_training_steps: int = doc("Steps the LR schedule spans; -1: the run's training steps.", -1)
     weight_decay: float = doc("AdamW weight decay.", 0.01)
     betas: list[float] = doc("AdamW betas.", factory=lambda: [0.9, 0.999])
     eps: float = doc("AdamW epsilon.", 1e-8)
@@ -106,14 +108,15 @@ class FSDPConfig:
     reshard_after_forward: bool = doc("Free gathered parameters after forward (less memory, more communication).", True)
     fsdp_size: int = doc("Ranks per FSDP shard group; -1 means all data-parallel ranks.", -1)
     forward_prefetch: bool = doc("Prefetch the next unit's parameters during forward.", False)
-    model_dtype: str = doc("Dtype the model's weights are held in (fp32 master weights by default).", "fp32")
+    model_dtype: str = doc("Dtype the trained weights are loaded and held in (fp32 master weights by default); "
+                           "model.dtype follows it.", "fp32")
     mixed_precision: MixedPrecisionConfig = doc("Mixed-precision dtypes.", factory=MixedPrecisionConfig)
     wrap_policy: WrapPolicyConfig = doc("How modules are grouped into FSDP units.", factory=WrapPolicyConfig)
 
 
 @dataclass(frozen=True)
 class RefFSDPConfig:
-    param_offload: bool = doc("Keep the reference model's parameters on the CPU between uses.", False)
+    param_offload: bool = doc("Keep the model in host memory between uses (on an accelerator).", False)
     reshard_after_forward: bool = doc("Free gathered parameters after forward.", True)
     forward_prefetch: bool = doc("Prefetch the next unit's parameters during forward.", False)
     model_dtype: str = doc("Dtype the reference weights are held in.", "fp32")
@@ -168,7 +171,8 @@ class ModelConfig:
     lora_alpha: int = doc("LoRA alpha.", 16)
     target_modules: str | list[str] = doc("Modules LoRA adapts.", "all-linear")
     exclude_modules: str | None = doc("Modules LoRA leaves alone.", None)
-    dtype: str = doc("Dtype the model is loaded in for training (fp32 master weights are safest on CPU).", "fp32")
+    dtype: str | None = doc("Dtype the actor is loaded in for training (fp32 master weights are safest on CPU).",
+                            follows="actor_rollout_ref.actor.fsdp_config.model_dtype")
 
 
 @dataclass(frozen=True)
@@ -314,7 +318,7 @@ class CriticModelConfig:
     lora_rank: int = doc("LoRA rank; 0 trains all weights.", 0)
     lora_alpha: int = doc("LoRA alpha.", 16)
     target_modules: str | list[str] = doc("Modules LoRA adapts.", "all-linear")
-    dtype: str = doc("Dtype the critic is loaded in for training.", "fp32")
+    dtype: str | None = doc("Dtype the critic is loaded in for training.", follows="critic.model.fsdp_config.model_dtype")
     fsdp_config: FSDPConfig = doc("FSDP settings of the critic.", factory=FSDPConfig)
 
 
@@ -374,7 +378,8 @@ class RewardModelConfig:
     forward_max_token_len_per_gpu: int | None = doc("Token budget per device.", follows="critic.forward_max_token_len_per_gpu")
     reward_manager: Literal["naive", "prime", "batch", "dapo"] = doc(
         "How rule scores are computed: naive (one by one) or prime (in parallel).", "naive")
-    launch_reward_fn_async: bool = doc("Score rewards in the background while log-probs are computed.", False)
+    launch_reward_fn_async: bool = doc("Score rewards on a background thread while the log-prob, reference and value "
+                                       "stages run.", False)
     sandbox_fusion: SandboxFusionConfig = doc("Code-execution sandbox for code rewards.", factory=SandboxFusionConfig)
 
 
@@ -431,10 +436,13 @@ class TrainerConfig:
     total_training_steps: int | None = doc("Stop after this many steps (overrides total_epochs when smaller).", None)
     project_name: str = doc("Project name, used by loggers and in the run folder.", "verl_examples")
     experiment_name: str = doc("Experiment name, used by loggers and in the run folder.", "gsm8k")
-    logger: list[str] = doc("Where metrics go: console, file (jsonl); wandb etc. come later.", factory=lambda: ["console", "file"])
-    log_val_generations: int = doc("Validation samples printed each validation.", 0)
-    rollout_data_dir: str | None = doc("Write every step's generations as jsonl here.", None)
-    validation_data_dir: str | None = doc("Write validation generations as jsonl here.", None)
+    logger: list[str] = doc("Experiment trackers: console, file, wandb, tensorboard, mlflow, swanlab, trackio, clearml "
+                            "(the run folder always gets metrics.jsonl).", factory=lambda: ["console"])
+    log_val_generations: int = doc("Validation samples (input, output, ground truth, score) logged as a table at "
+                                   "every validation, in each tracker that has tables and on the console.", 0)
+    rollout_data_dir: str | None = doc("Write every step's samples as <step>.jsonl here (input, output, ground truth, "
+                                       "score, the scorer's extras).", None)
+    validation_data_dir: str | None = doc("Write every validation's samples as <step>.jsonl here.", None)
     nnodes: int = doc("Machines in the job.", 1)
     n_gpus_per_node: int = doc("Devices per machine (processes per machine on CPU).", 8)
     save_freq: int = doc("Save a checkpoint every this many steps (-1 = never, except at the end).", -1)
@@ -448,10 +456,10 @@ class TrainerConfig:
     default_local_dir: str | None = doc("Run folder: checkpoints, metrics and the resolved config "
                                         "(null = checkpoints/<project_name>/<experiment_name>).", None)
     default_hdfs_dir: str | None = doc("Remote copy of checkpoints (not supported yet).", None)
-    del_local_ckpt_after_load: bool = doc("Delete the local checkpoint once resumed from it.", False)
+    del_local_ckpt_after_load: bool = doc("Delete the checkpoint a run resumed from, once a newer one is saved.", False)
     max_actor_ckpt_to_keep: int | None = doc("Keep at most this many actor checkpoints (null = all).", None)
     max_critic_ckpt_to_keep: int | None = doc("Keep at most this many critic checkpoints (null = all).", None)
-    ray_wait_register_center_timeout: int = doc("Seconds to wait for Ray workers to register.", 300)
+    ray_wait_register_center_timeout: int = doc("Seconds to wait for Ray to place and start the workers.", 300)
     device: Literal["auto", "cpu", "cuda", "npu"] = doc("Accelerator: auto picks cuda, else npu, else cpu.", "auto")
     seed: int = doc("Seed of model initialisation (value head) and other trainer randomness.", 42)
     worker_group: Literal["auto", "in_process", "ray"] = doc(
@@ -462,7 +470,7 @@ class TrainerConfig:
 @dataclass(frozen=True)
 class RayInitConfig:
     num_cpus: int | None = doc("CPUs Ray may use on this node (null = all).", None)
-    timeline_json_file: str | None = doc("Write a Ray timeline here.", None)
+    timeline_json_file: str | None = doc("Write Ray's task timeline (chrome://tracing) here at the end of the run.", None)
 
 
 @dataclass(frozen=True)

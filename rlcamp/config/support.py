@@ -1,7 +1,9 @@
-"""Options that are valid verl keys but that rlcamp does not run yet.
+"""verl keys that rlcamp does not run (refused), and keys it accepts that have no effect (said).
 
-Each entry fails the config with a message saying so, instead of being silently ignored. When
-an issue implements an option, its entry goes.
+Every key of the schema is read by the code, refused here (``UNSUPPORTED``: the config fails with
+the reason and the fix), or listed here as without effect (``NO_EFFECT``: accepted, and a warning
+with the reason is printed when the user sets it). ``tests/config/test_every_key.py`` walks the
+schema and fails on a key in none of the three. When an issue implements an option, its entry goes.
 """
 
 from __future__ import annotations
@@ -22,10 +24,17 @@ class Unsupported:
     fix: str
 
 
+_MEGATRON = "is not implemented yet (issue 'Training engines as one seam; Megatron-style parallelism')"
+
 UNSUPPORTED: list[Unsupported] = [
     Unsupported("actor_rollout_ref.rollout.multi_turn.enable", bool, _NOT_PLANNED, "set it to False"),
-    Unsupported("actor_rollout_ref.actor.strategy", lambda v: v == "megatron", _NOT_PLANNED, "use strategy=fsdp"),
-    Unsupported("critic.strategy", lambda v: v == "megatron", _NOT_PLANNED, "use strategy=fsdp"),
+    Unsupported("actor_rollout_ref.hybrid_engine", lambda v: not v,
+                "colocates actor, rollout and reference on every device; a separate rollout fleet is not implemented",
+                "set it to True"),
+    Unsupported("actor_rollout_ref.actor.strategy", lambda v: v == "megatron", _MEGATRON, "use strategy=fsdp"),
+    Unsupported("actor_rollout_ref.ref.strategy", lambda v: v == "megatron", _MEGATRON, "use strategy=fsdp"),
+    Unsupported("critic.strategy", lambda v: v == "megatron", _MEGATRON, "use strategy=fsdp"),
+    Unsupported("reward_model.strategy", lambda v: v == "megatron", _MEGATRON, "use strategy=fsdp"),
     Unsupported("reward_model.ulysses_sequence_parallel_size", lambda v: v > 1,
                 "is not implemented: the reward model scores on the driver, in one process", "set it to 1"),
     Unsupported("reward_model.reward_manager", lambda v: v in ("batch", "dapo"), _NOT_PLANNED, "use reward_manager=naive"),
@@ -34,11 +43,131 @@ UNSUPPORTED: list[Unsupported] = [
     Unsupported("actor_rollout_ref.model.use_liger", bool, _NOT_PLANNED, "set it to False"),
     Unsupported("actor_rollout_ref.model.use_fused_kernels", bool, _NOT_PLANNED, "set it to False"),
     Unsupported("actor_rollout_ref.model.enable_activation_offload", bool, _NOT_PLANNED, "set it to False"),
+    Unsupported("critic.model.enable_activation_offload", bool, _NOT_PLANNED, "set it to False"),
     Unsupported("data.custom_cls.path", lambda v: v is not None, _NOT_PLANNED, "convert your data to the verl schema"),
     Unsupported("trainer.default_hdfs_dir", lambda v: v is not None, _NOT_PLANNED, "copy checkpoints yourself"),
-    Unsupported("trainer.logger", lambda v: bool(set(v) - {"console", "file"}),
-                "is not implemented yet: only the console and file (jsonl) loggers exist", "use trainer.logger='[console,file]'"),
+    Unsupported("actor_rollout_ref.actor.fsdp_config.fsdp_size", lambda v: v not in (-1,),
+                "(hybrid sharding over groups of ranks) is not implemented: rlcamp shards over all data-parallel "
+                "ranks", "leave it at -1"),
+    Unsupported("critic.model.fsdp_config.fsdp_size", lambda v: v not in (-1,),
+                "(hybrid sharding over groups of ranks) is not implemented: rlcamp shards over all data-parallel "
+                "ranks", "leave it at -1"),
 ]
+
+
+def always(cfg) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class NoEffect:
+    key: str
+    why: str  # completes "<key>=<value> has no effect: ..."
+    applies: Callable[[Any], bool] = always  # config -> is the key without effect in this run?
+
+
+_UNSHARDED_REF = "the reference model is a full, frozen copy on every rank (no gradients, nothing to shard)"
+_UNSHARDED_RM = "the reward model runs unsharded, in one process"
+_ENGINE_ONLY = "rlcamp's own engine (rollout.name=hf) has no such setting; vLLM and SGLang read it"
+_CHUNKED = ("rlcamp computes log-probs and entropy from the hidden states a chunk of rows at a time and recomputes "
+            "what the backward needs (rlcamp.models.head), always")
+_NO_LORA = "it is only read with lora_rank > 0, and LoRA is not implemented yet"
+_MEGATRON_ONLY = "it is only read with strategy=megatron, which is not implemented yet"
+_SHM = ("models and data are read from their local paths; verl copies them to /dev/shm first to speed up network "
+        "file systems")
+
+
+def _one_process(role: str) -> Callable[[Any], bool]:
+    """True when ``role``'s weights are not sharded: one device and no offload."""
+    def applies(cfg) -> bool:
+        from rlcamp.config.loader import get_key
+
+        fsdp = get_key(cfg, role)
+        return cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node == 1 and not (fsdp.param_offload or fsdp.offload_policy)
+    return applies
+
+
+def _device(cfg) -> str | None:
+    from rlcamp.utils.device import resolve_device
+
+    try:
+        return resolve_device(cfg.trainer.device)
+    except RuntimeError:  # the device check itself reports this
+        return None
+
+
+def _cpu_vllm(cfg) -> bool:
+    return cfg.actor_rollout_ref.rollout.name == "vllm" and _device(cfg) == "cpu"
+
+
+def _no_compiler(cfg) -> bool:
+    from rlcamp.utils.device import torch_compile_problem
+
+    device = _device(cfg)
+    return device is not None and torch_compile_problem(device) is not None
+
+
+NO_EFFECT: list[NoEffect] = [
+    *[NoEffect(f"data.{k}", "rlcamp's batch always carries the raw chat messages (a reward model re-templates "
+               "from them) and nothing reads the templated ids or text separately")
+      for k in ("return_raw_input_ids", "return_raw_chat", "return_full_prompt")],
+    NoEffect("data.filter_overlong_prompts_workers", "prompts are tokenised in one batched call of the fast "
+             "(Rust) tokenizer, which needs no worker processes"),
+    NoEffect("data.custom_cls.name", "it names a class in data.custom_cls.path, which is refused"),
+    NoEffect("reward_model.model.use_remove_padding", "the reward model scores padded micro batches"),
+    NoEffect("data.image_key", "rlcamp trains on text prompts only; that column is not read"),
+    NoEffect("data.video_key", "rlcamp trains on text prompts only; that column is not read"),
+    *[NoEffect(k, _SHM) for k in ("data.use_shm", "actor_rollout_ref.model.use_shm", "critic.model.use_shm")],
+    *[NoEffect(k, _NO_LORA) for k in ("actor_rollout_ref.model.lora_alpha", "actor_rollout_ref.model.target_modules",
+                                      "actor_rollout_ref.model.exclude_modules", "critic.model.lora_alpha",
+                                      "critic.model.target_modules")],
+    *[NoEffect(f"actor_rollout_ref.{role}.{k}", _CHUNKED) for role in ("actor", "ref")
+      for k in ("entropy_from_logits_with_chunking", "entropy_checkpointing")],
+    *[NoEffect(f"actor_rollout_ref.{role}.megatron.{k}", _MEGATRON_ONLY) for role in ("actor", "ref")
+      for k in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
+                "context_parallel_size", "expert_model_parallel_size", "expert_tensor_parallel_size",
+                "sequence_parallel", "use_distributed_optimizer", "param_offload", "grad_offload",
+                "optimizer_offload", "seed")],
+    *[NoEffect(f"actor_rollout_ref.ref.fsdp_config.{k}", _UNSHARDED_REF)
+      for k in ("reshard_after_forward", "forward_prefetch", "wrap_policy.min_num_params")],
+    *[NoEffect(f"reward_model.model.fsdp_config.{k}", _UNSHARDED_RM)
+      for k in ("reshard_after_forward", "forward_prefetch", "wrap_policy.min_num_params")],
+    NoEffect("actor_rollout_ref.rollout.multi_turn.max_assistant_turns", "multi-turn rollouts are not implemented "
+             "(multi_turn.enable must be False)"),
+    NoEffect("actor_rollout_ref.rollout.multi_turn.tool_config_path", "multi-turn rollouts are not implemented "
+             "(multi_turn.enable must be False)"),
+    *[NoEffect(f"{role}.mixed_precision.buffer_dtype", "FSDP2 keeps buffers (rotary frequencies) in their own "
+               "dtype; verl's FSDP2 path does not read it either") for role in
+      ("actor_rollout_ref.actor.fsdp_config", "critic.model.fsdp_config")],
+    # no effect only in some runs
+    *[NoEffect(f"{role}.{k}", "one device without offload: nothing is sharded (FSDP2 is not used)",
+               _one_process(role)) for role in ("actor_rollout_ref.actor.fsdp_config", "critic.model.fsdp_config")
+      for k in ("reshard_after_forward", "forward_prefetch", "wrap_policy.min_num_params",
+                "mixed_precision.reduce_dtype")],
+    *[NoEffect(f"actor_rollout_ref.rollout.{k}", _ENGINE_ONLY, lambda cfg: cfg.actor_rollout_ref.rollout.name == "hf")
+      for k in ("gpu_memory_utilization", "enforce_eager", "free_cache_engine", "load_format", "max_num_batched_tokens",
+                "max_num_seqs", "enable_chunked_prefill", "disable_log_stats")],
+    *[NoEffect(f"actor_rollout_ref.rollout.{k}", "vLLM's CPU backend sizes its KV cache by VLLM_CPU_KVCACHE_SPACE "
+               "and has no sleep mode", _cpu_vllm) for k in ("gpu_memory_utilization", "free_cache_engine")],
+    *[NoEffect(f"actor_rollout_ref.{role}.use_torch_compile", "torch.compile on CPU compiles C++ and no C++ compiler "
+               "(g++) is installed here; the helpers run uncompiled", _no_compiler) for role in ("actor", "ref")],
+    *[NoEffect(f"{role}.fsdp_config.param_offload", "on the CPU the weights are in host memory already",
+               lambda cfg: _device(cfg) == "cpu") for role in ("actor_rollout_ref.ref", "reward_model.model")],
+    NoEffect("ray_init.timeline_json_file", "this run uses no Ray (one device, in-process workers)",
+             lambda cfg: cfg.trainer.worker_group == "in_process" or
+             (cfg.trainer.worker_group == "auto" and cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node == 1)),
+    NoEffect("trainer.ray_wait_register_center_timeout", "this run uses no Ray (one device, in-process workers)",
+             lambda cfg: cfg.trainer.worker_group == "in_process" or
+             (cfg.trainer.worker_group == "auto" and cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node == 1)),
+]
+
+
+def no_effect_warnings(cfg: RLConfig, user_keys: frozenset[str]) -> list[str]:
+    """One warning per key the user set that has no effect in this run, with the reason."""
+    from rlcamp.config.loader import get_key
+
+    return [f"{entry.key}={get_key(cfg, entry.key)!r} has no effect: {entry.why}"
+            for entry in NO_EFFECT if entry.key in user_keys and entry.applies(cfg)]
 
 
 def unsupported_problems(cfg: RLConfig) -> list[str]:

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 
 from rlcamp.config.loader import ConfigError, LoadedConfig, get_key, with_key
 from rlcamp.config.schema import RLConfig
-from rlcamp.config.support import unsupported_problems
+from rlcamp.config.support import no_effect_warnings, unsupported_problems
 
 GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")
 CHECKPOINT_CONTENTS = ("model", "optimizer", "extra", "hf_model")
-KNOWN_LOGGERS = ("console", "file", "wandb", "tensorboard", "mlflow", "swanlab", "vemlp_wandb")
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,8 @@ class Derived:
     critic: BatchPlan | None
     rollout_log_prob_micro_batch_per_device: int
     ref_log_prob_micro_batch_per_device: int | None
+    critic_forward_micro_batch_per_device: int | None  # values pass; None with a token budget
+    reward_model_micro_batch: int | None  # sequences per reward-model forward (it runs in one process)
     n_train_prompts: int | None
     steps_per_epoch: int | None
     total_training_steps: int | None
@@ -227,9 +228,15 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
     if trainer.resume_from_path and trainer.resume_mode != "resume_path":
         problems.append(f"trainer.resume_from_path is set but trainer.resume_mode={trainer.resume_mode}; "
                         "set trainer.resume_mode=resume_path to use it")
-    unknown = [x for x in trainer.logger if x not in KNOWN_LOGGERS]
-    if unknown:
-        problems.append(f"trainer.logger has unknown logger(s) {unknown}; known: {list(KNOWN_LOGGERS)}")
+    from rlcamp.trainer.tracking import tracker_problems
+
+    problems += tracker_problems(trainer.logger)
+    if cfg.critic.rollout_n != rollout.n:
+        problems.append(f"critic.rollout_n={cfg.critic.rollout_n} differs from actor_rollout_ref.rollout.n={rollout.n}: "
+                        "the critic sees the responses the rollout samples; leave critic.rollout_n unset")
+    if data.dataloader_num_workers < 0:
+        problems.append(f"data.dataloader_num_workers={data.dataloader_num_workers} must be >= 0 (0: collate in the "
+                        "trainer's process)")
     if data.max_prompt_length + data.max_response_length > (rollout.max_model_len or 10**12):
         problems.append(f"data.max_prompt_length + data.max_response_length = "
                         f"{data.max_prompt_length + data.max_response_length} exceeds rollout.max_model_len={rollout.max_model_len}")
@@ -282,9 +289,11 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
     cfg = loaded.config if isinstance(loaded, LoadedConfig) else loaded
     problems: list[str] = []
     warnings: list[str] = []
-    cfg = _cpu_precision(cfg, loaded.user_keys if isinstance(loaded, LoadedConfig) else frozenset(), warnings)
+    user_keys = loaded.user_keys if isinstance(loaded, LoadedConfig) else frozenset()
+    cfg = _cpu_precision(cfg, user_keys, warnings)
     _check_ranges(cfg, problems, warnings)
     problems += unsupported_problems(cfg)
+    warnings += no_effect_warnings(cfg, user_keys)
 
     arr, algo, trainer = cfg.actor_rollout_ref, cfg.algorithm, cfg.trainer
     actor, rollout, critic, ref = arr.actor, arr.rollout, cfg.critic, arr.ref
@@ -305,10 +314,27 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
         problems.append(f"actor_rollout_ref.ref.ulysses_sequence_parallel_size={ref.ulysses_sequence_parallel_size} "
                         f"differs from actor.ulysses_sequence_parallel_size={sp}: the reference runs in the actor's "
                         "workers and shares its groups; leave it unset")
+    critic_forward = None
     if uses_critic:
         critic_dp = n_devices // _ulysses_degree(problems, n_devices, critic.ulysses_sequence_parallel_size, "critic")
         critic_plan = _plan(problems, "critic", cfg, critic.ppo_mini_batch_size, critic.ppo_micro_batch_size,
                             critic.ppo_micro_batch_size_per_gpu, critic.ppo_epochs, critic_dp, critic.use_dynamic_bsz)
+        # the per-device key follows critic.ppo_micro_batch_size_per_gpu; the deprecated global one wins over
+        # that inherited value, not over one the user set
+        per_gpu = critic.forward_micro_batch_size_per_gpu
+        if critic.forward_micro_batch_size is not None and "critic.forward_micro_batch_size_per_gpu" not in user_keys:
+            per_gpu = None
+        critic_forward = _micro_batch(problems, "critic", "forward_micro_batch_size", "forward_micro_batch_size_per_gpu",
+                                      critic.forward_micro_batch_size, per_gpu, critic_dp,
+                                      critic.use_dynamic_bsz or critic_plan is None,
+                                      critic_plan.micro_batch_per_device if critic_plan else None)
+    rm_micro = None
+    if cfg.reward_model.enable:
+        rm = cfg.reward_model
+        # verl divides the deprecated global value by the devices; rlcamp's reward model scores in one process
+        rm_micro = _micro_batch(problems, "reward_model", "micro_batch_size", "micro_batch_size_per_gpu",
+                                rm.micro_batch_size, rm.micro_batch_size_per_gpu, n_devices, bool(rm.use_dynamic_bsz),
+                                fallback=8)
     fallback = actor_plan.micro_batch_per_device if actor_plan else None
     # when the actor's plan already failed, an unset log-prob micro batch (which falls back on it)
     # is a consequence, not a second problem: report nothing more for it
@@ -345,7 +371,8 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
     derived = Derived(
         n_devices=n_devices, dp_size=dp, responses_per_step=responses, uses_critic=uses_critic, uses_ref=uses_ref,
         actor=actor_plan, critic=critic_plan, rollout_log_prob_micro_batch_per_device=rollout_micro,
-        ref_log_prob_micro_batch_per_device=ref_micro, n_train_prompts=n_train_prompts,
+        ref_log_prob_micro_batch_per_device=ref_micro, critic_forward_micro_batch_per_device=critic_forward,
+        reward_model_micro_batch=rm_micro, n_train_prompts=n_train_prompts,
         steps_per_epoch=steps_per_epoch, total_training_steps=total,
         actor_warmup_steps=warmup(actor.optim), critic_warmup_steps=warmup(critic.optim) if uses_critic else None,
     )

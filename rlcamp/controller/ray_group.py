@@ -66,8 +66,9 @@ class _Host:
 
 class RayWorkerGroup:
     def __init__(self, worker_path: str, world_size: int, kwargs: dict, *, device: str, backend: str,
-                 stage_timeout_s: float, nnodes: int = 1, cpus_per_worker: int = 1, name: str = "workers",
-                 sp_size: int = 1, sp_methods: frozenset[str] = frozenset()):
+                 stage_timeout_s: float, startup_timeout_s: float | None = None, nnodes: int = 1,
+                 cpus_per_worker: int = 1, name: str = "workers", sp_size: int = 1,
+                 sp_methods: frozenset[str] = frozenset()):
         ray = ensure_ray()
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -77,27 +78,33 @@ class RayWorkerGroup:
         bundle = {"CPU": cpus_per_worker} | ({"GPU": 1} if device == "cuda" else {})
         strategy = "SPREAD" if nnodes > 1 and device == "cpu" else "PACK"
         self.pg = placement_group([dict(bundle) for _ in range(world_size)], strategy=strategy)
-        self._wait([self.pg.ready()], f"placing {world_size} {name} ({bundle} each)")
+        # placing and starting the workers is bounded by trainer.ray_wait_register_center_timeout
+        startup = {"timeout_s": startup_timeout_s, "key": "trainer.ray_wait_register_center_timeout"} \
+            if startup_timeout_s else {}
+        self._wait([self.pg.ready()], f"placing {world_size} {name} ({bundle} each)", **startup)
         host = ray.remote(_Host)
         self.actors = [host.options(num_cpus=cpus_per_worker, num_gpus=bundle.get("GPU", 0),
                                     scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i)).remote()
                        for i in range(world_size)]
-        master = self._wait([self.actors[0].address.remote()], "finding rank 0's address")[0]
+        master = self._wait([self.actors[0].address.remote()], "finding rank 0's address", **startup)[0]
         self._wait([a.setup.remote(worker_path, i, world_size, master, backend, stage_timeout_s, cpus_per_worker,
                                    kwargs) for i, a in enumerate(self.actors)], f"starting {name}")
 
-    def _wait(self, refs: list, stage: str) -> list:
+    def _wait(self, refs: list, stage: str, timeout_s: float | None = None, key: str = "trainer.stage_timeout_s") -> list:
         """Results of all refs; the first failure raises at once with its traceback; a deadline bounds it."""
         import ray
         from ray.exceptions import RayError
 
-        pending, deadline = list(refs), time.monotonic() + self.stage_timeout_s
+        timeout_s = timeout_s or self.stage_timeout_s
+        pending, deadline = list(refs), time.monotonic() + timeout_s
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 ranks = [i for i, r in enumerate(refs) if r in pending]
-                raise WorkerError(f"{self.name}: stage '{stage}' did not finish within {self.stage_timeout_s:.0f} s "
-                                  f"(trainer.stage_timeout_s) on rank(s) {ranks}; a collective is probably stuck")
+                why = ("a collective is probably stuck" if key == "trainer.stage_timeout_s" else
+                       "the cluster may not have the resources asked for (see `ray status`)")
+                raise WorkerError(f"{self.name}: stage '{stage}' did not finish within {timeout_s:.0f} s "
+                                  f"({key}) on rank(s) {ranks}; {why}")
             try:
                 ray.get(ready[0])
             except RayError as exc:

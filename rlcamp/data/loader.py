@@ -34,13 +34,16 @@ class ResumableSampler:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.size, generator=generator).tolist()
 
+    def remaining(self) -> list[list[int]]:
+        """The batches of the current epoch not handed out yet (the state does not move)."""
+        order = self.order(self.epoch)
+        return [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(self.position, len(self))]
+
     def __iter__(self) -> Iterator[list[int]]:
         """The remaining batches of the current epoch; afterwards the sampler stands at the next epoch."""
-        order = self.order(self.epoch)
-        while self.position < len(self):
-            start = self.position * self.batch_size
+        for indices in self.remaining():
             self.position += 1
-            yield order[start:start + self.batch_size]
+            yield indices
         self.epoch += 1
         self.position = 0
 
@@ -82,14 +85,50 @@ def collate_prompts(samples: Sequence[PromptSample], pad_token_id: int) -> dict[
     }
 
 
+class _Collated:
+    """``data[indices]`` -> the collated batch of those prompts (what a DataLoader worker makes)."""
+
+    def __init__(self, dataset, pad_token_id: int):
+        self.dataset, self.pad_token_id = dataset, pad_token_id
+
+    def __getitem__(self, indices: list[int]) -> dict[str, Any]:
+        return collate_prompts([self.dataset[i] for i in indices], self.pad_token_id)
+
+
+class _Remaining:
+    """The sampler's remaining batches, read afresh at every pass (a DataLoader's sampler)."""
+
+    def __init__(self, sampler: ResumableSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.sampler.remaining())
+
+
+def _as_is(batch):
+    return batch
+
+
 class PromptLoader:
-    """Iterates collated batches of a dataset in the sampler's order; its state resumes mid-epoch."""
+    """Iterates collated batches of a dataset in the sampler's order; its state resumes mid-epoch.
+
+    ``num_workers`` > 0 (``data.dataloader_num_workers``): torch DataLoader worker processes (kept
+    for the whole run) collate the next batches ahead. The order and the saved position are the
+    same as without them: the position moves only when a batch is handed to the trainer, not when
+    a worker prepares it."""
 
     def __init__(self, dataset, batch_size: int, *, pad_token_id: int, shuffle: bool = True, seed: int = 1,
-                 drop_last: bool = True):
+                 drop_last: bool = True, num_workers: int = 0):
         self.dataset = dataset
         self.pad_token_id = pad_token_id
         self.sampler = ResumableSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.workers = None
+        if num_workers > 0:
+            from torch.utils.data import DataLoader
+
+            self.workers = DataLoader(_Collated(dataset, pad_token_id), sampler=_Remaining(self.sampler),
+                                      batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+                                      persistent_workers=True)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -99,8 +138,15 @@ class PromptLoader:
         return self.sampler.epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for indices in self.sampler:
-            yield collate_prompts([self.dataset[i] for i in indices], self.pad_token_id)
+        if self.workers is None:
+            for indices in self.sampler:
+                yield collate_prompts([self.dataset[i] for i in indices], self.pad_token_id)
+            return
+        for batch in self.workers:
+            self.sampler.position += 1
+            yield batch
+        self.sampler.epoch += 1
+        self.sampler.position = 0
 
     def state_dict(self) -> dict[str, int]:
         return self.sampler.state_dict()

@@ -46,6 +46,8 @@ class LocalEngine:
         self.optimizer = torch.optim.AdamW(self.master or params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                            weight_decay=optim.weight_decay, **fused)
         min_lr = optim.min_lr_ratio or 0.0
+        if optim.total_training_steps > 0:  # optim.total_training_steps: the schedule's own length, if set
+            total_steps = optim.total_training_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, warmup_steps, total_steps, optim.warmup_style, min_lr, optim.num_cycles))
 

@@ -9,6 +9,7 @@ response token t, made from the token before it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -91,8 +92,24 @@ def _sp_layout(inputs: SequenceInputs, remove_padding: bool):
     return inputs.input_ids, inputs.position_ids, segments, keep, lambda x: _pad_back(x, inputs)
 
 
-def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_entropy: bool, remove_padding: bool, sp):
+@functools.cache
+def _compiled_helpers():
+    return (torch.compile(log_probs_from_logits, dynamic=True), torch.compile(entropy_from_logits, dynamic=True))
+
+
+def logit_helpers(compiled: bool):
+    """(log_probs_from_logits, entropy_from_logits), torch.compiled when asked (``use_torch_compile``,
+    as verl compiles them): over full [tokens, vocab] logits the fused kernels ran 3-6x faster on
+    this CPU, fwd+bwd at 512 rows of a 49k vocabulary 0.48 -> 0.11 s, after ~7 s of compiling
+    once per process (benchmarks/RESULTS.md). The chunked head does not use them."""
+    return _compiled_helpers() if compiled else (log_probs_from_logits, entropy_from_logits)
+
+
+def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_entropy: bool, remove_padding: bool, sp,
+                      compiled: bool = False):
     from rlcamp.models.ulysses import sharded_forward
+
+    log_probs_of, entropy_of = logit_helpers(compiled)
 
     input_ids, position_ids, segments, keep, finish = _sp_layout(inputs, remove_padding)
 
@@ -100,8 +117,8 @@ def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_en
         logits = out.logits.float()
         if temperature != 1.0:
             logits = logits / temperature
-        log_probs = log_probs_from_logits(logits, input_ids[:, global_keep + 1])
-        return torch.stack([log_probs, entropy_from_logits(logits)], -1) if with_entropy else log_probs[..., None]
+        log_probs = log_probs_of(logits, input_ids[:, global_keep + 1])
+        return torch.stack([log_probs, entropy_of(logits)], -1) if with_entropy else log_probs[..., None]
 
     values, out = sharded_forward(model, sp, input_ids, position_ids, segments, keep, head, keep_in_model=True)
     entropy = finish(values[..., 1]) if with_entropy else None
@@ -142,16 +159,18 @@ def _shared_layout(model, inputs: SequenceInputs, share_prefix: bool) -> SharedL
 
 
 def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_entropy: bool = False,
-                  remove_padding: bool = False, sp=None, chunked_head: bool = True, share_prefix: bool = False):
+                  remove_padding: bool = False, sp=None, chunked_head: bool = True, share_prefix: bool = False,
+                  compiled: bool = False):
     """Log-probs [batch, response_len] of the response tokens under softmax(logits / T), entropy
     optional, and the model's MoE aux loss (or None). ``sp``: this rank's Ulysses group, if any
     (the MoE aux loss is then that of this rank's columns). ``chunked_head``: take the log-probs
     from the decoder's hidden states without full logits, where the model's head allows it
     (``rlcamp.models.head.has_plain_head``); False forces the plain path. ``share_prefix``: run
     each distinct prompt once (``rlcamp.models.shared_prefix``) where the model allows it; this
-    goes through the chunked head, and takes precedence over ``remove_padding``."""
+    goes through the chunked head, and takes precedence over ``remove_padding``. ``compiled``: the
+    full-logits paths use the torch.compiled helpers (``logit_helpers``)."""
     if sp is not None:
-        return _actor_forward_sp(model, inputs, temperature, with_entropy, remove_padding, sp)
+        return _actor_forward_sp(model, inputs, temperature, with_entropy, remove_padding, sp, compiled)
     if chunked_head and has_plain_head(model):
         shared = _shared_layout(model, inputs, share_prefix)
         return _actor_forward_chunked(model, inputs, temperature, with_entropy, remove_padding, shared)
@@ -171,8 +190,9 @@ def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_
         finish = lambda x: _pad_back(x, inputs)  # noqa: E731
     if temperature != 1.0:
         logits = logits / temperature
-    log_probs = finish(log_probs_from_logits(logits, labels))
-    entropy = finish(entropy_from_logits(logits)) if with_entropy else None
+    log_probs_of, entropy_of = logit_helpers(compiled)
+    log_probs = finish(log_probs_of(logits, labels))
+    entropy = finish(entropy_of(logits)) if with_entropy else None
     return log_probs, entropy, getattr(out, "aux_loss", None)
 
 

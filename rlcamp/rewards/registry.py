@@ -59,7 +59,10 @@ def code_sandbox():
     return _SANDBOX["instance"]
 
 
-@register_scorer("openai/openai_humaneval", "humaneval", "code", "codecontests", "apps", "taco", "rlcamp/code")
+CODE_SOURCES = ("openai/openai_humaneval", "humaneval", "code", "codecontests", "apps", "taco", "rlcamp/code")
+
+
+@register_scorer(*CODE_SOURCES)
 def _score_code(solution_str, ground_truth, extra_info=None, **kwargs):
     kwargs.setdefault("memory_limit_mb", _SANDBOX["memory_limit_mb"])
     return code.compute_score(solution_str, ground_truth, code_sandbox(), **kwargs)

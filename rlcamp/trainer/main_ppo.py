@@ -1,17 +1,35 @@
 """The verl-style entry point: ``python -m rlcamp.trainer.main_ppo [--dry-run] [--config FILE] key=value ...``.
 
-One launch line = one config. ``--dry-run`` validates, prints the resolved config and the derived
-batch plan, and exits without touching the disk.
+One launch line = one config. ``--dry-run`` validates, checks what can be checked before a model
+loads (data files, model folders, the reward function, the sandbox; ``rlcamp.trainer.preflight``),
+prints the resolved config and the derived batch plan, and exits without writing anything.
+
+Problems found by rlcamp's own checks print as ``rlcamp: ...`` and exit with code 2, without a
+traceback; ``RLCAMP_DEBUG=1`` shows the traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from rlcamp.config import ConfigError, ResolvedConfig, build_config, config_to_yaml, resolve
 from rlcamp.data.files import DataError, count_records, expand
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that are rlcamp telling the user what to fix (exit code 2, no traceback)."""
+    from rlcamp.models.loading import ModelError
+    from rlcamp.rewards.registry import RewardError
+    from rlcamp.sandbox.client import SandboxUnavailable
+    from rlcamp.trainer.preflight import PreflightError
+    from rlcamp.trainer.run import RunFolderError
+
+    return ConfigError, DataError, ModelError, RewardError, SandboxUnavailable, PreflightError, RunFolderError
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -70,27 +88,34 @@ def describe(resolved: ResolvedConfig) -> str:
 
 
 def load(argv: list[str]) -> tuple[argparse.Namespace, ResolvedConfig]:
+    """Config (all its problems at once), then the preflight checks (all theirs at once)."""
+    from rlcamp.trainer.preflight import preflight
+
     args, overrides = parse_args(argv)
     loaded = build_config(overrides, _yaml_file(args))
     n_prompts = count_train_prompts(loaded.config.data.train_files)
-    return args, resolve(loaded, n_prompts)
+    resolved = resolve(loaded, n_prompts)
+    warnings = preflight(resolved.config, resolved.derived)
+    return args, replace(resolved, warnings=resolved.warnings + warnings)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args, resolved = load(argv)
-    except (ConfigError, DataError) as exc:
+        print(config_to_yaml(resolved.config), end="")
+        print("# ---- derived ----")
+        print("\n".join(f"# {line}" for line in describe(resolved).splitlines()))
+        if args.dry_run:
+            return 0
+        from rlcamp.trainer.run import run_training
+
+        return run_training(resolved)
+    except user_errors() as exc:
+        if os.environ.get("RLCAMP_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
         print(f"rlcamp: {exc}", file=sys.stderr)
         return 2
-    print(config_to_yaml(resolved.config), end="")
-    print("# ---- derived ----")
-    print("\n".join(f"# {line}" for line in describe(resolved).splitlines()))
-    if args.dry_run:
-        return 0
-    from rlcamp.trainer.run import run_training
-
-    return run_training(resolved)
 
 
 if __name__ == "__main__":

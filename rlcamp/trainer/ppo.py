@@ -11,18 +11,21 @@ stages run follows from the config once (critic only for GAE, reference only wit
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from rlcamp.algos import apply_kl_penalty, compute_advantages, make_kl_controller, masked_mean, pf_ppo_resample
+from rlcamp.algos import apply_kl_penalty, compute_advantages, make_kl_controller, pf_ppo_resample
 from rlcamp.batch import Batch
-from rlcamp.config import ResolvedConfig
+from rlcamp.config import ResolvedConfig, config_to_dict
 from rlcamp.controller.balance import balance_batch
 from rlcamp.controller.worker_group import InProcessWorkerGroup
 from rlcamp.data import PromptLoader, RLDataset
@@ -30,14 +33,27 @@ from rlcamp.rewards import get_reward_function, use_sandbox
 from rlcamp.rewards.registry import rules_where_known
 from rlcamp.rewards.manager import NaiveRewardManager, PrimeRewardManager
 from rlcamp.trainer import checkpoint as ckpt
-from rlcamp.trainer.tracking import Tracking
+from rlcamp.trainer.metrics import batch_metrics, numeric_extras, timing_metrics, validation_metrics
+from rlcamp.trainer.tracking import RunInfo, Tracking
 from rlcamp.utils.device import resolve_device, tune_cpu
 
+VAL_TABLE = "val/generations"  # verl's name for the validation samples' table
+VAL_COLUMNS = ["input", "output", "ground_truth", "score"]
 
-def _stats(prefix: str, values: torch.Tensor) -> dict[str, float]:
-    values = values.float()
-    return {f"{prefix}/mean": values.mean().item(), f"{prefix}/max": values.max().item(),
-            f"{prefix}/min": values.min().item()}
+
+class Scored:
+    """What the reward stage hands on: token-level scores and, per sample, the decoded response,
+    the reward model's score and the scorer's extras (a pass fraction, timeouts, ...)."""
+
+    def __init__(self, scores: torch.Tensor, texts: list[str], extra: dict[str, list[Any]], rm: torch.Tensor | None,
+                 seconds: float):
+        self.scores, self.texts, self.extra, self.rm, self.seconds = scores, texts, extra, rm, seconds
+
+    def index(self, order: torch.Tensor) -> "Scored":
+        rows = order.tolist()
+        return Scored(self.scores[order], [self.texts[i] for i in rows],
+                      {k: [v[i] for i in rows] for k, v in self.extra.items()},
+                      None if self.rm is None else self.rm[order], self.seconds)
 
 
 class PPOTrainer:
@@ -47,7 +63,7 @@ class PPOTrainer:
         self.actor, self.critic, self.tokenizer = actor_group, critic_group, tokenizer
         c = self.cfg
         self.loader = PromptLoader(train_dataset, c.data.train_batch_size, pad_token_id=tokenizer.pad_token_id,
-                                   shuffle=c.data.shuffle, seed=c.data.seed)
+                                   shuffle=c.data.shuffle, seed=c.data.seed, num_workers=c.data.dataloader_num_workers)
         self.val_dataset = val_dataset
         reward_fn = get_reward_function(c.custom_reward_function.path, c.custom_reward_function.name,
                                         c.custom_reward_function.reward_kwargs)
@@ -67,6 +83,10 @@ class PPOTrainer:
         self.total_steps = self.derived.total_training_steps
         self.timing: dict[str, float] = {}
         self.last_val_metrics: dict[str, float] = {}
+        # reward_model.launch_reward_fn_async: scoring runs here while the log-prob stages run
+        self.reward_pool = ThreadPoolExecutor(1, "rlcamp-reward") if c.reward_model.launch_reward_fn_async else None
+        self.tracking: Tracking | None = None
+        self.loaded_checkpoint: Path | None = None  # deleted once a newer one exists (del_local_ckpt_after_load)
 
     @contextmanager
     def _timer(self, stage: str):
@@ -76,11 +96,15 @@ class PPOTrainer:
 
     # -------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
-        tracking = Tracking(self.cfg.trainer.logger, self.run_dir, self.total_steps)
+        t = self.cfg.trainer
+        info = RunInfo(t.project_name, t.experiment_name, self.run_dir, config_to_dict(self.cfg), self.total_steps)
+        self.tracking = tracking = Tracking(t.logger, info)
         try:
             return self._fit(tracking)
         finally:
             tracking.close()
+            if self.reward_pool is not None:
+                self.reward_pool.shutdown(wait=False, cancel_futures=True)
 
     def _fit(self, tracking: Tracking) -> dict[str, float]:
         self.load_checkpoint()
@@ -123,13 +147,13 @@ class PPOTrainer:
         step_start = time.perf_counter()
         batch = self._prompt_batch(prompts)
         batch["uid"] = list(range(len(batch)))  # responses to one prompt share its uid
-        with self._timer("generate"):
+        with self._timer("gen"):
             batch = self.actor.call("generate", batch)
-        with self._timer("reward"):
-            batch["token_level_scores"] = self.score(batch)
-        restore = None
+        pending = self._start_reward(batch)
+        order = None
         if self.cfg.trainer.balance_batch and self.actor.dp_size > 1:
             batch, restore = balance_batch(batch, self.actor.dp_size)  # even tokens per data-parallel rank
+            order = torch.argsort(restore)
         if self.cfg.algorithm.rollout_correction.bypass_mode:  # the engine's sampling policy is the anchor
             batch["old_log_probs"] = batch["rollout_log_probs"].clone()
         else:
@@ -141,8 +165,14 @@ class PPOTrainer:
         if self.derived.uses_critic:
             with self._timer("values"):
                 batch.update(self.critic.call("compute_values", batch))
-        with self._timer("advantages"):
-            batch, adv_metrics = self.compute_advantages(batch)
+        scored = self._finish_reward(pending)
+        if order is not None:
+            scored = scored.index(order)
+        batch["token_level_scores"] = scored.scores
+        if scored.rm is not None:
+            batch["rm_scores"] = scored.rm
+        with self._timer("adv"):
+            batch, adv_metrics, kept = self.compute_advantages(batch)
         update_metrics: dict[str, float] = {}
         if self.derived.uses_critic:
             with self._timer("update_critic"):
@@ -150,10 +180,13 @@ class PPOTrainer:
         if self.global_step > self.cfg.trainer.critic_warmup:
             with self._timer("update_actor"):
                 update_metrics.update(self.actor.call("update_actor", batch))
+        if self.cfg.trainer.rollout_data_dir:
+            with self._timer("dump_rollout_generations"):
+                self.dump_generations(Path(self.cfg.trainer.rollout_data_dir), batch, scored.index(kept))
         self.timing["step"] = time.perf_counter() - step_start
-        if restore is not None:
-            batch = batch.index(restore)
-        return {**self.batch_metrics(batch), **adv_metrics, **update_metrics, **self.timing_metrics(batch),
+        return {**batch_metrics(batch, self.cfg.data.max_prompt_length,
+                                compare_rollout=not self.cfg.algorithm.rollout_correction.bypass_mode),
+                **adv_metrics, **update_metrics, **self.timing_metrics(batch),
                 "training/global_step": self.global_step, "training/epoch": self.loader.epoch}
 
     @staticmethod
@@ -161,17 +194,38 @@ class PPOTrainer:
         return Batch({k: prompts[k] for k in ("input_ids", "attention_mask")},
                      {k: prompts[k] for k in ("data_source", "ground_truth", "extra_info", "raw_prompt")})
 
-    def score(self, batch: Batch) -> torch.Tensor:
-        """token_level_scores: rule scores, plus the reward model's score when one is on."""
-        scores, _, texts = self.reward(batch)
+    # ----------------------------------------------------------------------------- reward
+    def score(self, batch: Batch) -> Scored:
+        """Rule scores on each response's last token, plus the reward model's score when one is on."""
+        start = time.perf_counter()
+        scores, extra, texts = self.reward(batch)
+        rm = None
         if self.reward_model is not None:
             last = (batch["response_mask"].sum(-1) - 1).clamp(min=0)
-            rm = self.reward_model(batch, texts)
+            rm = self.reward_model(batch)
             scores[torch.arange(len(batch)), last] += rm
-            batch["rm_scores"] = rm
-        return scores
+        return Scored(scores, texts, extra, rm, time.perf_counter() - start)
 
-    def compute_advantages(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
+    def _start_reward(self, batch: Batch) -> Scored | Future:
+        """Score now, or (launch_reward_fn_async) on the reward thread while the next stages run."""
+        if self.reward_pool is None:
+            scored = self.score(batch)
+            self.timing["reward"] = scored.seconds
+            return scored
+        needed = ("responses", "response_mask", "data_source", "ground_truth", "extra_info", "raw_prompt")
+        return self.reward_pool.submit(self.score, batch.select(*needed))
+
+    def _finish_reward(self, pending: Scored | Future) -> Scored:
+        if isinstance(pending, Scored):
+            return pending
+        with self._timer("reward_wait"):  # what the step still waited for the scores
+            scored = pending.result()
+        self.timing["reward"] = scored.seconds
+        return scored
+
+    def compute_advantages(self, batch: Batch) -> tuple[Batch, dict[str, float], torch.Tensor]:
+        """KL in the reward, advantages and returns, then PF-PPO's resampling; also returns which of
+        the incoming rows each outgoing row is (PF-PPO repeats and drops rows)."""
         algo, metrics = self.cfg.algorithm, {}
         mask = batch["response_mask"].float()
         if algo.use_kl_in_reward:
@@ -187,52 +241,39 @@ class PPOTrainer:
             values=batch["values"] if "values" in batch else None, index=batch["uid"], gamma=algo.gamma,
             lam=algo.lam, norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo)
         batch["advantages"], batch["returns"] = advantages, returns
+        kept = torch.arange(len(batch))
         if algo.use_pf_ppo:
-            order = pf_ppo_resample(batch["token_level_scores"].sum(-1), algo.pf_ppo.reweight_method,
-                                    algo.pf_ppo.weight_pow, self.pf_generator)
-            batch = batch.index(order)
-        return batch, metrics
+            kept = pf_ppo_resample(batch["token_level_scores"].sum(-1), algo.pf_ppo.reweight_method,
+                                   algo.pf_ppo.weight_pow, self.pf_generator)
+            batch = batch.index(kept)
+        return batch, metrics, kept
 
     # ---------------------------------------------------------------------------- metrics
-    def batch_metrics(self, batch: Batch) -> dict[str, float]:
-        mask = batch["response_mask"].bool()
-        lengths = batch["response_mask"].sum(-1)
-        out = {**_stats("critic/score", batch["token_level_scores"].sum(-1)),
-               **_stats("critic/rewards", batch["token_level_rewards"].sum(-1)),
-               **_stats("critic/advantages", batch["advantages"][mask]),
-               **_stats("critic/returns", batch["returns"][mask]),
-               **_stats("response_length", lengths),
-               **_stats("prompt_length", batch["attention_mask"].sum(-1)),
-               "response_length/clip_ratio": (lengths == batch["responses"].shape[1]).float().mean().item()}
-        if "entropys" in batch:  # with bypass_mode the actor's update reports it instead
-            out["actor/entropy"] = masked_mean(batch["entropys"], mask.float()).item()
-        if "values" in batch:
-            out.update(_stats("critic/values", batch["values"][mask]))
-        if "rm_scores" in batch:
-            out.update(_stats("critic/rm_score", batch["rm_scores"]))
-        if self.cfg.algorithm.rollout_correction.bypass_mode:  # nothing recomputed to compare with
-            return out
-        # how far the rollout's sampling log-probs are from the trainer's recomputation
-        log_ratio = (batch["old_log_probs"] - batch["rollout_log_probs"])[mask]
-        out["rollout/log_prob_diff_max"] = log_ratio.abs().max().item()
-        out["rollout/log_prob_diff_mean"] = log_ratio.abs().mean().item()
-        # KL(rollout || trainer), k3 estimator on the rollout's own samples (Schulman, "Approximating KL")
-        out["rollout/log_prob_kl"] = (torch.exp(log_ratio) - 1 - log_ratio).mean().item()
-        return out
-
     def timing_metrics(self, batch: Batch) -> dict[str, float]:
-        response_tokens = batch["response_mask"].sum().item()
-        all_tokens = response_tokens + batch["attention_mask"].sum().item()
+        response_tokens = int(batch["response_mask"].sum().item())
         # with rollout.ignore_eos the engine also generated the tokens after each response's end
         generated = batch["responses"].numel() if self.cfg.actor_rollout_ref.rollout.ignore_eos else response_tokens
-        out = {f"timing_s/{k}": v for k, v in self.timing.items()}
-        out["perf/generated_tokens"] = generated
-        out["perf/generate_tokens_per_s"] = generated / max(self.timing["generate"], 1e-9)
-        for stage in ("old_log_prob", "ref", "values", "update_critic", "update_actor"):
-            if stage in self.timing:
-                out[f"perf/{stage}_tokens_per_s"] = all_tokens / max(self.timing[stage], 1e-9)
-        out["perf/total_tokens"] = all_tokens
-        return out
+        return timing_metrics(self.timing, response_tokens, int(batch["attention_mask"].sum().item()), generated,
+                              self.derived.n_devices)
+
+    def decode_prompts(self, batch: Batch) -> list[str]:
+        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+        return [self.tokenizer.decode(row[keep], skip_special_tokens=True) for row, keep in zip(ids, mask)]
+
+    def dump_generations(self, folder: Path, batch: Batch, scored: Scored) -> Path:
+        """``<folder>/<step>.jsonl``: one line per sample with its input, output, ground truth, score,
+        step and the scorer's extras (trainer.rollout_data_dir / trainer.validation_data_dir)."""
+        folder = folder.expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.global_step}.jsonl"
+        inputs, scores = self.decode_prompts(batch), scored.scores.sum(-1).tolist()
+        with path.open("w") as f:
+            for i, (text, output) in enumerate(zip(inputs, scored.texts)):
+                row = {"input": text, "output": output, "gts": batch["ground_truth"][i], "score": scores[i],
+                       "step": self.global_step, "data_source": batch["data_source"][i],
+                       **{k: v[i] for k, v in scored.extra.items()}}
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        return path
 
     def shutdown(self) -> None:
         """Release the worker groups (Ray processes and their placement)."""
@@ -242,26 +283,46 @@ class PPOTrainer:
 
     # -------------------------------------------------------------------------- validation
     def validate(self) -> dict[str, float]:
-        """Greedy (val_kwargs) generation on the validation set; mean score and accuracy per data_source.
-
-        A sample counts as correct when it earns the full score (>= 1.0)."""
-        dataset = self.val_dataset
-        size = self.cfg.data.val_batch_size or len(dataset)
-        loader = PromptLoader(dataset, size, pad_token_id=self.tokenizer.pad_token_id, shuffle=False, drop_last=False)
-        scores, sources = [], []
+        """val_kwargs generation (greedy by default) on the validation set; verl's per-data-source
+        metrics (``val-core/<data_source>/reward/mean@n``, ...) and ``val/acc``, the share of samples
+        that earn the full score (>= 1) or, where the scorer reports ``acc``, that. Also logs
+        ``trainer.log_val_generations`` samples as a table and writes ``trainer.validation_data_dir``."""
+        c = self.cfg
+        dataset, n = self.val_dataset, c.actor_rollout_ref.rollout.val_kwargs.n
+        size = c.data.val_batch_size or len(dataset)
+        loader = PromptLoader(dataset, size, pad_token_id=self.tokenizer.pad_token_id, shuffle=c.data.validation_shuffle,
+                              seed=c.data.seed, drop_last=False)
+        batches, parts = [], []
         for prompts in loader:
             batch = self.actor.call_rank0("generate", self._prompt_batch(prompts), validate=True)
-            scores.append(self.score(batch).sum(-1))
-            sources += batch["data_source"]
-        scores_t = torch.cat(scores)
-        out: dict[str, float] = {}
-        for source in sorted(set(sources)):
-            picked = scores_t[[i for i, s in enumerate(sources) if s == source]]
-            out[f"val/{source}/score"] = picked.mean().item()
-            out[f"val/{source}/acc"] = (picked >= 1.0 - 1e-6).float().mean().item()
-        out["val/score"] = scores_t.mean().item()
-        out["val/acc"] = (scores_t >= 1.0 - 1e-6).float().mean().item()
+            batches.append(batch.select("input_ids", "attention_mask", "data_source", "ground_truth"))
+            parts.append(self.score(batch))
+        batch = Batch.concat(batches)
+        scored = Scored(torch.cat([p.scores for p in parts]), [t for p in parts for t in p.texts],
+                        {k: [v for p in parts for v in p.extra.get(k, [None] * len(p.texts))]
+                         for k in dict.fromkeys(k for p in parts for k in p.extra)}, None, 0.0)
+        scores = scored.scores.sum(-1)
+        extras = numeric_extras(scored.extra)
+        reported = extras.pop("acc", None)  # a scorer that reports its own accuracy is believed
+        acc = reported if reported is not None else (scores >= 1.0 - 1e-6).float().tolist()
+        core = "acc" if reported is not None else "reward"  # verl's choice of the val-core variable
+        out = validation_metrics(batch["data_source"], [i // n for i in range(len(batch))],
+                                 {"reward": scores.tolist(), "acc": acc, **extras}, core)
+        out["val/acc"] = sum(acc) / len(acc)
+        if c.trainer.log_val_generations > 0 and self.tracking is not None:
+            self.tracking.log_table(VAL_TABLE, VAL_COLUMNS, self._val_samples(batch, scored), self.global_step)
+        if c.trainer.validation_data_dir:
+            self.dump_generations(Path(c.trainer.validation_data_dir), batch, scored)
         return out
+
+    def _val_samples(self, batch: Batch, scored: Scored) -> list[list[Any]]:
+        """``trainer.log_val_generations`` samples, the same prompts at every validation: sorted by
+        input, then a fixed-seed shuffle (as verl picks them)."""
+        inputs, scores = self.decode_prompts(batch), scored.scores.sum(-1).tolist()
+        by_input = sorted(range(len(inputs)), key=lambda i: inputs[i])
+        shuffled = [by_input[i] for i in torch.randperm(len(by_input), generator=torch.Generator().manual_seed(42))]
+        picked = shuffled[:self.cfg.trainer.log_val_generations]
+        return [[inputs[i], scored.texts[i], batch["ground_truth"][i], scores[i]] for i in picked]
 
     # -------------------------------------------------------------------------- checkpoint
     def save_checkpoint(self) -> Path:
@@ -278,6 +339,12 @@ class PPOTrainer:
                     "python_rng": random.getstate()}, tmp / "trainer_state.pt")
         folder = ckpt.commit(self.run_dir, tmp, self.global_step)
         ckpt.prune(self.run_dir, t.max_actor_ckpt_to_keep, t.max_critic_ckpt_to_keep)
+        if self.loaded_checkpoint is not None and self.loaded_checkpoint.resolve() != folder.resolve():
+            # del_local_ckpt_after_load: only now, so that the run never lacks a checkpoint to resume from
+            shutil.rmtree(self.loaded_checkpoint, ignore_errors=True)
+            print(f"deleted {self.loaded_checkpoint} (trainer.del_local_ckpt_after_load; {folder} replaces it)",
+                  flush=True)
+            self.loaded_checkpoint = None
         return folder
 
     def load_checkpoint(self) -> None:
@@ -301,6 +368,8 @@ class PPOTrainer:
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
         print(f"resumed from {folder} at step {self.global_step}", flush=True)
+        if t.del_local_ckpt_after_load:
+            self.loaded_checkpoint = folder
 
 
 def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
@@ -316,8 +385,9 @@ def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
     if device == "cpu":
         tune_cpu()
     model = c.actor_rollout_ref.model
-    tokenizer = load_tokenizer(c.data.tokenizer or model.path, trust_remote_code=model.trust_remote_code,
-                               custom_chat_template=model.custom_chat_template)
+    tokenizer = load_tokenizer(c.data.tokenizer or model.path, custom_chat_template=model.custom_chat_template,
+                               trust_remote_code=c.data.trust_remote_code if c.data.tokenizer else model.trust_remote_code,
+                               key="data.tokenizer" if c.data.tokenizer else "actor_rollout_ref.model.path")
     dataset_kwargs = dict(max_prompt_length=c.data.max_prompt_length, prompt_key=c.data.prompt_key,
                           reward_fn_key=c.data.reward_fn_key, truncation=c.data.truncation,
                           filter_overlong_prompts=c.data.filter_overlong_prompts)
@@ -329,7 +399,7 @@ def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
     if c.reward_model.enable:
         from rlcamp.workers.reward_model import RewardModelWorker
 
-        reward_model = RewardModelWorker(c, device)
+        reward_model = RewardModelWorker(c, device, resolved.derived.reward_model_micro_batch)
     return PPOTrainer(resolved, run_dir, actor_group, critic_group, tokenizer, train, val, reward_model)
 
 
@@ -357,7 +427,8 @@ def make_worker_groups(resolved: ResolvedConfig, device: str):
     ensure_ray(c.ray_init.num_cpus or (max(cores, derived.n_devices * groups) if device == "cpu" else None))
     cpus = max(1, cores // (derived.n_devices * groups)) if device == "cpu" else 1
     common = dict(device=device, backend=collective_backend(device), stage_timeout_s=c.trainer.stage_timeout_s,
-                  nnodes=c.trainer.nnodes, cpus_per_worker=cpus)
+                  startup_timeout_s=c.trainer.ray_wait_register_center_timeout, nnodes=c.trainer.nnodes,
+                  cpus_per_worker=cpus)
     from rlcamp.workers.actor import ActorRolloutRefWorker
     from rlcamp.workers.critic import CriticWorker
 
@@ -376,5 +447,19 @@ def fit_from_config(resolved: ResolvedConfig, run_dir: Path) -> int:
     try:
         trainer.fit()
     finally:
+        write_ray_timeline(resolved.config.ray_init.timeline_json_file)
         trainer.shutdown()
     return 0
+
+
+def write_ray_timeline(path: str | None) -> None:
+    """ray_init.timeline_json_file: Ray's task timeline (chrome://tracing / Perfetto) of the run so far."""
+    if not path:
+        return
+    import ray
+
+    if ray.is_initialized():
+        target = Path(path).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ray.timeline(filename=str(target))
+        print(f"ray timeline: {target}", flush=True)

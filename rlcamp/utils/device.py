@@ -51,6 +51,15 @@ def cpu_features() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def torch_compile_problem(device: str) -> str | None:
+    """Why torch.compile cannot run here, or None: on CPU, inductor compiles C++ and needs a compiler."""
+    import shutil
+
+    if device == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "torch.compile on CPU compiles C++ and no C++ compiler (g++) is installed; install one to use it"
+    return None
+
+
 def collective_backend(device: str) -> str:
     return {"cuda": "nccl", "npu": "hccl"}.get(device, "gloo")
 

@@ -53,9 +53,42 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return layers
 
 
+def size_based_units(model, min_num_params: int) -> list[torch.nn.Module]:
+    """The modules a size-based wrap policy makes FSDP units (``wrap_policy.min_num_params``): going
+    up from the leaves, a module becomes a unit once the parameters not yet in a unit below it
+    reach ``min_num_params``; the root takes the rest. A weight tied between modules (embeddings and
+    output layer) stays with the smallest module that holds all of its uses, as FSDP2 requires."""
+    from collections import Counter
+
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    units: list[torch.nn.Module] = []
+
+    def visit(module: torch.nn.Module) -> tuple[int, Counter]:
+        free, seen = 0, Counter()
+        for child in module.children():
+            n, child_seen = visit(child)
+            free, seen = free + n, seen + child_seen
+        for p in module.parameters(recurse=False):
+            free, seen[id(p)] = free + p.numel(), seen[id(p)] + 1
+        tied_outside = any(count < uses[pid] for pid, count in seen.items())
+        if module is not model and free >= min_num_params and not tied_outside:
+            units.append(module)
+            return 0, Counter()
+        return free, seen
+
+    visit(model)
+    return units
+
+
 def shard(model, param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = None,
-          reshard_after_forward: bool = True, offload: bool = False, pin_memory: bool = False) -> None:
-    """FSDP2: each decoder layer, then the root, sharded over all ranks (in place).
+          reshard_after_forward: bool = True, offload: bool = False, pin_memory: bool = False,
+          forward_prefetch: bool = False, min_num_params: int = 0) -> None:
+    """FSDP2: each decoder layer (or, with ``min_num_params`` > 0, the units of a size-based policy),
+    then the root, sharded over all ranks (in place).
+
+    ``forward_prefetch``: each unit's forward starts gathering the next unit's parameters (FSDP2's
+    explicit prefetch), so communication overlaps the current unit's compute.
+    ``reduce_dtype``: the dtype gradients are reduced across ranks in (None: their own).
 
     FSDP2 averages gradients over ranks; losses are divided by the mini batch's global token /
     sequence counts and multiplied by the world size (``grad_scale``), so the average is exactly
@@ -69,9 +102,24 @@ def shard(model, param_dtype: torch.dtype | None = None, reduce_dtype: torch.dty
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     kwargs = {"mp_policy": policy, "reshard_after_forward": reshard_after_forward,
               "offload_policy": CPUOffloadPolicy(pin_memory=pin_memory) if offload else OffloadPolicy()}
-    for layer in decoder_layers(model):
-        fully_shard(layer, **kwargs)
+    units = size_based_units(model, min_num_params) if min_num_params > 0 else decoder_layers(model)
+    for unit in units:
+        fully_shard(unit, **kwargs)
     fully_shard(model, **kwargs)
+    if forward_prefetch:
+        for unit, following in zip(units, units[1:]):
+            unit.set_modules_to_forward_prefetch([following])
+
+
+def iter_full_state(model):
+    """(name, full tensor) one at a time (``rollout.layered_summon``): the whole state dict never
+    exists at once on any rank. Collective: every rank must iterate to the end, in the same order."""
+    for name, value in model.state_dict().items():
+        if hasattr(value, "full_tensor"):
+            if value.device.type == "cpu" and dist.get_backend() == "nccl":  # offloaded shards: NCCL gathers on GPU
+                value = value.to(torch.device("cuda", torch.cuda.current_device()))
+            value = value.full_tensor()
+        yield name, value
 
 
 def grad_scale(model) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from rlcamp.algos import agg_loss, kl_penalty, masked_mean, policy_loss, tis_weights
+from rlcamp.algos import POLICY_LOSSES, agg_loss, kl_penalty, masked_mean, tis_weights
 from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
@@ -21,9 +21,20 @@ from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causa
 from rlcamp.rollout.engines import mask_through_first_eos
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 from rlcamp.utils import dist
-from rlcamp.utils.device import collective_backend, to_dtype
+from rlcamp.utils.device import to_dtype, torch_compile_problem
 from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
-                                   mini_batches, prepare_trained_model, save_model_state, seed_everything)
+                                   mini_batches, prepare_trained_model, save_model_state, seed_everything,
+                                   shard_trained_model)
+
+
+class _LazyState:
+    """A state dict whose items are made while they are read (``rollout.layered_summon``)."""
+
+    def __init__(self, items):
+        self._items = items
+
+    def items(self):
+        return self._items
 
 
 class ActorRolloutRefWorker:
@@ -45,17 +56,22 @@ class ActorRolloutRefWorker:
         self.remove_padding = prepare_trained_model(self.model, arr.model, actor_forward,
                                                     "actor_rollout_ref.model.use_remove_padding")
         self.share_prefix = arr.model.share_prompt_prefix
+        # use_torch_compile: the full-logits paths' helpers (rlcamp.models.forward.logit_helpers)
+        compilable = torch_compile_problem(self.device.type) is None
+        self.compile_actor = arr.actor.use_torch_compile and compilable
+        self.compile_ref = arr.ref.use_torch_compile and compilable
         self.ref = None
+        # ref.fsdp_config.param_offload: on an accelerator the reference waits in host memory between uses
+        self.ref_offload = arr.ref.fsdp_config.param_offload and self.device.type != "cpu"
         if derived.uses_ref:  # a frozen copy of the initial weights (full on every rank: no grads, no comms)
             self.ref = copy.deepcopy(self.model).to(to_dtype(arr.ref.fsdp_config.model_dtype)).eval()
             # frozen by never being stepped and running under no_grad: on this torch's CPU build,
             # requires_grad_(False) on bf16 weights makes matmuls ~5x slower (measured)
+            if self.ref_offload:
+                self.ref.to("cpu")
         self.rollout = self._make_rollout()
         fsdp = arr.actor.fsdp_config
-        if dist.needs_sharding(fsdp):  # data parallel and/or offload: FSDP2 shards the trained weights
-            dist.ensure_process_group(collective_backend(self.device.type))
-            dist.shard(self.model, reshard_after_forward=fsdp.reshard_after_forward,
-                       offload=fsdp.param_offload or fsdp.offload_policy, pin_memory=self.device.type == "cuda")
+        shard_trained_model(self.model, fsdp, self.device)  # data parallel and/or offload: FSDP2
         # Ulysses: the trained model and the reference share sequences over a group; the rollout copy does not
         self.sp = ulysses.setup(arr.actor.ulysses_sequence_parallel_size)  # None at degree 1
         if self.sp is not None:
@@ -107,11 +123,18 @@ class ActorRolloutRefWorker:
         if isinstance(self.rollout, HFRollout) and self.rollout.model is self.model:
             return
         with torch.no_grad(), self.engine.full_precision():
-            state = dist.full_state_dict(self.model) if dist.is_sharded(self.model) else self.model.state_dict()
+            sharded = dist.is_sharded(self.model)
+            if sharded and self.rollout_cfg.layered_summon:  # one full tensor at a time, never the whole state
+                state = _LazyState(dist.iter_full_state(self.model))
+            else:
+                state = dist.full_state_dict(self.model) if sharded else self.model.state_dict()
             if not isinstance(self.rollout, HFRollout):
                 self.rollout.load_weights(state)
-            elif dist.is_sharded(self.model):
-                self.rollout.model.load_state_dict(state, strict=False)
+            elif sharded:
+                targets = self.rollout.model.state_dict()
+                for name, value in state.items():
+                    if name in targets:
+                        targets[name].copy_(value)
             else:
                 for target, source in zip(self.rollout.model.parameters(), self.model.parameters()):
                     target.copy_(source)
@@ -138,14 +161,16 @@ class ActorRolloutRefWorker:
         return prompts.update(out)
 
     # ---------------------------------------------------------------------------- log-probs
-    def _log_probs(self, model, batch: Batch, micro: int, with_entropy: bool, dynamic: bool, max_tokens: int) -> Batch:
+    def _log_probs(self, model, batch: Batch, micro: int, with_entropy: bool, dynamic: bool, max_tokens: int,
+                   compiled: bool) -> Batch:
         log_probs, entropies = [], []
         model_was_training = model.training
         model.eval()
         with torch.no_grad(), self.engine.autocast(model):
             for rows, part in micro_batches(batch, dynamic, micro, max_tokens):
                 lp, ent, _ = actor_forward(model, self._inputs(part), self.rollout_cfg.temperature, with_entropy,
-                                           self.remove_padding, self.sp, share_prefix=self.share_prefix)
+                                           self.remove_padding, self.sp, share_prefix=self.share_prefix,
+                                           compiled=compiled)
                 log_probs.append((rows, lp.cpu()))
                 if with_entropy:
                     entropies.append((rows, ent.cpu()))
@@ -162,15 +187,19 @@ class ActorRolloutRefWorker:
     def compute_log_prob(self, batch: Batch) -> Batch:
         r = self.rollout_cfg
         out = self._log_probs(self.model, batch, self.derived.rollout_log_prob_micro_batch_per_device, True,
-                              r.log_prob_use_dynamic_bsz, r.log_prob_max_token_len_per_gpu)
+                              r.log_prob_use_dynamic_bsz, r.log_prob_max_token_len_per_gpu, self.compile_actor)
         return Batch({"old_log_probs": out["log_probs"], "entropys": out["entropys"]})
 
     def compute_ref_log_prob(self, batch: Batch) -> Batch:
         if self.ref is None:
             raise RuntimeError("compute_ref_log_prob called but no reference model was built (no KL is used)")
         ref = self.config.actor_rollout_ref.ref
+        if self.ref_offload:
+            self.ref.to(self.device)
         out = self._log_probs(self.ref, batch, self.derived.ref_log_prob_micro_batch_per_device, False,
-                              ref.log_prob_use_dynamic_bsz, ref.log_prob_max_token_len_per_gpu)
+                              ref.log_prob_use_dynamic_bsz, ref.log_prob_max_token_len_per_gpu, self.compile_ref)
+        if self.ref_offload:
+            self.ref.to("cpu")
         return Batch({"ref_log_probs": out["log_probs"]})
 
     # ------------------------------------------------------------------------------- update
@@ -204,13 +233,13 @@ class ActorRolloutRefWorker:
         with self.engine.autocast():
             log_probs, entropy, aux_loss = actor_forward(self.model, self._inputs(micro), self.rollout_cfg.temperature,
                                                          need_entropy, self.remove_padding, self.sp,
-                                                         share_prefix=self.share_prefix)
+                                                         share_prefix=self.share_prefix, compiled=self.compile_actor)
         old_log_probs = micro["old_log_probs"].to(self.device)
         is_weights = None
         if a.tis_imp_ratio_cap > 0:  # correct for the rollout engine's numerics (see algos.tis_weights)
             is_weights = tis_weights(old_log_probs, micro["rollout_log_probs"].to(self.device), a.tis_imp_ratio_cap)
             sink.add("actor/tis_weight_mean", masked_mean(is_weights, mask))
-        pg = policy_loss(old_log_probs, log_probs, micro["advantages"].to(self.device), mask,
+        pg = POLICY_LOSSES[a.policy_loss.loss_mode](old_log_probs, log_probs, micro["advantages"].to(self.device), mask,
                          a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c, a.loss_agg_mode, is_weights=is_weights,
                          norm_length=self.rollout_cfg.response_length, **norm)
         loss = pg.loss

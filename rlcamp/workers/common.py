@@ -28,6 +28,21 @@ def prepare_trained_model(model, model_cfg, forward, key: str) -> bool:
     return model_cfg.use_remove_padding
 
 
+def shard_trained_model(model, fsdp_config, device: torch.device) -> None:
+    """FSDP2 for a trained model (actor or critic) when it is sharded at all (data parallel and/or
+    offload), as its ``fsdp_config`` says; a no-op otherwise."""
+    from rlcamp.utils import dist
+    from rlcamp.utils.device import collective_backend, to_dtype
+
+    if not dist.needs_sharding(fsdp_config):
+        return
+    dist.ensure_process_group(collective_backend(device.type))
+    dist.shard(model, reduce_dtype=to_dtype(fsdp_config.mixed_precision.reduce_dtype),
+               reshard_after_forward=fsdp_config.reshard_after_forward,
+               offload=fsdp_config.param_offload or fsdp_config.offload_policy, pin_memory=device.type == "cuda",
+               forward_prefetch=fsdp_config.forward_prefetch, min_num_params=fsdp_config.wrap_policy.min_num_params)
+
+
 def global_norm(mask: torch.Tensor, replicas: int = 1) -> dict[str, torch.Tensor]:
     """Token and sequence counts of a mini batch over all data-parallel ranks (see agg_loss).
 

@@ -13,11 +13,12 @@ from rlcamp.config.validate import Derived
 from rlcamp.engines.local import LocalEngine
 from rlcamp.models import ulysses
 from rlcamp.models.forward import critic_forward, sequence_inputs
-from rlcamp.models.loading import import_external_lib, load_critic
+from rlcamp.models.loading import import_external_lib, load_critic, load_tokenizer
 from rlcamp.utils import dist
-from rlcamp.utils.device import collective_backend, to_dtype
+from rlcamp.utils.device import to_dtype
 from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
-                                   mini_batches, prepare_trained_model, save_model_state, seed_everything)
+                                   mini_batches, prepare_trained_model, save_model_state, seed_everything,
+                                   shard_trained_model)
 
 
 class CriticWorker:
@@ -30,13 +31,13 @@ class CriticWorker:
         import_external_lib(c.model.external_lib)
         self.model = load_critic(c.model.path, dtype=to_dtype(c.model.dtype), trust_remote_code=c.model.trust_remote_code,
                                  override_config=c.model.override_config).to(self.device)
+        # saved with each checkpoint, so that <step>/critic/huggingface is a complete transformers folder
+        self.tokenizer = load_tokenizer(c.model.tokenizer_path, trust_remote_code=c.model.trust_remote_code,
+                                        key="critic.model.tokenizer_path")
         self.remove_padding = prepare_trained_model(self.model, c.model, critic_forward, "critic.model.use_remove_padding")
         self.share_prefix = c.model.share_prompt_prefix
         fsdp = c.model.fsdp_config
-        if dist.needs_sharding(fsdp):  # see the actor
-            dist.ensure_process_group(collective_backend(self.device.type))
-            dist.shard(self.model, reshard_after_forward=fsdp.reshard_after_forward,
-                       offload=fsdp.param_offload or fsdp.offload_policy, pin_memory=self.device.type == "cuda")
+        shard_trained_model(self.model, fsdp, self.device)
         self.sp = ulysses.setup(c.ulysses_sequence_parallel_size)  # None at degree 1
         if self.sp is not None:
             ulysses.install(self.model, self.sp, "critic.ulysses_sequence_parallel_size")
@@ -53,7 +54,7 @@ class CriticWorker:
     def compute_values(self, batch: Batch) -> Batch:
         values = []
         self.model.eval()
-        size = self.cfg.forward_micro_batch_size_per_gpu or self.derived.critic.micro_batch_per_device
+        size = self.derived.critic_forward_micro_batch_per_device
         with torch.no_grad(), self.engine.autocast():
             for rows, part in micro_batches(batch, self.cfg.use_dynamic_bsz, size, self.cfg.forward_max_token_len_per_gpu):
                 values.append((rows, critic_forward(self.model, self._inputs(part), self.remove_padding, self.sp,
@@ -89,7 +90,8 @@ class CriticWorker:
 
     def save_checkpoint(self, folder: Path) -> None:
         with self.engine.full_precision():
-            save_model_state(folder, self.model, self.engine, {"shuffle": self.generator}, self.cfg.checkpoint.save_contents)
+            save_model_state(folder, self.model, self.engine, {"shuffle": self.generator}, self.cfg.checkpoint.save_contents,
+                             self.tokenizer)
 
     def load_checkpoint(self, folder: Path) -> None:
         with self.engine.full_precision():

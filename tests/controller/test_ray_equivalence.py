@@ -185,3 +185,53 @@ def test_sharded_checkpoint_resumes_exactly(tmp_path, ray_local):
         assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
     assert torch.allclose(fresh.call("compute_log_prob", batch)["old_log_probs"], expected_after, atol=1e-6)
     fresh.shutdown()
+
+
+def test_fsdp_prefetch_size_based_units_reduce_dtype_and_layered_summon_change_nothing(tmp_path, ray_local):
+    """forward_prefetch, wrap_policy.min_num_params, mixed_precision.reduce_dtype and rollout.layered_summon
+    change how the two ranks shard, gather and sync, not what they compute: the same update as one
+    process, and after it the rollout copy (synced one tensor at a time) generates what one process does."""
+    options = {"actor_rollout_ref.actor.fsdp_config.forward_prefetch": True,
+               "actor_rollout_ref.actor.fsdp_config.wrap_policy.min_num_params": 2000,
+               "actor_rollout_ref.actor.fsdp_config.mixed_precision.reduce_dtype": "fp32",
+               "actor_rollout_ref.rollout.layered_summon": True}
+    one = resolved_for(tmp_path, 1)
+    two = resolved_for(tmp_path, 2, **options)
+    single = ActorRolloutRefWorker(one.config, one.derived)
+    batch = rollout_batch(single, single.tokenizer, n_prompts=8)
+    group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
+                           {"config": two.config, "derived": two.derived, "device": "cpu"},
+                           device="cpu", backend="gloo", stage_timeout_s=120, name="actor")
+    m2, m1 = group.call("update_actor", batch), single.update_actor(batch)
+    for key in ("actor/pg_loss", "actor/grad_norm"):
+        assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
+    prompts = batch.select("input_ids", "attention_mask").slice(0, 4)
+    greedy_two = group.call("generate", prompts, validate=True)["responses"]
+    assert torch.equal(greedy_two, single.generate(prompts, validate=True)["responses"])
+    group.shutdown()
+
+
+def test_ray_startup_is_bounded_by_ray_wait_register_center_timeout(ray_local):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"placing 1 gpus .* within 2 s \(trainer.ray_wait_register_center_timeout\)"):
+        RayWorkerGroup("tests.controller.test_ray_equivalence:Exploding", 1, {}, device="cuda", backend="nccl",
+                       stage_timeout_s=600, startup_timeout_s=2, name="gpus")  # this cluster has no GPU
+    assert time.monotonic() - start < 30
+
+
+def test_ray_timeline_is_written(tmp_path, ray_local):
+    from rlcamp.batch import Batch
+    from rlcamp.trainer.ppo import write_ray_timeline
+
+    group = RayWorkerGroup("tests.controller.test_ray_equivalence:Exploding", 1, {}, device="cpu", backend="gloo",
+                           stage_timeout_s=60, name="timeline")
+    with pytest.raises(WorkerError):
+        group.call("boom", Batch({"x": torch.zeros(2)}))
+    group.shutdown()
+    write_ray_timeline(str(tmp_path / "trace" / "timeline.json"))
+    import json
+
+    events = json.loads((tmp_path / "trace" / "timeline.json").read_text())
+    assert any("execute" in e.get("name", "") for e in events)

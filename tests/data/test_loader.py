@@ -69,3 +69,26 @@ def test_prompt_loader_state_round_trip():
     again.load_state_dict(state)
     assert [b["ground_truth"] for b in again] == rest and len(first + rest) == 4
     assert loader.epoch == 1 and isinstance(next(iter(loader))["input_ids"], torch.Tensor)
+
+
+def test_worker_processes_give_the_same_batches_and_resume_points():
+    """data.dataloader_num_workers: DataLoader workers collate ahead, yet the trainer sees the same
+    batches in the same order, and the saved position counts only the batches it was handed."""
+    dataset = [sample([1, 2, i], truth=str(i)) for i in range(20)]
+    plain = PromptLoader(dataset, 4, pad_token_id=0, seed=3)
+    workers = PromptLoader(dataset, 4, pad_token_id=0, seed=3, num_workers=2)
+    seen = {"plain": [], "workers": []}
+    for name, loader in (("plain", plain), ("workers", workers)):
+        for i, batch in enumerate(loader):  # stop mid-epoch, as a step count may
+            seen[name].append(batch["ground_truth"])
+            if i == 2:
+                break
+    assert workers.state_dict() == plain.state_dict() == {"epoch": 0, "position": 3, "seed": 3, "size": 20,
+                                                          "batch_size": 4}
+    resumed = PromptLoader(dataset, 4, pad_token_id=0, seed=3, num_workers=2)
+    resumed.load_state_dict(workers.state_dict())
+    for name, loader in (("plain", plain), ("workers", resumed)):
+        for _ in range(2):  # the rest of epoch 0, then all of epoch 1
+            seen[name] += [b["ground_truth"] for b in loader]
+    assert seen["plain"] == seen["workers"] and len(seen["plain"]) == 10
+    assert torch.equal(next(iter(resumed))["input_ids"], next(iter(plain))["input_ids"])

@@ -98,3 +98,26 @@ def test_a_model_that_ignores_packing_is_refused(tmp_path):
 
     with pytest.raises(RuntimeError, match="k=True: Qwen2ForCausalLM does not honour packed sequences"):
         check_packing(model, leaky, model.config.vocab_size, "k")
+
+
+def test_compiled_logit_helpers_equal_eager(tmp_path):
+    """use_torch_compile: the full-logits path (gemma2's soft-capped head has no chunked path) with
+    the torch.compiled helpers gives the eager log-probs, entropies and gradients."""
+    from rlcamp.utils.device import torch_compile_problem
+
+    if torch_compile_problem("cpu"):
+        import pytest
+
+        pytest.skip(torch_compile_problem("cpu"))
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path, "gemma2"))
+    inputs = sequence_inputs(*batch())
+    out = {}
+    for compiled in (False, True):
+        model.zero_grad()
+        lp, ent, _ = actor_forward(model, inputs, 0.7, with_entropy=True, compiled=compiled)
+        (lp.sum() + 0.1 * ent.sum()).backward()
+        out[compiled] = (lp.detach(), ent.detach(), model.model.embed_tokens.weight.grad.clone())
+    m = batch()[3].bool()
+    (lp_e, ent_e, grad_e), (lp_c, ent_c, grad_c) = out[False], out[True]
+    assert torch.allclose(lp_e[m], lp_c[m], atol=1e-5) and torch.allclose(ent_e[m], ent_c[m], atol=1e-5)
+    assert torch.allclose(grad_e, grad_c, atol=1e-5)

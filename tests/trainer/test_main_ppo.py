@@ -1,58 +1,138 @@
+import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from rlcamp.config import build_config, resolve
 from rlcamp.trainer.main_ppo import main
-from rlcamp.trainer.run import prepare_run_folder
+from rlcamp.trainer.run import RunFolderError, prepare_run_folder
+from tests.helpers import make_tiny_setup
 
-VALID = ["trainer.n_gpus_per_node=1", "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+BATCH = ["trainer.n_gpus_per_node=1", "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
          "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "critic.ppo_micro_batch_size_per_gpu=2"]
 
 
-def test_dry_run_prints_resolved_config_and_plan(capsys):
-    assert main(["--dry-run", *VALID, "actor_rollout_ref.actor.optim.lr=2e-6"]) == 0
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return make_tiny_setup(tmp_path_factory.mktemp("main_ppo"))
+
+
+@pytest.fixture
+def valid(setup):
+    """A launch line whose model folder and data files exist (16 train prompts)."""
+    model, data = setup
+    return BATCH + [f"actor_rollout_ref.model.path={model}", f"data.train_files={data / 'train.parquet'}",
+                    f"data.val_files={data / 'test.parquet'}"]
+
+
+def test_dry_run_prints_resolved_config_and_plan(valid, capsys):
+    assert main(["--dry-run", *valid, "actor_rollout_ref.actor.optim.lr=2e-6", "trainer.total_epochs=3"]) == 0
     out = capsys.readouterr().out
     resolved = yaml.safe_load(out.split("# ---- derived ----")[0])
     assert resolved["actor_rollout_ref"]["actor"]["optim"]["lr"] == 2e-6
     assert resolved["critic"]["ppo_mini_batch_size"] == 4  # link resolved
     assert "micro batch 2 x 2 accumulation per device" in out
-    assert "training steps: unknown until the training files exist" in out
+    assert "2 steps/epoch over 16 prompts, 6 in total" in out
 
 
-def test_dry_run_counts_prompts_when_files_exist(tmp_path, capsys):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = tmp_path / "train.parquet"
-    pq.write_table(pa.Table.from_pylist([{"data_source": "gsm8k", "prompt": [{"role": "user", "content": "q"}]}] * 20), path)
-    assert main(["--dry-run", *VALID, f"data.train_files={path}", "trainer.total_epochs=3"]) == 0
-    assert "2 steps/epoch over 20 prompts, 6 in total" in capsys.readouterr().out
-
-
-def test_config_errors_exit_2_with_the_fix(capsys):
-    assert main(["--dry-run", *VALID, "actor_rollout_ref.actor.lrr=1"]) == 2
+def test_config_errors_exit_2_with_the_fix(valid, capsys):
+    assert main(["--dry-run", *valid, "actor_rollout_ref.actor.lrr=1"]) == 2
     assert "did you mean 'actor_rollout_ref.actor.optim.lr'" in capsys.readouterr().err
 
 
-def test_yaml_config_and_hydra_style_flags(tmp_path, capsys):
+def test_missing_data_and_model_are_found_before_any_model_loads(valid, setup, tmp_path, capsys):
+    model, data = setup
+    typo = data / "trian.parquet"  # the real one is train.parquet
+    empty = tmp_path / "not_a_model"
+    empty.mkdir()
+    code = main(["--dry-run", *valid, f"data.train_files={typo}", f"data.val_files={tmp_path / 'nowhere' / 'x.parquet'}",
+                 f"critic.model.path={empty}", "actor_rollout_ref.model.path=./models/smollm"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"data.train_files: {typo} does not exist; did you mean {data / 'train.parquet'}?" in err
+    assert f"its folder {tmp_path / 'nowhere'} does not exist" in err
+    assert f"critic.model.path={empty} is a folder without config.json" in err
+    # a relative path is a folder that is not there, not a hub name tried online
+    assert "actor_rollout_ref.model.path=./models/smollm: no such folder" in err
+    assert "rlcamp models prepare smollm2-135m-instruct" in err
+
+
+def test_hub_names_are_refused_offline_unless_cached(valid, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    assert main(["--dry-run", *valid, "actor_rollout_ref.model.path=Qwen/Qwen2.5-0.5B-Instruct"]) == 2
+    assert "no such folder and HF_HUB_OFFLINE=1 forbids downloading it" in capsys.readouterr().err
+
+
+def test_reward_function_file_and_name_are_checked(valid, tmp_path, capsys):
+    fn = tmp_path / "my_reward.py"
+    fn.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n    return 1.0\n")
+    assert main(["--dry-run", *valid, f"custom_reward_function.path={fn}", "custom_reward_function.name=score"]) == 2
+    assert "has no function 'score'; its functions: ['compute_score']" in capsys.readouterr().err
+    (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n")
+    assert main(["--dry-run", *valid, f"custom_reward_function.path={tmp_path / 'broken.py'}"]) == 2
+    assert "importing it failed: ModuleNotFoundError" in capsys.readouterr().err
+    assert main(["--dry-run", *valid, f"custom_reward_function.path={fn}"]) == 0
+
+
+def test_sandbox_url_must_answer_when_code_data_is_scored(setup, tmp_path, capsys, service):
+    from rlcamp.data.preprocess import write_parquet
+    from tests.conftest import free_port
+
+    model, _ = setup
+    row = {"data_source": "humaneval", "prompt": [{"role": "user", "content": "write f"}], "ability": "code",
+           "reward_model": {"ground_truth": '{"test": "def check(f): pass", "entry_point": "f"}'}, "extra_info": {"index": 0}}
+    data = write_parquet([row] * 8, tmp_path / "code.parquet")
+    line = BATCH + [f"actor_rollout_ref.model.path={model}", f"data.train_files={data}", f"data.val_files={data}",
+                    f"reward_model.sandbox_fusion.url=http://127.0.0.1:{free_port()}/run_code"]
+    assert main(["--dry-run", *line]) == 2
+    err = capsys.readouterr().err
+    assert "reward_model.sandbox_fusion.url: the code data (['humaneval']) is scored there" in err
+    assert "rlcamp sandbox serve" in err
+    answering = [o for o in line if "sandbox_fusion.url" not in o] + [f"reward_model.sandbox_fusion.url={service['run_url']}"]
+    assert main(["--dry-run", *answering]) == 0  # a real `rlcamp sandbox serve` ran print(1 + 1)
+
+
+def test_debug_shows_the_traceback(valid, tmp_path):
+    line = [sys.executable, "-m", "rlcamp.trainer.main_ppo", "--dry-run", *valid, f"data.train_files={tmp_path / 'x'}"]
+    quiet = subprocess.run(line, capture_output=True, text=True)
+    loud = subprocess.run(line, capture_output=True, text=True, env=dict(os.environ, RLCAMP_DEBUG="1"))
+    assert quiet.returncode == loud.returncode == 2
+    assert quiet.stderr.startswith("rlcamp: ") and "Traceback" not in quiet.stderr
+    assert "Traceback (most recent call last)" in loud.stderr and "PreflightError" in loud.stderr
+
+
+def test_yaml_config_and_hydra_style_flags(valid, tmp_path, capsys):
     (tmp_path / "exp.yaml").write_text("data:\n  train_batch_size: 16\n")
-    assert main(["--dry-run", "--config-path", str(tmp_path), "--config-name", "exp", *VALID[:1], *VALID[2:]]) == 0
+    rest = [o for o in valid if not o.startswith("data.train_batch_size")]
+    assert main(["--dry-run", "--config-path", str(tmp_path), "--config-name", "exp", *rest]) == 0
     assert "train_batch_size: 16" in capsys.readouterr().out
-    assert main(["--dry-run", "--config", str(tmp_path / "exp.yaml"), *VALID[:1], *VALID[2:]]) == 0
+    assert main(["--dry-run", "--config", str(tmp_path / "exp.yaml"), *rest]) == 0
 
 
 def test_run_folder_gets_the_resolved_config(tmp_path):
-    resolved = resolve(build_config(VALID + [f"trainer.default_local_dir={tmp_path / 'run'}"]))
+    resolved = resolve(build_config(BATCH + [f"trainer.default_local_dir={tmp_path / 'run'}"]))
     folder = prepare_run_folder(resolved)
     written = yaml.safe_load((folder / "resolved_config.yaml").read_text())
     assert written["data"]["train_batch_size"] == 8 and written["trainer"]["default_local_dir"] == str(tmp_path / "run")
 
 
-def test_module_and_console_entry_points():
-    for cmd in ([sys.executable, "-m", "rlcamp.trainer.main_ppo", "--dry-run", *VALID],
-                [sys.executable, "-m", "rlcamp.cli.main", "train", "--dry-run", *VALID]):
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    fresh = resolve(build_config(BATCH + [f"trainer.default_local_dir={run}", "trainer.resume_mode=disable"]))
+    with pytest.raises(RunFolderError, match="already holds a run") as caught:
+        prepare_run_folder(fresh)
+    assert "set another trainer.default_local_dir" in str(caught.value) and "trainer.resume_mode=auto" in str(caught.value)
+    prepare_run_folder(resolve(build_config(BATCH + [f"trainer.default_local_dir={run}"])))  # auto resumes it
+
+
+def test_module_and_console_entry_points(valid):
+    for cmd in ([sys.executable, "-m", "rlcamp.trainer.main_ppo", "--dry-run", *valid],
+                [sys.executable, "-m", "rlcamp.cli.main", "train", "--dry-run", *valid]):
         result = subprocess.run(cmd, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert "adv_estimator: gae" in result.stdout

@@ -28,8 +28,8 @@ def rm_path(tmp_path):
 
 def test_rm_retemplates_and_micro_batches(tmp_path, rm_path):
     config = build_config([f"reward_model.model.path={rm_path}", "reward_model.enable=True",
-                           "reward_model.micro_batch_size_per_gpu=2"]).config
-    worker = RewardModelWorker(config)
+                           f"reward_model.model.input_tokenizer={rm_path}"]).config
+    worker = RewardModelWorker(config, micro_batch=2)
     prompts = [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(5)]
     responses = [f"#### {i + 1}" for i in range(5)]
     assert worker.texts(prompts[:1], responses[:1]) == ["User: What is 0 + 1?\nAssistant: #### 1\n"]
@@ -51,9 +51,23 @@ def test_rm_score_is_added_to_rule_scores(tmp_path, rm_path):
     batch = trainer.actor.call("generate", trainer._prompt_batch(prompts))
     rule, _, texts = trainer.reward(batch)
     combined = trainer.score(batch)
-    rm = trainer.reward_model(batch, texts)
-    assert torch.allclose(combined.sum(-1), rule.sum(-1) + rm, atol=1e-6)
+    rm = trainer.reward_model(batch)  # decoded with reward_model.model.input_tokenizer (the actor's, here)
+    assert torch.allclose(combined.scores.sum(-1), rule.sum(-1) + rm, atol=1e-6)
+    assert torch.equal(combined.rm, rm)
     assert "critic/rm_score/mean" in trainer.fit()
+
+
+def test_token_budget_micro_batches_score_the_same(rm_path):
+    line = [f"reward_model.model.path={rm_path}", "reward_model.enable=True", f"reward_model.model.input_tokenizer={rm_path}"]
+    fixed = RewardModelWorker(build_config(line).config, micro_batch=2)
+    budget = RewardModelWorker(build_config(line + ["reward_model.use_dynamic_bsz=True",
+                                                    "reward_model.forward_max_token_len_per_gpu=40"]).config)
+    prompts = [[{"role": "user", "content": "What is " + "1 + " * i + "1?"}] for i in range(6)]
+    responses = [f"#### {i + 1}" for i in range(6)]
+    parts = budget._micro_batches(budget.texts(prompts, responses))
+    assert len(parts) > 1 and sorted(i for p in parts for i in p) == list(range(6))
+    assert torch.allclose(budget.compute_rm_score(prompts, responses), fixed.compute_rm_score(prompts, responses),
+                          atol=1e-5)
 
 
 def test_hh_rlhf_prompts_train_against_the_rm_alone(tmp_path, rm_path):

@@ -1,0 +1,150 @@
+"""Checks that need the disk or the network but no model, run by ``--dry-run`` and at the start of
+a run, so a run does not load a 7B model to find a typo in a data path.
+
+Each problem names the key, what is wrong and the fix; all of them are reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+
+from rlcamp.config import RLConfig
+from rlcamp.config.validate import Derived
+from rlcamp.data.files import expand
+
+
+class PreflightError(RuntimeError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) before the run could start:\n"
+                         + "\n".join(f"  - {p}" for p in problems))
+
+
+def _closest(path: Path) -> str:
+    """'; did you mean ...?' from the files next to where ``path`` should be."""
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        missing = next((p for p in [parent, *parent.parents] if p.is_dir()), None)
+        return f" (its folder {parent} does not exist{'; ' + str(missing) + ' does' if missing else ''})"
+    names = [p.name for p in parent.iterdir()]
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f"; did you mean {parent / close[0]}?" if close else ""
+
+
+def data_problems(cfg: RLConfig) -> list[str]:
+    problems = []
+    for key, files in (("data.train_files", cfg.data.train_files), ("data.val_files", cfg.data.val_files)):
+        for f in files:
+            path = expand(f)
+            if not path.is_file():
+                problems.append(f"{key}: {path} does not exist{_closest(path)}")
+    return problems
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    """``org/name`` (what transformers would look up on the hub), not a path like ``./x`` or ``a/b/c``."""
+    return re.fullmatch(r"[\w][\w.-]*/[\w][\w.-]*", path) is not None
+
+
+def _in_hub_cache(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # an odd repo name: not in the cache
+        return False
+
+
+def model_problems(cfg: RLConfig, derived: Derived, warnings: list[str]) -> list[str]:
+    """Each model the run will load must be a local folder with a config.json, or a hub name that
+    is cached or may be downloaded (HF_HUB_OFFLINE unset); the message says how to get SmolLM2."""
+    arr = cfg.actor_rollout_ref
+    wanted = [("actor_rollout_ref.model.path", arr.model.path, "config.json")]
+    if cfg.data.tokenizer:
+        wanted.append(("data.tokenizer", cfg.data.tokenizer, None))
+    if derived.uses_critic:
+        wanted.append(("critic.model.path", cfg.critic.model.path, "config.json"))
+    if cfg.reward_model.enable:
+        wanted += [("reward_model.model.path", cfg.reward_model.model.path, "config.json"),
+                   ("reward_model.model.input_tokenizer", cfg.reward_model.model.input_tokenizer, None)]
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    problems, seen = [], set()
+    for key, value, needed in wanted:
+        if (value, needed) in seen:
+            continue
+        seen.add((value, needed))
+        local = Path(value).expanduser()
+        if local.is_dir():
+            if needed and not (local / needed).is_file():
+                problems.append(f"{key}={value} is a folder without {needed}: point it at a Hugging Face model "
+                                "folder (the one holding config.json and the weights)")
+            continue
+        if local.exists():
+            problems.append(f"{key}={value} is a file; it must be a model folder (config.json and the weights)")
+        elif _looks_like_hub_id(value) and (_in_hub_cache(value) or not offline):
+            if not _in_hub_cache(value):
+                warnings.append(f"{key}={value} is not a local folder: transformers will download it from the "
+                                "Hugging Face hub (set HF_HUB_OFFLINE=1 to forbid that)")
+        else:
+            why = " and HF_HUB_OFFLINE=1 forbids downloading it" if _looks_like_hub_id(value) else ""
+            problems.append(f"{key}={value}: no such folder{why}{_closest(local)}. For SmolLM2-135M-Instruct "
+                            "run `rlcamp models prepare smollm2-135m-instruct`; any local HF model folder works")
+    return problems
+
+
+def reward_problems(cfg: RLConfig) -> list[str]:
+    from rlcamp.rewards import RewardError
+    from rlcamp.rewards.registry import load_custom_reward_function
+
+    fn = cfg.custom_reward_function
+    if not fn.path:
+        return []
+    try:
+        load_custom_reward_function(fn.path, fn.name)
+    except RewardError as exc:
+        return [str(exc)]
+    return []
+
+
+def sandbox_problems(cfg: RLConfig) -> list[str]:
+    """With a sandbox URL and code data: one tiny program must run there."""
+    from rlcamp.data.files import read_records
+    from rlcamp.rewards.registry import CODE_SOURCES
+    from rlcamp.sandbox.client import HTTPSandbox, SandboxUnavailable
+
+    url = cfg.reward_model.sandbox_fusion.url
+    if not url:
+        return []
+    key = cfg.data.reward_fn_key
+    sources = set()
+    for f in cfg.data.train_files + cfg.data.val_files:
+        if expand(f).is_file():
+            sources |= {row.get(key) for row in read_records(f)}
+    if not sources & set(CODE_SOURCES) or cfg.custom_reward_function.path:
+        return []
+    try:
+        result = HTTPSandbox(url, timeout_s=15, retries=1, backoff_s=0.5).run(
+            {"code": "print(1 + 1)", "language": "python", "run_timeout": 10})
+    except SandboxUnavailable as exc:
+        return [f"reward_model.sandbox_fusion.url: the code data ({sorted(sources & set(CODE_SOURCES))}) is scored "
+                f"there, but {exc}; start one with `rlcamp sandbox serve --port 8080`, or unset the URL to run "
+                "programs in-process"]
+    stdout = (result.get("run_result") or {}).get("stdout", "")
+    if stdout.strip() != "2":
+        return [f"reward_model.sandbox_fusion.url={url} answered but did not run `print(1 + 1)` "
+                f"(status {result.get('status')!r}, stdout {stdout[:80]!r})"]
+    return []
+
+
+def preflight(cfg: RLConfig, derived: Derived) -> list[str]:
+    """Run every check; raises PreflightError listing the problems, returns warnings otherwise."""
+    warnings: list[str] = []
+    problems = data_problems(cfg) + model_problems(cfg, derived, warnings) + reward_problems(cfg)
+    if not problems:  # the sandbox check reads the data files
+        problems += sandbox_problems(cfg)
+    if problems:
+        raise PreflightError(problems)
+    return warnings
