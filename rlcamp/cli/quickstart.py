@@ -57,7 +57,9 @@ def run(extra: list[str], data_dir: str = "~/data/rlcamp_arith", run_dir: str | 
     from rlcamp.trainer.main_ppo import main as train_main
 
     from rlcamp.trainer.report import summarize
+    from rlcamp.trainer.run import quiet_libraries
 
+    quiet_libraries()  # the model's one-time conversion shows no progress bars either
     model = prepare("smollm2-135m-instruct")
     train, test = write_splits(data_dir, n_test=32, digits=1)
     # a run folder given among the overrides wins (and may be resumed); else the first free one

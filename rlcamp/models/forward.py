@@ -99,8 +99,8 @@ def _compiled_helpers():
 
 def logit_helpers(compiled: bool):
     """(log_probs_from_logits, entropy_from_logits), torch.compiled when asked (``use_torch_compile``,
-    as verl compiles them): over full [tokens, vocab] logits the fused kernels ran 3-6x faster on
-    this CPU, fwd+bwd at 512 rows of a 49k vocabulary 0.48 -> 0.11 s, after ~7 s of compiling
+    as verl compiles them): over full [tokens, vocab] logits the fused kernels ran 2-4x faster on
+    this CPU, fwd+bwd at 512 rows of a 49k vocabulary 0.21 -> 0.07 s, after ~8 s of compiling
     once per process (benchmarks/RESULTS.md). The chunked head does not use them."""
     return _compiled_helpers() if compiled else (log_probs_from_logits, entropy_from_logits)
 

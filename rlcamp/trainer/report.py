@@ -62,7 +62,7 @@ class Summary:
     step_after: int | None
     checkpoint: Path | None
 
-    def lines(self) -> list[str]:
+    def lines(self, with_report: bool = True) -> list[str]:
         out = []
         if self.acc_before is not None and self.step_after != self.step_before:
             out.append(f"validation accuracy (val/acc): step {self.step_before} {self.acc_before:.1%} -> "
@@ -72,8 +72,8 @@ class Summary:
         if self.checkpoint is not None:
             out.append(f"checkpoint: {self.checkpoint}/ (actor/huggingface loads with transformers)")
         report = self.run_dir / "report.html"
-        out.append(f"metrics: {self.run_dir / 'metrics.jsonl'}"
-                   + (f"; report: {report}" if report.exists() else f"; report: rlcamp report {self.run_dir}"))
+        where = f"; report: {report}" if report.exists() else f"; report: `rlcamp report {self.run_dir}`"
+        out.append(f"metrics: {self.run_dir / 'metrics.jsonl'}" + (where if with_report else ""))
         out.append(f"resolved config: {self.run_dir / 'resolved_config.yaml'}")
         return out
 
@@ -126,10 +126,14 @@ def _png(fig) -> str:
 
 def plots(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(title, base64 PNG) for each panel that has data."""
-    import matplotlib
+    import warnings
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with warnings.catch_warnings():  # numpy's float limits, first read under the trainer's flush-to-zero
+        warnings.filterwarnings("ignore", "The value of the smallest subnormal", UserWarning)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     out = []
     for title, ylabel, patterns in PANELS:
@@ -195,7 +199,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     summary = summarize(run_dir)
     figures = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b64}"></figure>'
                       for t, b64 in plots(rows))
-    facts = "".join(f"<li>{html.escape(line)}</li>" for line in summary.lines())
+    facts = "".join(f"<li>{html.escape(line)}</li>" for line in summary.lines(with_report=False))
     name = html.escape(run_dir.name)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>rlcamp run {name}</title>"
             f"<style>{_STYLE}</style></head><body><h1>rlcamp run: {name}</h1>"

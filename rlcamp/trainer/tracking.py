@@ -111,7 +111,7 @@ class ConsoleTracker:
 
 
 def _short(value: Any, limit: int) -> str:
-    text = " ".join(str(value).split())
+    text = f"{value:.4g}" if isinstance(value, float) else " ".join(str(value).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

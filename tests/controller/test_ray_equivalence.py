@@ -29,6 +29,17 @@ def resolved_for(tmp_path, devices, **extra):
     return resolve(build_config(overrides), 16)
 
 
+def one_and_two(tmp_path, **options):
+    """A one-process actor, a batch it rolled out, and a 2-rank Ray actor group with ``options``."""
+    one, two = resolved_for(tmp_path, 1), resolved_for(tmp_path, 2, **options)
+    single = ActorRolloutRefWorker(one.config, one.derived)
+    batch = rollout_batch(single, single.tokenizer, n_prompts=8)
+    group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
+                           {"config": two.config, "derived": two.derived, "device": "cpu"},
+                           device="cpu", backend="gloo", stage_timeout_s=120, name="actor")
+    return single, batch, group
+
+
 def test_two_ranks_equal_one(tmp_path, ray_local):
     one = resolved_for(tmp_path, 1)
     two = resolved_for(tmp_path, 2)
@@ -105,13 +116,7 @@ def test_offload_gives_the_same_update(tmp_path, ray_local):
     """param/optimizer offload (FSDP2 CPUOffloadPolicy + host optimizer state) changes where, not what."""
     offload = {"actor_rollout_ref.actor.fsdp_config.param_offload": True,
                "actor_rollout_ref.actor.fsdp_config.optimizer_offload": True}
-    one = resolved_for(tmp_path, 1)
-    two = resolved_for(tmp_path, 2, **offload)
-    single = ActorRolloutRefWorker(one.config, one.derived)
-    batch = rollout_batch(single, single.tokenizer, n_prompts=8)
-    group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
-                           {"config": two.config, "derived": two.derived, "device": "cpu"},
-                           device="cpu", backend="gloo", stage_timeout_s=120, name="actor")
+    single, batch, group = one_and_two(tmp_path, **offload)
     for _ in range(2):  # two steps: the second uses the optimizer state that was offloaded
         m2, m1 = group.call("update_actor", batch), single.update_actor(batch)
         for key in ("actor/pg_loss", "actor/grad_norm"):
@@ -195,13 +200,7 @@ def test_fsdp_prefetch_size_based_units_reduce_dtype_and_layered_summon_change_n
                "actor_rollout_ref.actor.fsdp_config.wrap_policy.min_num_params": 2000,
                "actor_rollout_ref.actor.fsdp_config.mixed_precision.reduce_dtype": "fp32",
                "actor_rollout_ref.rollout.layered_summon": True}
-    one = resolved_for(tmp_path, 1)
-    two = resolved_for(tmp_path, 2, **options)
-    single = ActorRolloutRefWorker(one.config, one.derived)
-    batch = rollout_batch(single, single.tokenizer, n_prompts=8)
-    group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
-                           {"config": two.config, "derived": two.derived, "device": "cpu"},
-                           device="cpu", backend="gloo", stage_timeout_s=120, name="actor")
+    single, batch, group = one_and_two(tmp_path, **options)
     m2, m1 = group.call("update_actor", batch), single.update_actor(batch)
     for key in ("actor/pg_loss", "actor/grad_norm"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
