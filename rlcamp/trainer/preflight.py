@@ -66,7 +66,8 @@ def model_problems(cfg: RLConfig, derived: Derived, warnings: list[str]) -> list
     if cfg.data.tokenizer:
         wanted.append(("data.tokenizer", cfg.data.tokenizer, None))
     if derived.uses_critic:
-        wanted.append(("critic.model.path", cfg.critic.model.path, "config.json"))
+        wanted += [("critic.model.path", cfg.critic.model.path, "config.json"),
+                   ("critic.model.tokenizer_path", cfg.critic.model.tokenizer_path, None)]
     if cfg.reward_model.enable:
         wanted += [("reward_model.model.path", cfg.reward_model.model.path, "config.json"),
                    ("reward_model.model.input_tokenizer", cfg.reward_model.model.input_tokenizer, None)]
