@@ -55,6 +55,15 @@ class Scored:
                       {k: [v[i] for i in rows] for k, v in self.extra.items()},
                       None if self.rm is None else self.rm[order], self.seconds)
 
+    @staticmethod
+    def concat(parts: list["Scored"]) -> "Scored":
+        """Batches scored one after another, as one (an extra a part lacks is None on its rows)."""
+        keys = dict.fromkeys(k for p in parts for k in p.extra)
+        extra = {k: [v for p in parts for v in p.extra.get(k, [None] * len(p.texts))] for k in keys}
+        rms = [p.rm for p in parts]
+        return Scored(torch.cat([p.scores for p in parts]), [t for p in parts for t in p.texts], extra,
+                      None if any(r is None for r in rms) else torch.cat(rms), sum(p.seconds for p in parts))
+
 
 class PPOTrainer:
     def __init__(self, resolved: ResolvedConfig, run_dir: Path, actor_group, critic_group, tokenizer,
@@ -298,9 +307,7 @@ class PPOTrainer:
             batches.append(batch.select("input_ids", "attention_mask", "data_source", "ground_truth"))
             parts.append(self.score(batch))
         batch = Batch.concat(batches)
-        scored = Scored(torch.cat([p.scores for p in parts]), [t for p in parts for t in p.texts],
-                        {k: [v for p in parts for v in p.extra.get(k, [None] * len(p.texts))]
-                         for k in dict.fromkeys(k for p in parts for k in p.extra)}, None, 0.0)
+        scored = Scored.concat(parts)
         scores = scored.scores.sum(-1)
         extras = numeric_extras(scored.extra)
         reported = extras.pop("acc", None)  # a scorer that reports its own accuracy is believed
