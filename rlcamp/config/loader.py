@@ -7,6 +7,7 @@ key, the value and the fix.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -117,37 +118,85 @@ def _is_dict_field(info: FieldInfo) -> bool:
 
 
 def suggest(key: str, limit: int = 3) -> list[str]:
-    """Closest valid keys to a mistyped one: same leaf name nearby first, then whole-key likeness."""
+    """Closest valid keys to a mistyped one, only when they are close: a leaf a typo away in the same
+    section or one above or below it (``actor.lrr`` -> ``actor.optim.lr``), or the whole key a typo
+    away (``actor_rollout_ref.actor.ppo_mini_batchsize``)."""
     leaf = key.rsplit(".", 1)[-1]
-    prefix = key.rsplit(".", 1)[0] if "." in key else ""
-
-    def shared_prefix(candidate: str) -> int:
-        n = 0
-        for a, b in zip(candidate.split(".")[:-1], prefix.split(".")):
-            if a != b:
-                break
-            n += 1
-        return n
-
+    section = key.rsplit(".", 1)[0] if "." in key else ""
     scored = []
     for candidate in FIELDS:
-        cand_leaf = candidate.rsplit(".", 1)[-1]
+        cand_section, _, cand_leaf = candidate.rpartition(".")
+        whole = difflib.SequenceMatcher(None, key, candidate).ratio()
         leaf_ratio = difflib.SequenceMatcher(None, leaf, cand_leaf).ratio()
-        whole_ratio = difflib.SequenceMatcher(None, key, candidate).ratio()
-        score = max(leaf_ratio * 0.8 + 0.05 * shared_prefix(candidate), whole_ratio)
-        if leaf_ratio >= 0.7 or whole_ratio >= 0.75:
-            scored.append((score, candidate))
+        related = (difflib.SequenceMatcher(None, section, cand_section).ratio() >= 0.9
+                   or cand_section.startswith(section + ".") or section.startswith(cand_section + "."))
+        if whole >= 0.85 or (related and leaf_ratio >= 0.8):
+            scored.append((max(whole, leaf_ratio), candidate))
     scored.sort(key=lambda t: -t[0])
-    if not scored:
-        return []
-    best = scored[0][0]
-    return [c for score, c in scored[:limit] if score >= best - 0.1]
+    return [c for _, c in scored[:limit]]
+
+
+# verl's keys whose section rlcamp keeps under another name
+ALIASES = {"ray_kwargs.ray_init.": "ray_init.", "ray_kwargs.timeline_json_file": "ray_init.timeline_json_file"}
+
+
+def alias_of(key: str) -> str:
+    for old, new in ALIASES.items():
+        if key == old or (old.endswith(".") and key.startswith(old)):
+            return new + key[len(old):]
+    return key
+
+
+def verl_key(key: str) -> str | None:
+    """The key of verl's config (at the commit in verl_keys.py) that ``key`` is or lies under, if any."""
+    from rlcamp.config.verl_keys import VERL_KEYS
+
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        head = ".".join(parts[:i])
+        if head in VERL_KEYS:
+            return head
+    return None
+
+
+# what to do about a verl key rlcamp does not run, by the first pattern found in the key
+_VERL_HINTS = (
+    ("._target_", "it names the Python class verl builds the section with; rlcamp has no such setting: remove it"),
+    ("lora", "LoRA is not implemented in rlcamp (full fine-tuning only): remove it"),
+    ("rollout.agent.", "agent-loop rollouts are not implemented (rlcamp generates single-turn responses): remove it"),
+    ("multi_turn", "multi-turn rollouts are not implemented: remove it"),
+    ("rollout.profiler.", "the rollout engine is not profiled; profile the actor (actor_rollout_ref.actor.profiler.*) "
+                          "in the same steps instead"),
+    ("router_replay", "MoE routing replay is not implemented: remove it"),
+    ("routing_replay", "MoE routing replay is not implemented: remove it"),
+    ("mtp", "multi-token prediction (MTP) layers are not trained by rlcamp: remove it"),
+    ("transfer_queue", "verl's TransferQueue data path does not exist in rlcamp: batches move through the driver"),
+    ("checkpoint_engine", "weights reach the rollout engine through rlcamp's own sync: remove it"),
+    ("prometheus", "rollout-server metrics are not exported: remove it"),
+    ("rollout.trace", "rollout tracing (weave / mlflow) is not implemented: remove it"),
+    ("quantization", "quantised rollouts are not implemented: remove it"),
+    ("tiled_mlp", "tiled MLP computation is not implemented: remove it"),
+    ("optim.", "rlcamp's optimizer is AdamW with a constant or cosine schedule (optim.lr, lr_warmup_steps[_ratio], "
+               "warmup_style, min_lr_ratio, num_cycles, weight_decay, betas, eps): remove it"),
+    ("fsdp_config.", "rlcamp's FSDP2 settings are listed by `rlcamp config keys fsdp_config`: remove it"),
+)
+
+
+def _verl_message(key: str, head: str) -> str:
+    from rlcamp.config.verl_keys import VERL_COMMIT, VERL_KEYS
+
+    what = next((hint for pattern, hint in _VERL_HINTS if pattern in key),
+                f"remove it (verl's default is {VERL_KEYS[head]!r}); if you need it, please open an issue")
+    return f"verl's `{key}` is not supported by rlcamp yet (verl {VERL_COMMIT}): {what}"
 
 
 def _unknown_key(key: str) -> str:
-    hints = suggest(key)
     if key in SECTIONS:
         return f"'{key}' is a section, not a value; set one of its keys, e.g. '{key}.{_first_leaf(key)}=...'"
+    head = verl_key(key)
+    if head is not None:
+        return _verl_message(key, head)
+    hints = suggest(key)
     tail = f"; did you mean {' or '.join(repr(h) for h in hints)}?" if hints else "; see `rlcamp config keys` for all keys"
     return f"unknown key '{key}'{tail}"
 
@@ -251,15 +300,13 @@ def check_value(key: str, value: Any) -> Any:
 # ------------------------------------------------------------------------------ assembling
 def _flatten(tree: dict, prefix: str, out: dict[str, Any], problems: list[str], source: str) -> None:
     for name, value in tree.items():
-        key = f"{prefix}{name}"
+        key = alias_of(f"{prefix}{name}")
         if key in SECTIONS:
             if isinstance(value, dict):
                 _flatten(value, key + ".", out, problems, source)
             elif value is not None:
                 problems.append(f"{source}: '{key}' is a section and needs a mapping, got {value!r}")
-        elif key in FIELDS:
-            out[key] = value
-        elif _dict_field_of(key) is not None:
+        elif key in FIELDS or _dict_field_of(key) is not None:
             out[key] = value
         else:
             problems.append(f"{source}: {_unknown_key(key)}")
@@ -287,7 +334,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
                 problems.append(f"'{arg}' is not a key=value override")
             continue
         key, text = arg.split("=", 1)
-        key = key.lstrip("+").strip()
+        key = alias_of(key.lstrip("+").strip())
         out[key] = parse_value(text)
     if problems:
         raise ConfigError(problems)
@@ -319,15 +366,37 @@ class LoadedConfig:
     user_keys: frozenset[str]  # keys the user set (file or CLI), after resolution
 
 
-def build_config(overrides: list[str] | dict[str, Any] | None = None, yaml_file: str | Path | None = None) -> LoadedConfig:
-    """defaults <- yaml_file <- overrides, type-checked, links resolved, frozen."""
+def build_config(overrides: list[str] | dict[str, Any] | None = None, yaml_file: str | Path | None = None,
+                 tree: dict | None = None) -> LoadedConfig:
+    """defaults <- yaml_file (or an already loaded ``tree``) <- overrides, type-checked, links
+    resolved, frozen; raises ConfigError listing every problem."""
+    loaded, problems = assemble(overrides, yaml_file, tree)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def assemble(overrides: list[str] | dict[str, Any] | None = None, yaml_file: str | Path | None = None,
+             tree: dict | None = None) -> tuple[LoadedConfig, list[str]]:
+    """As build_config, but returns the problems beside a config built without the settings that had
+    them, so the later checks can still run and every problem of a launch line comes out at once."""
     problems: list[str] = []
     user: dict[str, Any] = {}
     if yaml_file is not None:
-        _flatten(load_yaml(yaml_file), "", user, problems, f"config file {yaml_file}")
+        try:
+            _flatten(load_yaml(yaml_file), "", user, problems, f"config file {yaml_file}")
+        except ConfigError as exc:
+            problems += exc.problems
+    if tree is not None:
+        _flatten(tree, "", user, problems, "config file")
     if overrides:
-        flat = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides)
+        try:
+            flat = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides)
+        except ConfigError as exc:
+            problems += exc.problems
+            flat = {}
         for key, value in flat.items():
+            key = alias_of(key)
             if key in SECTIONS and isinstance(value, dict):
                 _flatten(value, key + ".", user, problems, "override")
             elif key in FIELDS or _dict_field_of(key) is not None:
@@ -335,21 +404,21 @@ def build_config(overrides: list[str] | dict[str, Any] | None = None, yaml_file:
             else:
                 problems.append(_unknown_key(key))
 
-    values: dict[str, Any] = {k: info.default for k, info in FIELDS.items()}
+    values: dict[str, Any] = {k: copy.deepcopy(info.default) for k, info in FIELDS.items()}
+    good: set[str] = set()
     for key, value in user.items():
         try:
             if key in FIELDS:
                 values[key] = check_value(key, value)
             else:  # a sub-key of a free-form mapping such as model.override_config.attn_implementation
                 head = _dict_field_of(key)
-                values[head] = dict(values[head])
+                values[head] = copy.deepcopy(values[head])
                 _set_nested(values[head], key[len(head) + 1:], value)
+            good.add(key)
         except ConfigError as exc:
             problems.extend(exc.problems)
-    if problems:
-        raise ConfigError(problems)
 
-    set_keys = {k if k in FIELDS else _dict_field_of(k) for k in user}
+    set_keys = {k if k in FIELDS else _dict_field_of(k) for k in good}
 
     def resolve(key: str, seen: tuple[str, ...] = ()) -> Any:
         info = FIELDS[key]
@@ -364,10 +433,10 @@ def build_config(overrides: list[str] | dict[str, Any] | None = None, yaml_file:
         resolved["trainer.default_local_dir"] = (
             f"checkpoints/{resolved['trainer.project_name']}/{resolved['trainer.experiment_name']}")
 
-    tree: dict = {}
+    nested: dict = {}
     for key, value in resolved.items():
-        _set_nested(tree, key, value)
-    return LoadedConfig(_instantiate(RLConfig, tree), frozenset(set_keys))
+        _set_nested(nested, key, value)
+    return LoadedConfig(_instantiate(RLConfig, nested), frozenset(set_keys)), problems
 
 
 def config_to_dict(cfg: Any) -> dict:

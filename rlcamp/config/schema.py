@@ -123,8 +123,16 @@ class RefFSDPConfig:
     wrap_policy: WrapPolicyConfig = doc("How modules are grouped into FSDP units.", factory=WrapPolicyConfig)
 
 
+def _transformer_overrides() -> dict[str, Any]:
+    # verl's ppo_megatron_trainer.yaml default (megatron/actor.yaml at b178a3c)
+    return {"attention_backend": "flash", "recompute_granularity": None, "recompute_method": None,
+            "recompute_modules": ["core_attn"], "recompute_num_layers": None}
+
+
 @dataclass(frozen=True)
 class MegatronConfig:
+    """verl's Megatron engine settings of one role (read with strategy=megatron)."""
+
     tensor_model_parallel_size: int = doc("Megatron tensor-parallel degree.", 1)
     pipeline_model_parallel_size: int = doc("Megatron pipeline-parallel degree.", 1)
     virtual_pipeline_model_parallel_size: int | None = doc("Interleaved pipeline stages per rank.", None)
@@ -137,6 +145,44 @@ class MegatronConfig:
     grad_offload: bool = doc("Offload gradients to the CPU between uses.", False)
     optimizer_offload: bool = doc("Offload optimizer state to the CPU between updates.", False)
     seed: int = doc("Megatron's RNG seed.", 42)
+    use_dist_checkpointing: bool = doc("Load the initial weights from a Megatron distributed checkpoint "
+                                       "(dist_checkpointing_path) instead of the HF folder.", False)
+    dist_checkpointing_path: str | None = doc("Folder of that distributed checkpoint (made by verl's "
+                                              "scripts/converter_hf_to_mcore.py).", None)
+    dist_checkpointing_prefix: str = doc("Key prefix inside that checkpoint.", "")
+    dtype: str = doc("Dtype the Megatron engine computes in.", "bfloat16")
+    use_mbridge: bool = doc("Convert HF <-> Megatron weights with mbridge.", True)
+    vanilla_mbridge: bool = doc("Use mbridge's own (vanilla) model definitions.", True)
+    use_remove_padding: bool = doc("Pack sequences without padding (THD layout).", True)
+    forward_only: bool = doc("Build the engine without an optimizer (reference, reward model).", False)
+    override_transformer_config: dict[str, Any] = doc(
+        "Values that override Megatron's TransformerConfig (recompute_*, attention_backend, "
+        "num_layers_in_last_pipeline_stage, ...).", factory=_transformer_overrides)
+    override_ddp_config: dict[str, Any] = doc("Values that override Megatron's DistributedDataParallelConfig.",
+                                              factory=dict)
+    override_mcore_model_config: dict[str, Any] = doc("Values that override the Megatron model config.", factory=dict)
+
+
+def _tool_config() -> dict[str, Any]:
+    # verl's profiler/profiler.yaml at b178a3c, less its _target_ class names and the values that
+    # follow global_profiler.global_tool_config (nsys.discrete, torch_memory.*), which rlcamp reads
+    # there unless set here
+    return {"npu": {"contents": [], "level": "level0", "analysis": True, "discrete": False},
+            "torch": {"contents": [], "discrete": False}}
+
+
+@dataclass(frozen=True)
+class ProfilerConfig:
+    """One role's profiler (verl's ``<role>.profiler``): which ranks record the global_profiler steps."""
+
+    enable: bool = doc("Profile this role in the steps named by global_profiler.steps.", False)
+    all_ranks: bool = doc("Profile every rank of this role.", False)
+    ranks: list[int] = doc("Ranks to profile when all_ranks is False (empty: rank 0).", factory=list)
+    tool: str | None = doc("Profiler of this role; null follows global_profiler.tool.", follows="global_profiler.tool")
+    save_path: str | None = doc("Folder for this role's traces; null follows global_profiler.save_path.",
+                                follows="global_profiler.save_path")
+    tool_config: dict[str, Any] = doc("Per-tool settings (nsys.discrete, torch.contents, torch_memory.stack_depth, "
+                                      "npu.level, ...).", factory=_tool_config)
 
 
 @dataclass(frozen=True)
@@ -152,6 +198,12 @@ class CheckpointContentsConfig:
 
 # ------------------------------------------------------------------------------ actor_rollout_ref
 @dataclass(frozen=True)
+class FusedKernelOptions:
+    impl_backend: Literal["torch", "triton"] = doc("torch: chunked matmuls in PyTorch (any device); triton: "
+                                                   "a Triton kernel (CUDA with triton installed).", "torch")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     path: str = doc("Local folder (or hub name when online) of the actor's HF model.", "~/models/deepseek-llm-7b-chat")
     custom_chat_template: str | None = doc("A Jinja chat template that replaces the tokenizer's own.", None)
@@ -163,9 +215,14 @@ class ModelConfig:
     use_remove_padding: bool = doc("Pack sequences without padding (varlen) where the model allows it.", False)
     share_prompt_prefix: bool = doc("Run a prompt once for all its samples in a micro batch (rollout.n > 1) where the "
                                     "model allows it (rlcamp.models.shared_prefix); exact, fewer tokens. Actor and "
-                                    "reference; precedes use_remove_padding.", True)
+                                    "reference, with use_fused_kernels; precedes use_remove_padding.", True)
     use_liger: bool = doc("Use Liger kernels (GPU only).", False)
-    use_fused_kernels: bool = doc("Fuse the LM head with log-prob computation.", False)
+    # departure from verl (False): the chunked head is as fast as the full logits and holds a chunk of
+    # them instead of [tokens, vocabulary] (benchmarks/RESULTS.md, "use_fused_kernels")
+    use_fused_kernels: bool = doc("Compute log-probs and entropy from the hidden states without the full logits "
+                                  "(impl_backend=torch: rlcamp's chunked head; triton: a fused GPU kernel); False: "
+                                  "the full logits, as verl's default.", True)
+    fused_kernel_options: FusedKernelOptions = doc("Which fused-kernel implementation.", factory=FusedKernelOptions)
     use_shm: bool = doc("Copy the model to shared memory before loading.", False)
     lora_rank: int = doc("LoRA rank; 0 trains all weights.", 0)
     lora_alpha: int = doc("LoRA alpha.", 16)
@@ -201,6 +258,8 @@ class ActorConfig:
     clip_ratio_c: float = doc("Dual-clip constant (> 1): bounds the loss for negative advantages.", 3.0)
     policy_loss: PolicyLossConfig = doc("Which policy loss.", factory=PolicyLossConfig)
     loss_agg_mode: LossAggMode = doc("How token losses are averaged into one number.", "token-mean")
+    loss_scale_factor: int | None = doc("seq-mean-token-sum-norm only: the constant each sequence's token-loss sum "
+                                        "is divided by (null: the response length, data.max_response_length).", None)
     entropy_coeff: float = doc("Weight of the entropy bonus in the actor loss.", 0.0)
     use_kl_loss: bool = doc("Add a KL(actor || reference) term to the actor loss (GRPO style).", False)
     use_torch_compile: bool = doc("torch.compile the log-prob / entropy helpers.", True)
@@ -215,6 +274,7 @@ class ActorConfig:
     optim: OptimConfig = doc("Actor optimizer and learning-rate schedule.", factory=OptimConfig)
     fsdp_config: FSDPConfig = doc("FSDP settings of the actor.", factory=FSDPConfig)
     megatron: MegatronConfig = doc("Megatron settings of the actor.", factory=MegatronConfig)
+    profiler: ProfilerConfig = doc("Profiling of the actor's stages.", factory=ProfilerConfig)
 
 
 @dataclass(frozen=True)
@@ -232,7 +292,9 @@ class RefConfig:
     entropy_from_logits_with_chunking: bool = doc("Compute entropy in chunks.", False)
     entropy_checkpointing: bool = doc("Recompute entropy in backward.", False)
     fsdp_config: RefFSDPConfig = doc("FSDP settings of the reference.", factory=RefFSDPConfig)
-    megatron: MegatronConfig = doc("Megatron settings of the reference.", factory=MegatronConfig)
+    megatron: MegatronConfig = doc("Megatron settings of the reference.",
+                                   factory=lambda: MegatronConfig(forward_only=True))
+    profiler: ProfilerConfig = doc("Profiling of the reference's stage.", factory=ProfilerConfig)
 
 
 @dataclass(frozen=True)
@@ -249,6 +311,17 @@ class MultiTurnConfig:
     enable: bool = doc("Multi-turn tool-calling rollouts (not supported yet).", False)
     max_assistant_turns: int | None = doc("Most assistant turns per sample.", None)
     tool_config_path: str | None = doc("YAML of the tools a multi-turn rollout may call.", None)
+    format: str = doc("Tool-call format of the chat template (verl: hermes).", "hermes")
+    max_user_turns: int | None = doc("Most user turns per sample.", None)
+    max_parallel_calls: int = doc("Tool calls run at once per turn.", 1)
+    max_tool_response_length: int = doc("Longest tool reply kept, in characters.", 256)
+    tool_response_truncate_side: Literal["left", "right", "middle"] = doc("Which part of a long tool reply is cut.",
+                                                                          "middle")
+    interaction_config_path: str | None = doc("YAML of the simulated user (interaction) of a multi-turn rollout.", None)
+    use_inference_chat_template: bool = doc("Template turns as at inference (drops earlier reasoning).", False)
+    tokenization_sanity_check_mode: Literal["strict", "ignore_strippable", "disable"] = doc(
+        "How turn-by-turn tokenisation is checked against templating the whole conversation.", "strict")
+    num_repeat_rollouts: int | None = doc("Rollouts per interaction.", None)
 
 
 @dataclass(frozen=True)
@@ -343,7 +416,12 @@ class CriticConfig:
     grad_clip: float = doc("Clip the critic's global gradient norm to this.", 1.0)
     cliprange_value: float = doc("Value clip range around the old values.", 0.5)
     loss_agg_mode: LossAggMode | None = doc("How token value losses are averaged.", follows="actor_rollout_ref.actor.loss_agg_mode")
+    loss_scale_factor: int | None = doc("seq-mean-token-sum-norm only: the constant each sequence's value-loss sum is "
+                                        "divided by; null follows the actor's.",
+                                        follows="actor_rollout_ref.actor.loss_scale_factor")
     checkpoint: CheckpointContentsConfig = doc("What critic checkpoints hold.", factory=CheckpointContentsConfig)
+    megatron: MegatronConfig = doc("Megatron settings of the critic.", factory=MegatronConfig)
+    profiler: ProfilerConfig = doc("Profiling of the critic's stages.", factory=ProfilerConfig)
 
 
 # ----------------------------------------------------------------------------------- rewards
@@ -366,6 +444,34 @@ class SandboxFusionConfig:
 
 
 @dataclass(frozen=True)
+class RewardRolloutConfig:
+    """The engine that serves the reward model in the reward loop (verl's ``reward_model.rollout``)."""
+
+    name: Literal["hf", "vllm"] = doc("Engine that serves the reward model: hf (rlcamp's own, any device) or vllm "
+                                      "(a pooling model).", "hf")
+    dtype: str = doc("Dtype of the served reward model.", "bfloat16")
+    gpu_memory_utilization: float = doc("Fraction of device memory the engine may take.", 0.5)
+    enforce_eager: bool = doc("Disable CUDA graphs in the engine.", True)
+    cudagraph_capture_sizes: list[int] | None = doc("Batch sizes CUDA graphs are captured for.", None)
+    free_cache_engine: bool = doc("Free the engine's cache between scorings.", True)
+    data_parallel_size: int = doc("Engine replicas (data parallel).", 1)
+    expert_parallel_size: int = doc("Expert-parallel degree of the engine.", 1)
+    tensor_model_parallel_size: int = doc("Tensor-parallel degree of the engine.", 2)
+    max_num_batched_tokens: int = doc("Tokens the engine schedules per iteration.", 8192)
+    max_model_len: int | None = doc("Context length of the engine; null = prompt_length + response_length.", None)
+    max_num_seqs: int = doc("Sequences the engine scores at once.", 1024)
+    load_format: str = doc("How the engine loads the reward model's weights.", "auto")
+    engine_kwargs: dict[str, Any] = doc("Extra keyword arguments for the engine.", factory=dict)
+    limit_images: int | None = doc("Images per prompt (multimodal reward models).", None)
+    enable_chunked_prefill: bool = doc("Split long prefills into chunks.", True)
+    enable_prefix_caching: bool = doc("Reuse the KV cache of shared prefixes.", True)
+    disable_log_stats: bool = doc("Silence the engine's periodic statistics.", True)
+    skip_tokenizer_init: bool = doc("Start the engine without its tokenizer.", False)
+    prompt_length: int = doc("Longest prompt (in the reward model's template) the engine accepts.", 2048)
+    response_length: int = doc("Longest response the engine accepts.", 2048)
+
+
+@dataclass(frozen=True)
 class RewardModelConfig:
     enable: bool = doc("Score responses with a learned reward model.", False)
     strategy: Strategy | None = doc("Backend of the reward model.", follows="actor_rollout_ref.actor.strategy")
@@ -381,6 +487,22 @@ class RewardModelConfig:
     launch_reward_fn_async: bool = doc("Score rewards on a background thread while the log-prob, reference and value "
                                        "stages run.", False)
     sandbox_fusion: SandboxFusionConfig = doc("Code-execution sandbox for code rewards.", factory=SandboxFusionConfig)
+    use_reward_loop: bool = doc("Serve the reward model through an engine (reward_model.rollout) and score while "
+                                "the trainer moves on; False: score in the trainer's process (verl's legacy path).",
+                                True)
+    num_workers: int = doc("Reward-loop workers that prepare and score samples concurrently.", 1)
+    rollout: RewardRolloutConfig = doc("The engine of the reward loop.", factory=RewardRolloutConfig)
+    enable_resource_pool: bool = doc("Give the reward model devices of its own (reward_model.nnodes x "
+                                     "n_gpus_per_node) instead of sharing the trainer's.", False)
+    n_gpus_per_node: int = doc("Devices per node of the reward model's own pool.", 8)
+    nnodes: int = doc("Nodes of the reward model's own pool (0 = none).", 0)
+    reward_loop_source: Literal["register", "importlib"] = doc("Where the reward-loop class comes from: verl's "
+                                                                "registry or reward_loop_module_path.", "register")
+    reward_loop_module_path: str | None = doc("Python file of a custom reward-loop class.", None)
+    reward_loop_class_name: str | None = doc("Class name inside reward_loop_module_path.", None)
+    megatron: MegatronConfig = doc("Megatron settings of the reward model.",
+                                   factory=lambda: MegatronConfig(forward_only=True, use_distributed_optimizer=False))
+    profiler: ProfilerConfig = doc("Profiling of the reward model.", factory=ProfilerConfig)
 
 
 @dataclass(frozen=True)
@@ -465,12 +587,37 @@ class TrainerConfig:
     worker_group: Literal["auto", "in_process", "ray"] = doc(
         "How workers run: in_process (one device), ray (one process per device); auto picks by device count.", "auto")
     stage_timeout_s: float = doc("A stage (or collective) that takes longer fails the run, naming the stage.", 1800.0)
+    use_legacy_worker_impl: Literal["auto", "enable", "disable"] = doc(
+        "verl: choose its legacy fsdp/megatron workers or its newer engine workers; rlcamp has one implementation.",
+        "auto")
 
 
 @dataclass(frozen=True)
 class RayInitConfig:
     num_cpus: int | None = doc("CPUs Ray may use on this node (null = all).", None)
     timeline_json_file: str | None = doc("Write Ray's task timeline (chrome://tracing) here at the end of the run.", None)
+
+
+def _global_tool_config() -> dict[str, Any]:
+    # verl's ppo_trainer.yaml global_profiler.global_tool_config at b178a3c
+    nsight = {"trace": "cuda,nvtx,cublas,ucx", "cuda-memory-usage": "true", "cuda-graph-trace": "graph"}
+    return {"nsys": {"discrete": False, "controller_nsight_options": dict(nsight),
+                     "worker_nsight_options": dict(nsight, **{"capture-range": "cudaProfilerApi",
+                                                              "capture-range-end": None, "kill": "none"})},
+            "torch_memory": {"trace_alloc_max_entries": 100000, "stack_depth": 32, "context": "all",
+                             "stacks": "all", "kw_args": {}}}
+
+
+@dataclass(frozen=True)
+class GlobalProfilerConfig:
+    tool: Literal["torch", "torch_memory", "nsys", "npu"] | None = doc(
+        "Profiler of the named steps: torch (Chrome traces), torch_memory (allocator snapshots), nsys (Nsight "
+        "Systems, needs nsys on PATH and CUDA), npu (Ascend); null = off.", None)
+    steps: list[int] | None = doc("Training steps to profile (1-based); null or [] = none.", None)
+    profile_continuous_steps: bool = doc("Record consecutive steps of global_profiler.steps as one trace.", False)
+    save_path: str = doc("Folder of the traces; a relative path is inside the run folder.", "outputs/profile")
+    global_tool_config: dict[str, Any] = doc("Tool settings shared by every role (nsys options, torch_memory "
+                                             "trace_alloc_max_entries / stack_depth).", factory=_global_tool_config)
 
 
 @dataclass(frozen=True)
@@ -484,4 +631,6 @@ class RLConfig:
     custom_reward_function: CustomRewardFunctionConfig = doc("A user's reward function.", factory=CustomRewardFunctionConfig)
     algorithm: AlgorithmConfig = doc("Advantages and KL.", factory=AlgorithmConfig)
     trainer: TrainerConfig = doc("The training loop.", factory=TrainerConfig)
-    ray_init: RayInitConfig = doc("Ray start-up.", factory=RayInitConfig)
+    ray_init: RayInitConfig = doc("Ray start-up (verl's ray_kwargs.ray_init.* and ray_kwargs.timeline_json_file are "
+                                  "accepted for these keys).", factory=RayInitConfig)
+    global_profiler: GlobalProfilerConfig = doc("Profiling of chosen steps.", factory=GlobalProfilerConfig)

@@ -24,24 +24,17 @@ class Unsupported:
     fix: str
 
 
-_MEGATRON = "is not implemented yet (issue 'Training engines as one seam; Megatron-style parallelism')"
-
 UNSUPPORTED: list[Unsupported] = [
     Unsupported("actor_rollout_ref.rollout.multi_turn.enable", bool, _NOT_PLANNED, "set it to False"),
     Unsupported("actor_rollout_ref.hybrid_engine", lambda v: not v,
                 "colocates actor, rollout and reference on every device; a separate rollout fleet is not implemented",
                 "set it to True"),
-    Unsupported("actor_rollout_ref.actor.strategy", lambda v: v == "megatron", _MEGATRON, "use strategy=fsdp"),
-    Unsupported("actor_rollout_ref.ref.strategy", lambda v: v == "megatron", _MEGATRON, "use strategy=fsdp"),
-    Unsupported("critic.strategy", lambda v: v == "megatron", _MEGATRON, "use strategy=fsdp"),
-    Unsupported("reward_model.strategy", lambda v: v == "megatron", _MEGATRON, "use strategy=fsdp"),
     Unsupported("reward_model.ulysses_sequence_parallel_size", lambda v: v > 1,
                 "is not implemented: the reward model scores on the driver, in one process", "set it to 1"),
     Unsupported("reward_model.reward_manager", lambda v: v in ("batch", "dapo"), _NOT_PLANNED, "use reward_manager=naive"),
     Unsupported("actor_rollout_ref.model.lora_rank", lambda v: v > 0, _NOT_PLANNED, "set it to 0 (full fine-tuning)"),
     Unsupported("critic.model.lora_rank", lambda v: v > 0, _NOT_PLANNED, "set it to 0 (full fine-tuning)"),
     Unsupported("actor_rollout_ref.model.use_liger", bool, _NOT_PLANNED, "set it to False"),
-    Unsupported("actor_rollout_ref.model.use_fused_kernels", bool, _NOT_PLANNED, "set it to False"),
     Unsupported("actor_rollout_ref.model.enable_activation_offload", bool, _NOT_PLANNED, "set it to False"),
     Unsupported("critic.model.enable_activation_offload", bool, _NOT_PLANNED, "set it to False"),
     Unsupported("data.custom_cls.path", lambda v: v is not None, _NOT_PLANNED, "convert your data to the verl schema"),
@@ -69,10 +62,19 @@ class NoEffect:
 _UNSHARDED_REF = "the reference model is a full, frozen copy on every rank (no gradients, nothing to shard)"
 _UNSHARDED_RM = "the reward model runs unsharded, in one process"
 _ENGINE_ONLY = "rlcamp's own engine (rollout.name=hf) has no such setting; vLLM and SGLang read it"
-_CHUNKED = ("rlcamp computes log-probs and entropy from the hidden states a chunk of rows at a time and recomputes "
-            "what the backward needs (rlcamp.models.head), always")
+_CHUNKED = ("with model.use_fused_kernels=True (rlcamp's default) log-probs and entropy come from the hidden states "
+            "a chunk of rows at a time, recomputing what the backward needs (rlcamp.models.head); with False, from the "
+            "full logits in one pass")
 _NO_LORA = "it is only read with lora_rank > 0, and LoRA is not implemented yet"
-_MEGATRON_ONLY = "it is only read with strategy=megatron, which is not implemented yet"
+_MEGATRON_ONLY = ("it is only read with strategy=megatron, which rlcamp does not run yet (issue 'Training engines as "
+                  "one seam; Megatron-style parallelism')")
+_MEGATRON_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
+                  "context_parallel_size", "expert_model_parallel_size", "expert_tensor_parallel_size",
+                  "sequence_parallel", "use_distributed_optimizer", "param_offload", "grad_offload",
+                  "optimizer_offload", "seed", "use_dist_checkpointing", "dist_checkpointing_path",
+                  "dist_checkpointing_prefix", "dtype", "use_mbridge", "vanilla_mbridge", "use_remove_padding",
+                  "forward_only", "override_transformer_config", "override_ddp_config", "override_mcore_model_config")
+_MULTI_TURN = "multi-turn rollouts are not implemented (multi_turn.enable must be False)"
 _SHM = ("models and data are read from their local paths; verl copies them to /dev/shm first to speed up network "
         "file systems")
 
@@ -123,23 +125,27 @@ NO_EFFECT: list[NoEffect] = [
                                       "critic.model.target_modules")],
     *[NoEffect(f"actor_rollout_ref.{role}.{k}", _CHUNKED) for role in ("actor", "ref")
       for k in ("entropy_from_logits_with_chunking", "entropy_checkpointing")],
-    *[NoEffect(f"actor_rollout_ref.{role}.megatron.{k}", _MEGATRON_ONLY) for role in ("actor", "ref")
-      for k in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
-                "context_parallel_size", "expert_model_parallel_size", "expert_tensor_parallel_size",
-                "sequence_parallel", "use_distributed_optimizer", "param_offload", "grad_offload",
-                "optimizer_offload", "seed")],
+    *[NoEffect(f"{role}.megatron.{k}", _MEGATRON_ONLY) for k in _MEGATRON_KEYS
+      for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic", "reward_model")],
     *[NoEffect(f"actor_rollout_ref.ref.fsdp_config.{k}", _UNSHARDED_REF)
       for k in ("reshard_after_forward", "forward_prefetch", "wrap_policy.min_num_params")],
     *[NoEffect(f"reward_model.model.fsdp_config.{k}", _UNSHARDED_RM)
       for k in ("reshard_after_forward", "forward_prefetch", "wrap_policy.min_num_params")],
-    NoEffect("actor_rollout_ref.rollout.multi_turn.max_assistant_turns", "multi-turn rollouts are not implemented "
-             "(multi_turn.enable must be False)"),
-    NoEffect("actor_rollout_ref.rollout.multi_turn.tool_config_path", "multi-turn rollouts are not implemented "
-             "(multi_turn.enable must be False)"),
+    *[NoEffect(f"actor_rollout_ref.rollout.multi_turn.{k}", _MULTI_TURN)
+      for k in ("max_assistant_turns", "tool_config_path", "format", "max_user_turns", "max_parallel_calls",
+                "max_tool_response_length", "tool_response_truncate_side", "interaction_config_path",
+                "use_inference_chat_template", "tokenization_sanity_check_mode", "num_repeat_rollouts")],
+    NoEffect("trainer.use_legacy_worker_impl", "verl picks between its legacy fsdp/megatron workers and its newer "
+             "engine-based workers with it; rlcamp has one worker implementation"),
     *[NoEffect(f"{role}.mixed_precision.buffer_dtype", "FSDP2 keeps buffers (rotary frequencies) in their own "
                "dtype; verl's FSDP2 path does not read it either") for role in
       ("actor_rollout_ref.actor.fsdp_config", "critic.model.fsdp_config")],
     # no effect only in some runs
+    NoEffect("actor_rollout_ref.model.share_prompt_prefix", "sharing a prompt between its samples goes through the "
+             "chunked head, which actor_rollout_ref.model.use_fused_kernels=False turns off",
+             lambda cfg: not cfg.actor_rollout_ref.model.use_fused_kernels),
+    NoEffect("actor_rollout_ref.model.fused_kernel_options.impl_backend", "it picks the implementation of "
+             "use_fused_kernels=True, which is off", lambda cfg: not cfg.actor_rollout_ref.model.use_fused_kernels),
     *[NoEffect(f"{role}.{k}", "one device without offload: nothing is sharded (FSDP2 is not used)",
                _one_process(role)) for role in ("actor_rollout_ref.actor.fsdp_config", "critic.model.fsdp_config")
       for k in ("reshard_after_forward", "forward_prefetch", "wrap_policy.min_num_params",
@@ -163,11 +169,15 @@ NO_EFFECT: list[NoEffect] = [
 
 
 def no_effect_warnings(cfg: RLConfig, user_keys: frozenset[str]) -> list[str]:
-    """One warning per key the user set that has no effect in this run, with the reason."""
+    """One warning per reason, naming each key the user set that has no effect in this run for it."""
     from rlcamp.config.loader import get_key
 
-    return [f"{entry.key}={get_key(cfg, entry.key)!r} has no effect: {entry.why}"
-            for entry in NO_EFFECT if entry.key in user_keys and entry.applies(cfg)]
+    by_reason: dict[str, list[str]] = {}
+    for entry in NO_EFFECT:
+        if entry.key in user_keys and entry.applies(cfg):
+            by_reason.setdefault(entry.why, []).append(f"{entry.key}={get_key(cfg, entry.key)!r}")
+    return [f"{', '.join(keys)} {'has' if len(keys) == 1 else 'have'} no effect: {why}"
+            for why, keys in by_reason.items()]
 
 
 def unsupported_problems(cfg: RLConfig) -> list[str]:
@@ -182,10 +192,6 @@ def unsupported_problems(cfg: RLConfig) -> list[str]:
     if rollout.mode == "async" and rollout.name != "vllm":
         problems.append(f"actor_rollout_ref.rollout.mode=async is served by vLLM's AsyncLLM; with "
                         f"rollout.name={rollout.name} use rollout.mode=sync (or rollout.name=vllm)")
-    if rollout.name in ("vllm", "sglang") and rollout.tensor_model_parallel_size != 1:
-        problems.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.tensor_model_parallel_size} "
-                        f"with rollout.name={rollout.name} is not implemented: rlcamp runs one rollout engine per "
-                        "device (tensor parallel 1); set it to 1")
     n_devices = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
     if n_devices > 1 and cfg.trainer.worker_group == "in_process":
         problems.append(f"trainer.worker_group=in_process runs one device, but trainer.nnodes x trainer.n_gpus_per_node "

@@ -54,6 +54,14 @@ class ResolvedConfig:
     config: RLConfig
     derived: Derived
     warnings: list[str] = field(default_factory=list)
+    # what stops this valid config on this machine (rlcamp.config.blockers): warnings of a dry run,
+    # the reasons a run stops before any model loads
+    blockers: list[str] = field(default_factory=list)
+
+
+def uses_critic(cfg: RLConfig) -> bool:
+    """Only GAE needs values; the group estimators and REINFORCE++ have no critic."""
+    return cfg.algorithm.adv_estimator == "gae"
 
 
 def _micro_batch(problems: list[str], prefix: str, global_key: str, per_gpu_key: str, global_value: int | None,
@@ -228,6 +236,22 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
     if trainer.resume_from_path and trainer.resume_mode != "resume_path":
         problems.append(f"trainer.resume_from_path is set but trainer.resume_mode={trainer.resume_mode}; "
                         "set trainer.resume_mode=resume_path to use it")
+    profiler = cfg.global_profiler
+    roles = {"actor_rollout_ref.actor": actor.profiler, "actor_rollout_ref.ref": arr.ref.profiler,
+             "critic": cfg.critic.profiler, "reward_model": cfg.reward_model.profiler}
+    enabled = [k for k, p in roles.items() if p.enable]
+    if profiler.tool and not profiler.steps:
+        warnings.append(f"global_profiler.tool={profiler.tool} records nothing: global_profiler.steps names no step")
+    if profiler.tool and profiler.steps and not enabled:
+        warnings.append(f"global_profiler.tool={profiler.tool} records nothing: no role has profiler.enable=True "
+                        "(e.g. actor_rollout_ref.actor.profiler.enable=True)")
+    if enabled and not profiler.tool:
+        warnings.append(f"{', '.join(k + '.profiler.enable' for k in enabled)}=True records nothing without "
+                        "global_profiler.tool (torch, torch_memory or nsys) and global_profiler.steps")
+    for key, p in roles.items():
+        if p.enable and p.tool != profiler.tool:
+            problems.append(f"{key}.profiler.tool={p.tool} differs from global_profiler.tool={profiler.tool}: rlcamp "
+                            "runs one profiler per process; leave the role's tool unset")
     from rlcamp.trainer.tracking import tracker_problems
 
     problems += tracker_problems(trainer.logger)
@@ -305,7 +329,7 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
         problems.append(f"a step's {responses} responses (data.train_batch_size={cfg.data.train_batch_size} x "
                         f"rollout.n={rollout.n}) do not split evenly over {dp} data-parallel ranks")
 
-    uses_critic = algo.adv_estimator == "gae"
+    needs_critic = uses_critic(cfg)
     uses_ref = actor.use_kl_loss or algo.use_kl_in_reward
     actor_plan = _plan(problems, "actor_rollout_ref.actor", cfg, actor.ppo_mini_batch_size, actor.ppo_micro_batch_size,
                        actor.ppo_micro_batch_size_per_gpu, actor.ppo_epochs, dp, actor.use_dynamic_bsz)
@@ -315,7 +339,7 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
                         f"differs from actor.ulysses_sequence_parallel_size={sp}: the reference runs in the actor's "
                         "workers and shares its groups; leave it unset")
     critic_forward = None
-    if uses_critic:
+    if needs_critic:
         critic_dp = n_devices // _ulysses_degree(problems, n_devices, critic.ulysses_sequence_parallel_size, "critic")
         critic_plan = _plan(problems, "critic", cfg, critic.ppo_mini_batch_size, critic.ppo_micro_batch_size,
                             critic.ppo_micro_batch_size_per_gpu, critic.ppo_epochs, critic_dp, critic.use_dynamic_bsz)
@@ -369,11 +393,13 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
         return None if total is None else int(opt.lr_warmup_steps_ratio * total)
 
     derived = Derived(
-        n_devices=n_devices, dp_size=dp, responses_per_step=responses, uses_critic=uses_critic, uses_ref=uses_ref,
+        n_devices=n_devices, dp_size=dp, responses_per_step=responses, uses_critic=needs_critic, uses_ref=uses_ref,
         actor=actor_plan, critic=critic_plan, rollout_log_prob_micro_batch_per_device=rollout_micro,
         ref_log_prob_micro_batch_per_device=ref_micro, critic_forward_micro_batch_per_device=critic_forward,
         reward_model_micro_batch=rm_micro, n_train_prompts=n_train_prompts,
         steps_per_epoch=steps_per_epoch, total_training_steps=total,
-        actor_warmup_steps=warmup(actor.optim), critic_warmup_steps=warmup(critic.optim) if uses_critic else None,
+        actor_warmup_steps=warmup(actor.optim), critic_warmup_steps=warmup(critic.optim) if needs_critic else None,
     )
-    return ResolvedConfig(cfg, derived, warnings)
+    from rlcamp.config.blockers import machine_notes, run_blockers
+
+    return ResolvedConfig(cfg, derived, warnings + machine_notes(cfg), run_blockers(cfg))

@@ -17,7 +17,8 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from rlcamp.config import ConfigError, ResolvedConfig, build_config, config_to_yaml, resolve
+from rlcamp.config import ConfigError, ResolvedConfig, config_to_yaml, resolve
+from rlcamp.config.loader import assemble
 from rlcamp.data.files import DataError, count_records, expand
 
 
@@ -48,13 +49,24 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, args.overrides + unknown
 
 
-def _yaml_file(args: argparse.Namespace) -> str | None:
+def _config_tree(args: argparse.Namespace) -> tuple[dict | None, str | None]:
+    """The settings of --config FILE or --config-path/--config-name (verl's named configs included)."""
+    from rlcamp.config.named import load_named
+
     if args.config and (args.config_path or args.config_name):
         raise ConfigError(["give either --config FILE or --config-path/--config-name, not both"])
     if args.config_name:
-        name = args.config_name if args.config_name.endswith((".yaml", ".yml")) else args.config_name + ".yaml"
-        return str(Path(args.config_path or ".") / name)
-    return args.config
+        return load_named(args.config_path, args.config_name)
+    if args.config:
+        path = Path(args.config).expanduser()
+        if not path.is_file():
+            raise ConfigError([f"--config {path}: no such file"])
+        return load_named(str(path.parent), path.name.rsplit(".", 1)[0] if path.suffix in (".yaml", ".yml")
+                          else path.name)
+    if args.config_path:
+        raise ConfigError([f"--config-path={args.config_path} needs --config-name=<file in it, or ppo_trainer / "
+                           "ppo_megatron_trainer>"])
+    return None, None
 
 
 def count_train_prompts(files: list[str]) -> int | None:
@@ -84,22 +96,42 @@ def describe(resolved: ResolvedConfig) -> str:
     else:
         lines.append("training steps: unknown until the training files exist")
     lines += [f"warning: {w}" for w in resolved.warnings]
+    lines += [f"warning: a run here would stop: {b}" for b in resolved.blockers]
     return "\n".join(lines)
 
 
 def load(argv: list[str]) -> tuple[argparse.Namespace, ResolvedConfig]:
-    """Config (all its problems at once), then the preflight checks (all theirs at once)."""
+    """The config and the checks that need the disk, all their problems in one round: a setting
+    that is wrong is left out so that the checks after it still run on the rest."""
     from rlcamp.trainer.preflight import preflight
 
     args, overrides = parse_args(argv)
-    loaded = build_config(overrides, _yaml_file(args))
+    problems: list[str] = []
+    try:
+        tree, origin = _config_tree(args)
+    except ConfigError as exc:
+        problems += exc.problems
+        tree, origin = None, None
+    loaded, found = assemble(overrides, tree=tree)
+    problems += found
     n_prompts = count_train_prompts(loaded.config.data.train_files)
-    resolved = resolve(loaded, n_prompts)
-    warnings = preflight(resolved.config, resolved.derived)
-    return args, replace(resolved, warnings=resolved.warnings + warnings)
+    resolved = None
+    try:
+        resolved = resolve(loaded, n_prompts)
+    except ConfigError as exc:
+        problems += exc.problems
+    checks = preflight(resolved.config if resolved else loaded.config)
+    problems += checks.problems
+    if problems:
+        raise ConfigError(problems)
+    notes = [origin] if origin else []
+    return args, replace(resolved, warnings=notes + resolved.warnings + checks.warnings,
+                         blockers=resolved.blockers + checks.blockers)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rlcamp.trainer.preflight import PreflightError
+
     argv = sys.argv[1:] if argv is None else argv
     try:
         args, resolved = load(argv)
@@ -108,9 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"# {line}" for line in describe(resolved).splitlines()))
         if args.dry_run:
             return 0
+        if resolved.blockers:
+            raise PreflightError(resolved.blockers)
+        from rlcamp.trainer.preflight import fetch_modelscope_models
         from rlcamp.trainer.run import run_training
 
-        return run_training(resolved)
+        return run_training(replace(resolved, config=fetch_modelscope_models(resolved.config)))
     except user_errors() as exc:
         if os.environ.get("RLCAMP_DEBUG", "") not in ("", "0"):
             traceback.print_exc()

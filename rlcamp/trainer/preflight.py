@@ -11,8 +11,10 @@ import os
 import re
 from pathlib import Path
 
+from dataclasses import dataclass, field
+
 from rlcamp.config import RLConfig
-from rlcamp.config.validate import Derived
+from rlcamp.config.validate import uses_critic
 from rlcamp.data.files import expand
 
 
@@ -58,19 +60,87 @@ def _in_hub_cache(repo: str) -> bool:
         return False
 
 
-def model_problems(cfg: RLConfig, derived: Derived, warnings: list[str]) -> list[str]:
-    """Each model the run will load must be a local folder with a config.json, or a hub name that
-    is cached or may be downloaded (HF_HUB_OFFLINE unset); the message says how to get SmolLM2."""
+def use_modelscope() -> bool:
+    """verl's VERL_USE_MODELSCOPE=True: model names are ModelScope ids, downloaded through modelscope."""
+    return os.environ.get("VERL_USE_MODELSCOPE", "").lower() in ("1", "true", "yes")
+
+
+def model_keys(cfg: RLConfig) -> list[tuple[str, str, str | None]]:
+    """(key, value, file the folder must hold) of every model or tokenizer the run loads."""
     arr = cfg.actor_rollout_ref
     wanted = [("actor_rollout_ref.model.path", arr.model.path, "config.json")]
     if cfg.data.tokenizer:
         wanted.append(("data.tokenizer", cfg.data.tokenizer, None))
-    if derived.uses_critic:
+    if uses_critic(cfg):
         wanted += [("critic.model.path", cfg.critic.model.path, "config.json"),
                    ("critic.model.tokenizer_path", cfg.critic.model.tokenizer_path, None)]
     if cfg.reward_model.enable:
         wanted += [("reward_model.model.path", cfg.reward_model.model.path, "config.json"),
                    ("reward_model.model.input_tokenizer", cfg.reward_model.model.input_tokenizer, None)]
+    return wanted
+
+
+def _modelscope_cached(repo: str) -> Path | None:
+    """The folder of ``repo`` in ModelScope's cache (MODELSCOPE_CACHE, else ~/.cache/modelscope/hub),
+    read from the disk: asking modelscope itself tries the network first."""
+    root = Path(os.environ.get("MODELSCOPE_CACHE", "~/.cache/modelscope/hub")).expanduser()
+    for folder in (root / "models" / repo, root / repo):  # the layouts of modelscope >= 1.20 and before
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def modelscope_checks(cfg: RLConfig, warnings: list[str], blockers: list[str]) -> set[str]:
+    """With VERL_USE_MODELSCOPE=True: which ids come from ModelScope, and what that needs here."""
+    from rlcamp.utils.imports import has_module
+
+    ids = {value for _, value, _ in model_keys(cfg)
+           if not Path(value).expanduser().exists() and _looks_like_hub_id(value)}
+    if not ids:
+        return ids
+    if not has_module("modelscope"):
+        blockers.append(f"VERL_USE_MODELSCOPE=True names {sorted(ids)} as ModelScope ids, which needs the modelscope "
+                        "package: pip install 'rlcamp[modelscope]'")
+        return ids
+    for repo in sorted(ids):
+        if _modelscope_cached(repo) is None:
+            warnings.append(f"VERL_USE_MODELSCOPE=True: {repo} is not in ModelScope's cache; the run downloads it "
+                            "from modelscope.cn first (offline, download it elsewhere and set the key to its folder)")
+    return ids
+
+
+def fetch_modelscope_models(cfg: RLConfig) -> RLConfig:
+    """Replace each ModelScope id by its downloaded folder (VERL_USE_MODELSCOPE=True), before any
+    model loads; offline, the error says what to do."""
+    from rlcamp.config.loader import get_key, with_key
+    from rlcamp.models.loading import ModelError
+
+    if not use_modelscope():
+        return cfg
+    from modelscope import snapshot_download
+
+    for key, value, _ in model_keys(cfg):
+        value = get_key(cfg, key)  # an earlier key may have fetched the same id already
+        if Path(value).expanduser().exists() or not _looks_like_hub_id(value):
+            continue
+        try:
+            folder = str(_modelscope_cached(value) or snapshot_download(value))
+        except Exception as exc:
+            raise ModelError(f"{key}={value}: could not download it from ModelScope ({type(exc).__name__}: "
+                             f"{str(exc)[:200]}); without network, download it elsewhere (modelscope download "
+                             f"--model {value}) and set {key} to its folder") from None
+        print(f"{key}={value}: ModelScope folder {folder}")
+        for other, same, _ in model_keys(cfg):
+            if same == value:
+                cfg = with_key(cfg, other, folder)
+    return cfg
+
+
+def model_problems(cfg: RLConfig, warnings: list[str], blockers: list[str]) -> list[str]:
+    """Each model the run will load must be a local folder with a config.json, or a hub name that
+    is cached or may be downloaded (HF_HUB_OFFLINE unset); the message says how to get SmolLM2."""
+    wanted = model_keys(cfg)
+    modelscope = modelscope_checks(cfg, warnings, blockers) if use_modelscope() else set()
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     problems, seen = [], set()
     for key, value, needed in wanted:
@@ -85,6 +155,8 @@ def model_problems(cfg: RLConfig, derived: Derived, warnings: list[str]) -> list
             continue
         if local.exists():
             problems.append(f"{key}={value} is a file; it must be a model folder (config.json and the weights)")
+        elif value in modelscope:
+            continue
         elif _looks_like_hub_id(value) and (_in_hub_cache(value) or not offline):
             if not _in_hub_cache(value):
                 warnings.append(f"{key}={value} is not a local folder: transformers will download it from the "
@@ -140,12 +212,17 @@ def sandbox_problems(cfg: RLConfig) -> list[str]:
     return []
 
 
-def preflight(cfg: RLConfig, derived: Derived) -> list[str]:
-    """Run every check; raises PreflightError listing the problems, returns warnings otherwise."""
-    warnings: list[str] = []
-    problems = data_problems(cfg) + model_problems(cfg, derived, warnings) + reward_problems(cfg)
-    if not problems:  # the sandbox check reads the data files
-        problems += sandbox_problems(cfg)
-    if problems:
-        raise PreflightError(problems)
-    return warnings
+@dataclass
+class Checks:
+    problems: list[str] = field(default_factory=list)  # wrong on any machine: the dry run fails
+    warnings: list[str] = field(default_factory=list)
+    blockers: list[str] = field(default_factory=list)  # what this machine lacks: a run stops, a dry run warns
+
+
+def preflight(cfg: RLConfig) -> Checks:
+    """Run every check and return what each found (rlcamp.trainer.main_ppo reports them in one round)."""
+    out = Checks()
+    out.problems = data_problems(cfg) + model_problems(cfg, out.warnings, out.blockers) + reward_problems(cfg)
+    if not data_problems(cfg):  # the sandbox check reads the data files
+        out.blockers += sandbox_problems(cfg)
+    return out

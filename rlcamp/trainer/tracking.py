@@ -16,7 +16,6 @@ default location is the working directory, rlcamp's is the run folder.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import netrc
 import os
@@ -26,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
+
+from rlcamp.utils.imports import has_module
 
 
 class Tracker(Protocol):
@@ -390,24 +391,32 @@ TRACKERS: dict[str, TrackerSpec] = {
 
 
 def tracker_problems(names: list[str]) -> list[str]:
-    """What stops the named trackers from starting, found before any model loads: unknown names,
-    missing packages (with the install command) and missing account settings."""
+    """Logger names that do not exist: wrong on any machine."""
     problems = []
     for name in names:
-        spec = TRACKERS.get(name)
-        if spec is None:
+        if name not in TRACKERS:
             hint = ("; vemlp_wandb needs ByteDance's volcengine_ml_platform, which is not published on PyPI: "
                     "use wandb" if name == "vemlp_wandb" else "")
             problems.append(f"trainer.logger has unknown logger '{name}'; known: {sorted(TRACKERS)}{hint}")
+    return problems
+
+
+def tracker_needs(names: list[str]) -> list[str]:
+    """What this machine lacks for the named trackers to start: packages (with the install command)
+    and account settings. A run stops on them before any model loads; a dry run lists them."""
+    needs = []
+    for name in dict.fromkeys(names):
+        spec = TRACKERS.get(name)
+        if spec is None:
             continue
-        missing = [m for m in spec.modules if importlib.util.find_spec(m) is None]
+        missing = [m for m in spec.modules if not has_module(m)]
         if missing:
-            problems.append(f"trainer.logger '{name}' needs the package(s) {missing}: pip install 'rlcamp[{spec.extra}]'")
+            needs.append(f"trainer.logger '{name}' needs the package(s) {missing}: pip install 'rlcamp[{spec.extra}]'")
             continue
         account = spec.account()
         if account:
-            problems.append(f"trainer.logger '{name}': {account}")
-    return problems
+            needs.append(f"trainer.logger '{name}': {account}")
+    return needs
 
 
 class Tracking:

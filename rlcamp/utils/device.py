@@ -12,19 +12,19 @@ def resolve_device(name: str = "auto") -> str:
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"
-        if _npu_available():
+        if npu_available():
             return "npu"
         return "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but torch sees no CUDA device (torch "
                            f"{torch.__version__}); install a CUDA build of torch 2.13.0 or use trainer.device=cpu")
-    if name == "npu" and not _npu_available():
+    if name == "npu" and not npu_available():
         raise RuntimeError("trainer.device=npu needs Ascend's torch_npu installed and a visible NPU; "
                            "or use trainer.device=cpu")
     return name
 
 
-def _npu_available() -> bool:
+def npu_available() -> bool:
     try:
         import torch_npu  # noqa: F401
     except ImportError:

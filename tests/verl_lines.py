@@ -1,0 +1,66 @@
+"""verl's examples/ppo_trainer launch lines (tests/fixtures/verl_ppo_trainer/launch_lines.json), with
+their model and data paths pointed at tiny local stand-ins: the only values a user changes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlcamp.data.files import read_records
+from rlcamp.data.preprocess import GSM8K_SOURCE, HH_SOURCE, MATH_SOURCE, write_parquet
+from rlcamp.models.tiny import build_tiny_model
+
+FIXTURE = Path(__file__).parent / "fixtures/verl_ppo_trainer/launch_lines.json"
+
+
+def launch_lines() -> dict[str, dict]:
+    return json.loads(FIXTURE.read_text())["scripts"]
+
+
+def _rows(source: str, n: int = 4) -> list[dict]:
+    if source == HH_SOURCE:
+        return [{"data_source": source, "prompt": [{"role": "user", "content": f"Say hello {i}"}],
+                 "ability": "alignment", "reward_model": {"style": "model", "ground_truth": "hello"},
+                 "extra_info": {"index": i}} for i in range(n)]
+    if source == "code":  # Eurus-2-RL-Data's code rows: ground truth is inputs/outputs JSON
+        truth = json.dumps({"inputs": ["1 2\n"], "outputs": ["3\n"]})
+        return [{"data_source": "codecontests", "prompt": [{"role": "user", "content": "Add two numbers."}],
+                 "ability": "code", "reward_model": {"style": "rule", "ground_truth": truth},
+                 "extra_info": {"index": i}} for i in range(n)]
+    return [{"data_source": source, "prompt": [{"role": "user", "content": f"What is {i} + 1?"}], "ability": "math",
+             "reward_model": {"style": "rule", "ground_truth": str(i + 1)}, "extra_info": {"index": i}}
+            for i in range(n)]
+
+
+def _source_for(relative: str) -> str:
+    if "hh_rlhf" in relative:
+        return HH_SOURCE
+    if "Eurus" in relative:
+        return "code"
+    if "math" in relative:
+        return MATH_SOURCE
+    return GSM8K_SOURCE
+
+
+def materialize(name: str, root: Path) -> tuple[list[str], dict[str, str]]:
+    """The launch line of verl's ``name`` with tiny models and data under ``root``; (args, env)."""
+    line = launch_lines()[name]
+    models, data = root / "models", root / "data"
+    args = []
+    for arg in line["args"]:
+        arg = arg.replace("{models}", str(models)).replace("{data}", str(data))
+        args.append(arg)
+    for family in {a.split("{models}/", 1)[1].split("'")[0] for a in line["args"] if "{models}/" in a}:
+        folder = models / family
+        if not (folder / "config.json").exists():
+            base, _, kind = family.partition("-")
+            build_tiny_model(folder, base, reward_model=kind == "rm")
+    # as many prompts as one step takes, so the line's batch sizes hold as written
+    batch = int(next(a for a in line["args"] if a.startswith("data.train_batch_size=")).split("=")[1])
+    for arg in line["args"]:
+        for part in arg.split("{data}/")[1:]:
+            relative = part.split("'")[0]
+            path = data / relative
+            if not path.exists() or len(read_records(path)) < batch:
+                write_parquet(_rows(_source_for(relative), batch), path)
+    return args, dict(line["env"])
