@@ -15,21 +15,25 @@ from rlcamp.algos.masked import masked_mean
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
-def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str, norm_length: int | None = None,
-             global_tokens: float | torch.Tensor | None = None, global_seqs: float | torch.Tensor | None = None
+def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str,
+             loss_scale_factor: int | None = None, global_tokens: float | torch.Tensor | None = None,
+             global_seqs: float | torch.Tensor | None = None, sum_norm: float | torch.Tensor | None = None
              ) -> torch.Tensor:
     """Reduce a [batch, len] loss matrix to a scalar.
 
     - token-mean: every token counts equally (DAPO's choice; longer answers weigh more).
     - seq-mean-token-sum: sum over each sequence's tokens, mean over sequences.
     - seq-mean-token-mean: mean over each sequence's tokens, mean over sequences (original GRPO).
-    - seq-mean-token-sum-norm: sum over all tokens / (sequences x norm_length) (Dr. GRPO): a
-      constant normaliser, so no length bias. ``norm_length`` defaults to the padded length.
+    - seq-mean-token-sum-norm: verl's formula: the sum over all tokens / ``loss_scale_factor``
+      (default: the padded length), a constant normaliser, so no length bias (Dr. GRPO).
     Sequences without any token are left out of the seq-mean modes.
 
     ``global_tokens`` / ``global_seqs``: the token / sequence counts of the whole mini batch when
     this is one micro batch of it. Dividing by them (instead of local counts) makes the micro
     batches' losses sum to exactly the mini batch's loss, however tokens fall into micro batches.
+    ``sum_norm``: the same for seq-mean-token-sum-norm: the whole divisor, ``loss_scale_factor`` x
+    the micro batches verl would accumulate x the ranks (``sum_norm_divisor``), so the gradient is
+    verl's for the same config and does not depend on how rlcamp cuts the mini batch.
     """
     mask = loss_mask.to(loss_mat.dtype)
     seq_len = mask.sum(-1)
@@ -44,9 +48,18 @@ def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str
     if loss_agg_mode == "seq-mean-token-mean":
         return (seq_sum / seq_len.clamp(min=1)).sum() / n_seqs
     if loss_agg_mode == "seq-mean-token-sum-norm":
-        rows = loss_mat.shape[0] if global_seqs is None else n_seqs
-        return seq_sum.sum() / (rows * (norm_length or loss_mat.shape[-1]))
+        divisor = sum_norm if sum_norm is not None else (loss_scale_factor or loss_mat.shape[-1])
+        return seq_sum.sum() / divisor
     raise ValueError(f"unknown loss_agg_mode '{loss_agg_mode}'; known: {LOSS_AGG_MODES}")
+
+
+def sum_norm_divisor(loss_scale_factor: int, micro_batches: int, ranks: int) -> int:
+    """The divisor of a seq-mean-token-sum-norm loss over a mini batch, as verl's gradient has it.
+
+    verl divides each micro batch's token-loss sum by ``loss_scale_factor``, scales it by 1 /
+    (micro batches per mini batch) for gradient accumulation, and FSDP averages the gradient over
+    the ``ranks``: the mini batch's gradient is that of sum / (factor x micro batches x ranks)."""
+    return loss_scale_factor * max(micro_batches, 1) * ranks
 
 
 class PolicyLoss(NamedTuple):

@@ -61,14 +61,16 @@ class _Host:
         return True
 
     def execute(self, method: str, *args, **kwargs) -> Any:
-        return getattr(self.worker, method)(*args, **kwargs)
+        from rlcamp.trainer.profiling import call_stage
+
+        return call_stage(self.worker, method, *args, **kwargs)
 
 
 class RayWorkerGroup:
     def __init__(self, worker_path: str, world_size: int, kwargs: dict, *, device: str, backend: str,
                  stage_timeout_s: float, startup_timeout_s: float | None = None, nnodes: int = 1,
                  cpus_per_worker: int = 1, name: str = "workers", sp_size: int = 1,
-                 sp_methods: frozenset[str] = frozenset()):
+                 sp_methods: frozenset[str] = frozenset(), runtime_env: dict | None = None):
         ray = ensure_ray()
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -83,8 +85,10 @@ class RayWorkerGroup:
             if startup_timeout_s else {}
         self._wait([self.pg.ready()], f"placing {world_size} {name} ({bundle} each)", **startup)
         host = ray.remote(_Host)
+        # runtime_env: e.g. {"nsight": options}, which starts each worker under `nsys profile`
+        extra = {"runtime_env": runtime_env} if runtime_env else {}
         self.actors = [host.options(num_cpus=cpus_per_worker, num_gpus=bundle.get("GPU", 0),
-                                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i)).remote()
+                                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i), **extra).remote()
                        for i in range(world_size)]
         master = self._wait([self.actors[0].address.remote()], "finding rank 0's address", **startup)[0]
         self._wait([a.setup.remote(worker_path, i, world_size, master, backend, stage_timeout_s, cpus_per_worker,

@@ -10,6 +10,7 @@ from typing import Any
 
 from rlcamp.batch import Batch
 from rlcamp.controller.dispatch import gather, split_for_ranks
+from rlcamp.trainer.profiling import call_stage
 
 
 class InProcessWorkerGroup:
@@ -29,9 +30,9 @@ class InProcessWorkerGroup:
     def call(self, method: str, batch: Batch | None = None, **kwargs) -> Any:
         """``method(part, **kwargs)`` on each worker with its share of ``batch`` (or without a batch)."""
         if batch is None:
-            return gather([getattr(w, method)(**kwargs) for w in self.workers])
+            return gather([call_stage(w, method, **kwargs) for w in self.workers])
         parts = split_for_ranks(batch, self.world_size)
-        return gather([getattr(w, method)(part, **kwargs) for w, part in zip(self.workers, parts)])
+        return gather([call_stage(w, method, part, **kwargs) for w, part in zip(self.workers, parts)])
 
     def call_rank0(self, method: str, *args, **kwargs) -> Any:
         return getattr(self.workers[0], method)(*args, **kwargs)

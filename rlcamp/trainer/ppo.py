@@ -34,6 +34,7 @@ from rlcamp.rewards.registry import rules_where_known
 from rlcamp.rewards.manager import NaiveRewardManager, PrimeRewardManager
 from rlcamp.trainer import checkpoint as ckpt
 from rlcamp.trainer.metrics import batch_metrics, numeric_extras, timing_metrics, validation_metrics
+from rlcamp.trainer.profiling import call_stage, nsight_runtime_env, step_windows
 from rlcamp.trainer.tracking import RunInfo, Tracking
 from rlcamp.utils.device import resolve_device, tune_cpu
 
@@ -96,6 +97,9 @@ class PPOTrainer:
         self.reward_pool = ThreadPoolExecutor(1, "rlcamp-reward") if c.reward_model.launch_reward_fn_async else None
         self.tracking: Tracking | None = None
         self.loaded_checkpoint: Path | None = None  # deleted once a newer one exists (del_local_ckpt_after_load)
+        # global_profiler: the steps whose stages each enabled role records (rlcamp.trainer.profiling)
+        gp = c.global_profiler
+        self.profile_starts, self.profile_stops = step_windows(gp.steps if gp.tool else None, gp.profile_continuous_steps)
 
     @contextmanager
     def _timer(self, stage: str):
@@ -128,7 +132,9 @@ class PPOTrainer:
         while self.global_step < self.total_steps:
             for prompts in self.loader:
                 self.global_step += 1
+                self._profile("profile_start", self.global_step in self.profile_starts, step=self.global_step)
                 metrics = self.step(prompts)
+                self._profile("profile_stop", self.global_step in self.profile_stops)
                 last = self.global_step >= self.total_steps
                 test_freq = self.cfg.trainer.test_freq
                 if self.val_dataset is not None and (last or (test_freq > 0 and self.global_step % test_freq == 0)):
@@ -149,6 +155,15 @@ class PPOTrainer:
                 if last:
                     break
         return metrics
+
+    def _profile(self, method: str, now: bool, **kwargs) -> None:
+        if not now:
+            return
+        for group in (self.actor, self.critic):
+            if group is not None:
+                group.call(method, **kwargs)
+        if self.reward_model is not None:
+            getattr(self.reward_model, method)(**kwargs)
 
     def step(self, prompts: dict) -> dict[str, float]:
         """One PPO step on a batch of prompts; returns its metrics."""
@@ -211,7 +226,7 @@ class PPOTrainer:
         rm = None
         if self.reward_model is not None:
             last = (batch["response_mask"].sum(-1) - 1).clamp(min=0)
-            rm = self.reward_model(batch)
+            rm = call_stage(self.reward_model, "__call__", batch)
             scores[torch.arange(len(batch)), last] += rm
         return Scored(scores, texts, extra, rm, time.perf_counter() - start)
 
@@ -435,7 +450,7 @@ def make_worker_groups(resolved: ResolvedConfig, device: str):
     cpus = max(1, cores // (derived.n_devices * groups)) if device == "cpu" else 1
     common = dict(device=device, backend=collective_backend(device), stage_timeout_s=c.trainer.stage_timeout_s,
                   startup_timeout_s=c.trainer.ray_wait_register_center_timeout, nnodes=c.trainer.nnodes,
-                  cpus_per_worker=cpus)
+                  cpus_per_worker=cpus, runtime_env=nsight_runtime_env(c.global_profiler))
     from rlcamp.workers.actor import ActorRolloutRefWorker
     from rlcamp.workers.critic import CriticWorker
 

@@ -20,6 +20,7 @@ from rlcamp.models.forward import actor_forward, sequence_inputs
 from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
 from rlcamp.rollout.engines import mask_through_first_eos
 from rlcamp.rollout.hf import HFRollout, SamplingParams
+from rlcamp.trainer.profiling import Profiled
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype, torch_compile_problem
 from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
@@ -37,7 +38,7 @@ class _LazyState:
         return self._items
 
 
-class ActorRolloutRefWorker:
+class ActorRolloutRefWorker(Profiled):
     # methods whose batch is shared by the ranks of a Ulysses group (generation is plain data parallel)
     SEQUENCE_PARALLEL = frozenset({"compute_log_prob", "compute_ref_log_prob", "update_actor"})
 
@@ -45,6 +46,8 @@ class ActorRolloutRefWorker:
         arr = config.actor_rollout_ref
         self.config, self.derived, self.device = config, derived, torch.device(device)
         self.actor_cfg, self.rollout_cfg = arr.actor, arr.rollout
+        # the reference runs in this worker: its stage is in the actor's trace
+        self.init_profiler(config, {"actor": arr.actor.profiler, "ref": arr.ref.profiler}, "actor")
         seed_everything(config.trainer.seed)
         import_external_lib(arr.model.external_lib)
         self.tokenizer = load_tokenizer(arr.model.path, trust_remote_code=arr.model.trust_remote_code,
@@ -55,7 +58,10 @@ class ActorRolloutRefWorker:
         self.eos_token_ids = eos_token_ids(self.tokenizer, self.model)
         self.remove_padding = prepare_trained_model(self.model, arr.model, actor_forward,
                                                     "actor_rollout_ref.model.use_remove_padding")
-        self.share_prefix = arr.model.share_prompt_prefix
+        # use_fused_kernels: log-probs from the hidden states a chunk of rows at a time (rlcamp.models.head,
+        # impl_backend=torch) instead of the full logits; prompt sharing needs that head
+        self.chunked_head = arr.model.use_fused_kernels
+        self.share_prefix = arr.model.share_prompt_prefix and self.chunked_head
         # use_torch_compile: the full-logits paths' helpers (rlcamp.models.forward.logit_helpers)
         compilable = torch_compile_problem(self.device.type) is None
         self.compile_actor = arr.actor.use_torch_compile and compilable
@@ -169,8 +175,8 @@ class ActorRolloutRefWorker:
         with torch.no_grad(), self.engine.autocast(model):
             for rows, part in micro_batches(batch, dynamic, micro, max_tokens):
                 lp, ent, _ = actor_forward(model, self._inputs(part), self.rollout_cfg.temperature, with_entropy,
-                                           self.remove_padding, self.sp, share_prefix=self.share_prefix,
-                                           compiled=compiled)
+                                           self.remove_padding, self.sp, chunked_head=self.chunked_head,
+                                           share_prefix=self.share_prefix, compiled=compiled)
                 log_probs.append((rows, lp.cpu()))
                 if with_entropy:
                     entropies.append((rows, ent.cpu()))
@@ -211,7 +217,8 @@ class ActorRolloutRefWorker:
         replicas = self.sp.size if self.sp is not None else 1
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle,
                                  self.shuffle_generator):
-            norm = global_norm(mini["response_mask"].float(), replicas)
+            norm = global_norm(mini["response_mask"].float(), replicas,
+                               a.loss_scale_factor or self.rollout_cfg.response_length, plan.grad_accum_steps)
             parts = micro_batches(mini, a.use_dynamic_bsz, plan.micro_batch_per_device, a.ppo_max_token_len_per_gpu)
             pg_loss = sum(self._actor_micro_step(micro, norm, sink) for _, micro in parts)
             sink.add("actor/pg_loss", dist.all_reduce_sum(pg_loss) / replicas)
@@ -233,6 +240,7 @@ class ActorRolloutRefWorker:
         with self.engine.autocast():
             log_probs, entropy, aux_loss = actor_forward(self.model, self._inputs(micro), self.rollout_cfg.temperature,
                                                          need_entropy, self.remove_padding, self.sp,
+                                                         chunked_head=self.chunked_head,
                                                          share_prefix=self.share_prefix, compiled=self.compile_actor)
         old_log_probs = micro["old_log_probs"].to(self.device)
         is_weights = None
@@ -241,16 +249,16 @@ class ActorRolloutRefWorker:
             sink.add("actor/tis_weight_mean", masked_mean(is_weights, mask))
         pg = POLICY_LOSSES[a.policy_loss.loss_mode](old_log_probs, log_probs, micro["advantages"].to(self.device), mask,
                          a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c, a.loss_agg_mode, is_weights=is_weights,
-                         norm_length=self.rollout_cfg.response_length, **norm)
+                         **norm)
         loss = pg.loss
         if need_entropy:
             if a.entropy_coeff != 0:
-                entropy_loss = agg_loss(entropy, mask, a.loss_agg_mode, self.rollout_cfg.response_length, **norm)
+                entropy_loss = agg_loss(entropy, mask, a.loss_agg_mode, **norm)
                 loss = loss - a.entropy_coeff * entropy_loss
             sink.add("actor/entropy", masked_mean(entropy.detach(), mask))
         if a.use_kl_loss:
             kl = kl_penalty(log_probs, micro["ref_log_probs"].to(self.device), a.kl_loss_type)
-            kl_loss = agg_loss(kl, mask, a.loss_agg_mode, self.rollout_cfg.response_length, **norm)
+            kl_loss = agg_loss(kl, mask, a.loss_agg_mode, **norm)
             loss = loss + a.kl_loss_coef * kl_loss
             sink.add("actor/kl_loss", masked_mean(kl.detach(), mask))
         if aux_loss is not None:  # MoE router balance loss, weighted as the model's config says

@@ -43,14 +43,20 @@ def shard_trained_model(model, fsdp_config, device: torch.device) -> None:
                forward_prefetch=fsdp_config.forward_prefetch, min_num_params=fsdp_config.wrap_policy.min_num_params)
 
 
-def global_norm(mask: torch.Tensor, replicas: int = 1) -> dict[str, torch.Tensor]:
-    """Token and sequence counts of a mini batch over all data-parallel ranks (see agg_loss).
+def global_norm(mask: torch.Tensor, replicas: int = 1, loss_scale_factor: int = 1,
+                micro_batches: int = 1) -> dict[str, torch.Tensor]:
+    """Token and sequence counts of a mini batch over all data-parallel ranks, and the divisor of
+    seq-mean-token-sum-norm (see agg_loss).
 
-    ``replicas``: how many ranks hold each row (the Ulysses degree), so each is counted once."""
-    from rlcamp.utils.dist import all_reduce_sum
+    ``replicas``: how many ranks hold each row (the Ulysses degree), so each is counted once.
+    ``micro_batches``: how many micro batches verl would accumulate per mini batch (the config's
+    gradient accumulation; 1 with token budgets)."""
+    from rlcamp.algos.losses import sum_norm_divisor
+    from rlcamp.utils.dist import all_reduce_sum, world_size
 
     return {"global_tokens": all_reduce_sum(mask.sum()) / replicas,
-            "global_seqs": all_reduce_sum((mask.sum(-1) > 0).sum()) / replicas}
+            "global_seqs": all_reduce_sum((mask.sum(-1) > 0).sum()) / replicas,
+            "sum_norm": sum_norm_divisor(loss_scale_factor, micro_batches, world_size())}
 
 
 def seed_everything(seed: int) -> None:

@@ -14,6 +14,7 @@ from rlcamp.engines.local import LocalEngine
 from rlcamp.models import ulysses
 from rlcamp.models.forward import critic_forward, sequence_inputs
 from rlcamp.models.loading import import_external_lib, load_critic, load_tokenizer
+from rlcamp.trainer.profiling import Profiled
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype
 from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
@@ -21,12 +22,13 @@ from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, l
                                    shard_trained_model)
 
 
-class CriticWorker:
+class CriticWorker(Profiled):
     SEQUENCE_PARALLEL = frozenset({"compute_values", "update_critic"})  # see the actor
 
     def __init__(self, config: RLConfig, derived: Derived, device: str = "cpu"):
         c = config.critic
         self.config, self.cfg, self.derived, self.device = config, c, derived, torch.device(device)
+        self.init_profiler(config, {"critic": c.profiler}, "critic")
         seed_everything(config.trainer.seed + 1)
         import_external_lib(c.model.external_lib)
         self.model = load_critic(c.model.path, dtype=to_dtype(c.model.dtype), trust_remote_code=c.model.trust_remote_code,
@@ -67,7 +69,9 @@ class CriticWorker:
         sink = MetricSink()
         self.model.train()
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, c.ppo_epochs, c.shuffle, self.generator):
-            norm = global_norm(mini["response_mask"].float(), self.sp.size if self.sp else 1)
+            norm = global_norm(mini["response_mask"].float(), self.sp.size if self.sp else 1,
+                               c.loss_scale_factor or self.config.actor_rollout_ref.rollout.response_length,
+                               plan.grad_accum_steps)
             total = torch.zeros(())
             for _, micro in micro_batches(mini, c.use_dynamic_bsz, plan.micro_batch_per_device, c.ppo_max_token_len_per_gpu):
                 micro_mask = micro["response_mask"].to(self.device).float()
@@ -75,8 +79,7 @@ class CriticWorker:
                     values = critic_forward(self.model, self._inputs(micro), self.remove_padding, self.sp,
                                             self.share_prefix)
                 out = value_loss(values, micro["values"].to(self.device), micro["returns"].to(self.device), micro_mask,
-                                 c.cliprange_value, c.loss_agg_mode,
-                                 norm_length=self.config.actor_rollout_ref.rollout.response_length, **norm)
+                                 c.cliprange_value, c.loss_agg_mode, **norm)
                 (out.loss * dist.grad_scale(self.model)).backward()  # see the actor
                 total = total + out.loss.detach().cpu()
                 sink.add("critic/vf_clipfrac", out.clipfrac)

@@ -14,15 +14,17 @@ import torch
 from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.models.loading import _check_path, import_external_lib, load_tokenizer
+from rlcamp.trainer.profiling import Profiled
 from rlcamp.utils.device import to_dtype
 
 
-class RewardModelWorker:
+class RewardModelWorker(Profiled):
     def __init__(self, config: RLConfig, device: str = "cpu", micro_batch: int = 8):
         from transformers import AutoModelForSequenceClassification
 
         rm = config.reward_model
         self.cfg, self.device = rm, torch.device(device)
+        self.init_profiler(config, {"reward_model": rm.profiler}, "reward_model")
         import_external_lib(rm.model.external_lib)
         path = _check_path(rm.model.path, "reward_model.model.path")
         self.tokenizer = load_tokenizer(path, trust_remote_code=rm.model.trust_remote_code, key="reward_model.model.path")

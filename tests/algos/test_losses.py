@@ -7,6 +7,7 @@ import torch
 
 from rlcamp.algos import agg_loss, entropy_from_logits, log_probs_from_logits, masked_mean, masked_var, masked_whiten
 from rlcamp.algos import policy_loss, tis_weights, value_loss
+from rlcamp.algos.losses import sum_norm_divisor
 
 
 
@@ -24,8 +25,9 @@ def test_agg_loss_hand_worked():
     assert agg_loss(loss, mask, "token-mean") == pytest.approx((1 + 2 + 3 + 4) / 4)  # 2.5
     assert agg_loss(loss, mask, "seq-mean-token-sum") == pytest.approx((6 + 4) / 2)  # 5
     assert agg_loss(loss, mask, "seq-mean-token-mean") == pytest.approx((2 + 4) / 2)  # 3
-    assert agg_loss(loss, mask, "seq-mean-token-sum-norm") == pytest.approx((6 + 4) / (2 * 3))  # 1.667
-    assert agg_loss(loss, mask, "seq-mean-token-sum-norm", norm_length=5) == pytest.approx(10 / 10)
+    # verl's formula: the sum of every token's loss / loss_scale_factor (default: the padded length, 3)
+    assert agg_loss(loss, mask, "seq-mean-token-sum-norm") == pytest.approx((6 + 4) / 3)  # 3.333
+    assert agg_loss(loss, mask, "seq-mean-token-sum-norm", loss_scale_factor=5) == pytest.approx(10 / 5)
     with pytest.raises(ValueError, match="unknown loss_agg_mode"):
         agg_loss(loss, mask, "mean")
 
@@ -48,8 +50,8 @@ def test_agg_loss_matches_slow_loop(mode):
         expected = sum(sum(r) for r in rows) / len(rows)
     elif mode == "seq-mean-token-mean":
         expected = sum(sum(r) / len(r) for r in rows) / len(rows)
-    else:
-        expected = sum(sum(r) for r in rows) / (5 * 6)
+    else:  # verl's: every token's loss summed, over the padded length
+        expected = sum(sum(r) for r in rows) / 6
     assert agg_loss(loss, mask, mode).item() == pytest.approx(expected)
 
 
@@ -203,8 +205,31 @@ def test_micro_batch_losses_with_global_counts_sum_to_the_mini_batch_loss(mode):
     """Gradient accumulation is exact: any split into micro batches gives the same total."""
     loss = torch.randn(6, 5, generator=torch.Generator().manual_seed(8))
     mask = ragged_mask(6, 5, seed=8)
-    whole = agg_loss(loss, mask, mode)
-    norm = {"global_tokens": mask.sum(), "global_seqs": (mask.sum(-1) > 0).sum()}
+    # the divisor of seq-mean-token-sum-norm is fixed by the config (factor 5 x 1 micro batch x 1 rank)
+    whole = agg_loss(loss, mask, mode, loss_scale_factor=5)
+    norm = {"global_tokens": mask.sum(), "global_seqs": (mask.sum(-1) > 0).sum(), "sum_norm": sum_norm_divisor(5, 1, 1)}
     for cuts in ([0, 1, 6], [0, 2, 3, 6], [0, 6]):
-        parts = sum(agg_loss(loss[a:b], mask[a:b], mode, norm_length=5, **norm) for a, b in zip(cuts, cuts[1:]))
+        parts = sum(agg_loss(loss[a:b], mask[a:b], mode, **norm) for a, b in zip(cuts, cuts[1:]))
         assert parts.item() == pytest.approx(whole.item())
+
+
+def test_seq_mean_token_sum_norm_has_verls_scale_however_the_mini_batch_is_cut():
+    """verl (core_algos.agg_loss + dp_actor at b178a3c): each micro batch's loss is sum / loss_scale_factor,
+    scaled by 1 / gradient accumulation, and FSDP averages the gradients of the ranks. Hand-worked:
+    one rank's mini batch of 4 rows in micro batches of 2 (accumulation 2), loss_scale_factor 4."""
+    loss = torch.tensor([[1.0, 2.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0], [4.0, 4.0, 4.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
+    mask = (loss > 0).float()
+    # verl: micro 1 sums to 6 -> 6 / 4 / 2 = 0.75; micro 2 sums to 14 -> 14 / 4 / 2 = 1.75; total 2.5
+    verl = sum(agg_loss(loss[a:a + 2], mask[a:a + 2], "seq-mean-token-sum-norm", loss_scale_factor=4) / 2
+               for a in (0, 2))
+    assert verl.item() == pytest.approx(2.5)
+    # rlcamp: the same 2.5 whether it runs the mini batch as 2 + 2, 1 + 3 or token-budget micro batches of any size
+    norm = {"sum_norm": sum_norm_divisor(4, micro_batches=2, ranks=1)}
+    for cuts in ([0, 2, 4], [0, 1, 4], [0, 3, 4], [0, 4]):
+        parts = sum(agg_loss(loss[a:b], mask[a:b], "seq-mean-token-sum-norm", **norm) for a, b in zip(cuts, cuts[1:]))
+        assert parts.item() == pytest.approx(2.5)
+    # 2 ranks, each with such a mini batch: FSDP averages the two gradients, so the divisor doubles and
+    # grad_scale (x the world size) restores the sum: (2.5 + 2.5) / 2 per rank-average = 2.5
+    two = sum_norm_divisor(4, micro_batches=2, ranks=2)
+    per_rank = agg_loss(loss, mask, "seq-mean-token-sum-norm", sum_norm=two) * 2  # x grad_scale
+    assert ((per_rank + per_rank) / 2).item() == pytest.approx(2.5)

@@ -136,3 +136,35 @@ def test_ignore_eos_generates_full_length_but_a_response_ends_at_its_first_eos(t
     after_end = batch["response_mask"] == 0
     assert (batch["rollout_log_probs"][after_end] == 0).all() and (batch["old_log_probs"][after_end] == 0).all()
 
+
+
+def test_use_fused_kernels_turns_the_chunked_head_on_and_off_with_the_same_gradient(tmp_path, monkeypatch):
+    import rlcamp.models.forward as forward
+
+    calls = []
+    chunked = forward._actor_forward_chunked
+    monkeypatch.setattr(forward, "_actor_forward_chunked", lambda *a, **k: calls.append(1) or chunked(*a, **k))
+    fused, m_fused = grads_after_update(tmp_path / "fused", 2, ["actor_rollout_ref.model.use_fused_kernels=True"])
+    assert calls  # rlcamp's default: the chunked head
+    calls.clear()
+    plain, m_plain = grads_after_update(tmp_path / "plain", 2, ["actor_rollout_ref.model.use_fused_kernels=False"])
+    assert not calls  # the full logits, verl's default
+    for a, b in zip(fused, plain):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert abs(m_fused["actor/pg_loss"] - m_plain["actor/pg_loss"]) < 1e-6
+
+
+def test_seq_mean_token_sum_norm_scales_as_verl_by_the_configured_micro_batches_and_factor(tmp_path):
+    """verl's scale: sum / (loss_scale_factor x micro batches per mini batch). A mini batch of 8
+    responses in micro batches of 4 (2 accumulated) has half the gradient of one in micro batches of
+    8, and a factor twice as large halves it again; the cut itself does not matter (token budgets)."""
+    mode = ["actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm", "actor_rollout_ref.actor.ppo_mini_batch_size=4"]
+    whole, _ = grads_after_update(tmp_path / "m8", 8, mode)
+    halves, _ = grads_after_update(tmp_path / "m4", 4, mode)
+    factor, _ = grads_after_update(tmp_path / "f", 8, mode + ["actor_rollout_ref.actor.loss_scale_factor=16"])
+    budget, _ = grads_after_update(tmp_path / "d", 8, mode + [
+        "actor_rollout_ref.actor.use_dynamic_bsz=True", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=1"])
+    for w, h, f, d in zip(whole, halves, factor, budget):  # response_length 8: the default factor
+        assert torch.allclose(h, w / 2, atol=1e-7, rtol=1e-4)
+        assert torch.allclose(f, w / 2, atol=1e-7, rtol=1e-4)
+        assert torch.allclose(d, w, atol=1e-7, rtol=1e-4)  # one row per micro batch, counted as one micro batch
