@@ -58,9 +58,12 @@ def _engine_blockers(cfg: RLConfig) -> list[str]:
                    "parallel 1); set it to 1, or use rollout.name=hf, whose engine splits the model over "
                    "tensor_model_parallel_size ranks")
     rm = cfg.reward_model
-    if rm.enable and rm.use_reward_loop and rm.rollout.name == "vllm" and not _has("vllm"):
-        out.append(f"reward_model.rollout.name=vllm needs the vllm package: {installs['vllm']}; or use "
-                   "reward_model.rollout.name=hf")
+    if rm.enable and rm.use_reward_loop and rm.rollout.name == "vllm":
+        out.append("reward_model.rollout.name=vllm: rlcamp's reward loop does not serve the reward model through "
+                   "vLLM yet; reward_model.rollout.name=hf serves it with rlcamp's own engine (same scores)")
+    if rm.enable and rm.use_reward_loop and rm.enable_resource_pool:
+        out.append("reward_model.enable_resource_pool=True (the reward model on devices of its own): rlcamp serves "
+                   "the reward model in the trainer's process so far; set it to False")
     return out
 
 

@@ -32,6 +32,11 @@ UNSUPPORTED: list[Unsupported] = [
     Unsupported("reward_model.ulysses_sequence_parallel_size", lambda v: v > 1,
                 "is not implemented: the reward model scores on the driver, in one process", "set it to 1"),
     Unsupported("reward_model.reward_manager", lambda v: v in ("batch", "dapo"), _NOT_PLANNED, "use reward_manager=naive"),
+    Unsupported("reward_model.reward_loop_module_path", lambda v: v is not None,
+                "(a reward-loop class of your own) is not implemented: rlcamp's reward loop takes a custom_reward_function",
+                "put the scoring in custom_reward_function.path instead"),
+    Unsupported("reward_model.reward_loop_source", lambda v: v != "register",
+                "(a reward-loop class of your own) is not implemented", "leave it at register"),
     Unsupported("actor_rollout_ref.model.lora_rank", lambda v: v > 0, _NOT_PLANNED, "set it to 0 (full fine-tuning)"),
     Unsupported("critic.model.lora_rank", lambda v: v > 0, _NOT_PLANNED, "set it to 0 (full fine-tuning)"),
     Unsupported("actor_rollout_ref.model.use_liger", bool, _NOT_PLANNED, "set it to False"),
@@ -46,6 +51,14 @@ UNSUPPORTED: list[Unsupported] = [
                 "(hybrid sharding over groups of ranks) is not implemented: rlcamp shards over all data-parallel "
                 "ranks", "leave it at -1"),
 ]
+
+
+_RM_HF_ENGINE = ("reward_model.rollout.name=hf serves the reward model with rlcamp's own engine, in the trainer's "
+                 "process (one device, no KV cache to size); vLLM reads it")
+
+
+def _rm_hf_engine(cfg) -> bool:
+    return cfg.reward_model.rollout.name == "hf" or not cfg.reward_model.use_reward_loop
 
 
 def always(cfg) -> bool:
@@ -140,7 +153,21 @@ NO_EFFECT: list[NoEffect] = [
     *[NoEffect(f"{role}.mixed_precision.buffer_dtype", "FSDP2 keeps buffers (rotary frequencies) in their own "
                "dtype; verl's FSDP2 path does not read it either") for role in
       ("actor_rollout_ref.actor.fsdp_config", "critic.model.fsdp_config")],
+    NoEffect("reward_model.reward_loop_class_name", "it names a class in reward_model.reward_loop_module_path, "
+             "which is refused"),
     # no effect only in some runs
+    *[NoEffect(f"reward_model.{k}", "reward_model.use_reward_loop=False scores in the trainer's process, without "
+               "the reward loop's engine and workers", lambda cfg: not cfg.reward_model.use_reward_loop)
+      for k in ("num_workers", "rollout.name", "rollout.dtype", "rollout.max_num_seqs", "rollout.max_model_len",
+                "rollout.prompt_length", "rollout.response_length")],
+    *[NoEffect(f"reward_model.rollout.{k}", _RM_HF_ENGINE, _rm_hf_engine)
+      for k in ("gpu_memory_utilization", "enforce_eager", "cudagraph_capture_sizes", "free_cache_engine",
+                "data_parallel_size", "expert_parallel_size", "tensor_model_parallel_size", "max_num_batched_tokens",
+                "load_format", "engine_kwargs", "limit_images", "enable_chunked_prefill", "enable_prefix_caching",
+                "disable_log_stats", "skip_tokenizer_init")],
+    *[NoEffect(f"reward_model.{k}", "they size the reward model's own device pool, which "
+               "reward_model.enable_resource_pool=False does not make", lambda cfg: not cfg.reward_model.enable_resource_pool)
+      for k in ("n_gpus_per_node", "nnodes")],
     NoEffect("actor_rollout_ref.model.share_prompt_prefix", "sharing a prompt between its samples goes through the "
              "chunked head, which actor_rollout_ref.model.use_fused_kernels=False turns off",
              lambda cfg: not cfg.actor_rollout_ref.model.use_fused_kernels),

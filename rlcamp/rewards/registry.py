@@ -6,6 +6,7 @@ extra_info, **reward_kwargs) -> float | dict`` (a dict carries ``score`` plus ex
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import inspect
 from pathlib import Path
@@ -108,10 +109,30 @@ def load_custom_reward_function(path: str, name: str = "compute_score") -> Score
     return fn
 
 
-def get_reward_function(path: str | None, name: str = "compute_score", reward_kwargs: dict | None = None) -> ScoreFn:
-    """The scorer a run uses: the user's function when ``path`` is set, else the built-in dispatch."""
+def _synchronous(fn):
+    """An ``async def`` reward function (verl's reward loop accepts both) as a plain one."""
+    if not inspect.iscoroutinefunction(fn):
+        return fn
+
+    def run(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    run.__name__ = getattr(fn, "__name__", "compute_score")
+    return run
+
+
+def get_reward_function(path: str | None, name: str = "compute_score", reward_kwargs: dict | None = None,
+                        loop_kwargs: dict | None = None) -> ScoreFn:
+    """The scorer a run uses: the user's function when ``path`` is set, else the built-in dispatch.
+
+    ``loop_kwargs``: what the reward loop offers a user's function (``reward_router_address``,
+    ``reward_model_tokenizer`` for a generative reward model), passed where its signature takes them."""
     fn = load_custom_reward_function(path, name) if path else default_compute_score
     kwargs = dict(reward_kwargs or {})
+    if path and loop_kwargs:
+        params = inspect.signature(fn).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs.update({k: v for k, v in loop_kwargs.items() if takes_any or k in params})
+    fn = _synchronous(fn)
     if not kwargs:
         return fn
 

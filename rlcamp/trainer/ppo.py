@@ -76,7 +76,8 @@ class PPOTrainer:
                                    shuffle=c.data.shuffle, seed=c.data.seed, num_workers=c.data.dataloader_num_workers)
         self.val_dataset = val_dataset
         reward_fn = get_reward_function(c.custom_reward_function.path, c.custom_reward_function.name,
-                                        c.custom_reward_function.reward_kwargs)
+                                        c.custom_reward_function.reward_kwargs,
+                                        getattr(reward_model, "function_kwargs", None))
         self.reward_model = reward_model
         if reward_model is not None and not c.custom_reward_function.path:
             reward_fn = rules_where_known(reward_fn)
@@ -94,7 +95,10 @@ class PPOTrainer:
         self.timing: dict[str, float] = {}
         self.last_val_metrics: dict[str, float] = {}
         # reward_model.launch_reward_fn_async: scoring runs here while the log-prob stages run
-        self.reward_pool = ThreadPoolExecutor(1, "rlcamp-reward") if c.reward_model.launch_reward_fn_async else None
+        # and always with the reward loop, whose engine scores while the trainer moves on
+        in_background = c.reward_model.launch_reward_fn_async or (reward_model is not None and
+                                                                  c.reward_model.use_reward_loop)
+        self.reward_pool = ThreadPoolExecutor(1, "rlcamp-reward") if in_background else None
         self.tracking: Tracking | None = None
         self.loaded_checkpoint: Path | None = None  # deleted once a newer one exists (del_local_ckpt_after_load)
         # global_profiler: the steps whose stages each enabled role records (rlcamp.trainer.profiling)
@@ -116,6 +120,8 @@ class PPOTrainer:
             return self._fit(tracking)
         finally:
             tracking.close()
+            if hasattr(self.reward_model, "close"):
+                self.reward_model.close()
             if self.reward_pool is not None:
                 self.reward_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -226,8 +232,9 @@ class PPOTrainer:
         rm = None
         if self.reward_model is not None:
             last = (batch["response_mask"].sum(-1) - 1).clamp(min=0)
-            rm = call_stage(self.reward_model, "__call__", batch)
-            scores[torch.arange(len(batch)), last] += rm
+            rm = call_stage(self.reward_model, "__call__", batch)  # None: a generative RM scores via the function
+            if rm is not None:
+                scores[torch.arange(len(batch)), last] += rm
         return Scored(scores, texts, extra, rm, time.perf_counter() - start)
 
     def _start_reward(self, batch: Batch) -> Scored | Future:
@@ -419,9 +426,15 @@ def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
     actor_group, critic_group = make_worker_groups(resolved, device)
     reward_model = None
     if c.reward_model.enable:
-        from rlcamp.workers.reward_model import RewardModelWorker
+        micro = resolved.derived.reward_model_micro_batch
+        if c.reward_model.use_reward_loop:
+            from rlcamp.rewards.loop import RewardLoop
 
-        reward_model = RewardModelWorker(c, device, resolved.derived.reward_model_micro_batch)
+            reward_model = RewardLoop(c, device, micro)
+        else:  # verl's legacy path: scored in this process, inside the step
+            from rlcamp.workers.reward_model import RewardModelWorker
+
+            reward_model = RewardModelWorker(c, device, micro)
     return PPOTrainer(resolved, run_dir, actor_group, critic_group, tokenizer, train, val, reward_model)
 
 

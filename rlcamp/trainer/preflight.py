@@ -168,6 +168,19 @@ def model_problems(cfg: RLConfig, warnings: list[str], blockers: list[str]) -> l
     return problems
 
 
+def reward_model_warnings(cfg: RLConfig) -> list[str]:
+    """A causal LM named as the reward model without a function to judge with gets a new score head."""
+    from rlcamp.rewards.loop import is_generative
+
+    rm = cfg.reward_model
+    if not rm.enable or cfg.custom_reward_function.path or not is_generative(rm.model.path):
+        return []
+    return [f"reward_model.model.path={rm.model.path} is a causal LM, not a sequence classifier: it scores through "
+            "a new, untrained score head (as verl's reward model worker does). For a trained reward model point it "
+            "at a *ForSequenceClassification folder; to judge with this model, set custom_reward_function (it "
+            "receives reward_router_address, a chat endpoint serving the model)"]
+
+
 def reward_problems(cfg: RLConfig) -> list[str]:
     from rlcamp.rewards import RewardError
     from rlcamp.rewards.registry import load_custom_reward_function
@@ -223,6 +236,7 @@ def preflight(cfg: RLConfig) -> Checks:
     """Run every check and return what each found (rlcamp.trainer.main_ppo reports them in one round)."""
     out = Checks()
     out.problems = data_problems(cfg) + model_problems(cfg, out.warnings, out.blockers) + reward_problems(cfg)
+    out.warnings += reward_model_warnings(cfg)
     if not data_problems(cfg):  # the sandbox check reads the data files
         out.blockers += sandbox_problems(cfg)
     return out

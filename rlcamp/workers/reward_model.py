@@ -52,10 +52,13 @@ class RewardModelWorker(Profiled):
                 out.append("\n\n".join(f"{m['role']}: {m['content']}" for m in chat))
         return out
 
-    @torch.no_grad()
     def compute_rm_score(self, raw_prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
         """One score per (prompt, response) pair, [batch]."""
-        texts = self.texts(raw_prompts, responses)
+        return self.score_texts(self.texts(raw_prompts, responses))
+
+    @torch.no_grad()
+    def score_texts(self, texts: list[str]) -> torch.Tensor:
+        """One score per templated conversation, [batch], in micro batches."""
         if self.offload:
             self.model.to(self.device)
         scores = torch.empty(len(texts))
