@@ -343,7 +343,10 @@ class RolloutConfig:
     free_cache_engine: bool = doc("Free the engine's KV cache during training (sleep/wake).", True)
     load_format: str = doc("How the engine gets its first weights (dummy_dtensor: synced from the actor).", "dummy_dtensor")
     layered_summon: bool = doc("Gather FSDP weights layer by layer for the sync.", False)
-    tensor_model_parallel_size: int = doc("Tensor-parallel degree of the rollout engine.", 2)
+    # departure from verl (2): a default of 2 would split every laptop run's engine over 2 processes
+    tensor_model_parallel_size: int = doc("Devices one rollout engine spans (rlcamp's engine splits the model over "
+                                          "them with torch tensor parallelism); rollout data parallelism is "
+                                          "devices / this.", 1)
     max_num_batched_tokens: int = doc("Tokens the engine schedules per iteration.", 8192)
     max_model_len: int | None = doc("Context length of the engine; null = prompt + response length.", None)
     max_num_seqs: int = doc("Sequences the engine runs at once.", 1024)

@@ -264,6 +264,13 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
     if data.max_prompt_length + data.max_response_length > (rollout.max_model_len or 10**12):
         problems.append(f"data.max_prompt_length + data.max_response_length = "
                         f"{data.max_prompt_length + data.max_response_length} exceeds rollout.max_model_len={rollout.max_model_len}")
+    tp = rollout.tensor_model_parallel_size
+    if tp < 1:
+        problems.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} must be at least 1")
+    elif trainer.n_gpus_per_node % tp:
+        problems.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} must divide the "
+                        f"{trainer.n_gpus_per_node} devices of a node (trainer.n_gpus_per_node; a rollout engine spans "
+                        "devices of one node)")
     if rollout.response_length != data.max_response_length:
         warnings.append(f"actor_rollout_ref.rollout.response_length={rollout.response_length} differs from "
                         f"data.max_response_length={data.max_response_length}; the rollout's value is used")

@@ -60,8 +60,12 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
 class HFRollout:
     """Generate responses with a transformers causal LM and a KV cache."""
 
-    def __init__(self, model, eos_token_ids: list[int], pad_token_id: int, dtype: torch.dtype | None = None):
+    def __init__(self, model, eos_token_ids: list[int], pad_token_id: int, dtype: torch.dtype | None = None,
+                 agree=None):
         self.model = model
+        # agree(tokens, log_probs) -> the same on every rank of a tensor-parallel group (which would
+        # otherwise part ways on a near-tie between logits that differ in the last bit)
+        self.agree = agree
         self.eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.pad_token_id = pad_token_id
         self.dtype = dtype  # autocast dtype for generation (None = the model's own)
@@ -112,6 +116,8 @@ class HFRollout:
                 logits = logits[copy_of]
             for t in range(steps):
                 tokens, token_log_probs = sample_next(logits, params, generator)
+                if self.agree is not None:
+                    tokens, token_log_probs = self.agree(tokens, token_log_probs)
                 responses[active, t] = tokens
                 log_probs[active, t] = token_log_probs
                 finished = torch.isin(tokens, eos)

@@ -313,6 +313,18 @@ class PPOTrainer:
                 group.shutdown()
 
     # -------------------------------------------------------------------------- validation
+    def _generate_validation(self, prompts: Batch) -> Batch:
+        """Validation responses: on rank 0 (the set need not split evenly over the ranks), except with a
+        tensor-parallel rollout, whose engine needs every rank of its group: there the prompts are padded
+        to a multiple of the ranks with copies of the last one, whose responses are dropped."""
+        if self.cfg.actor_rollout_ref.rollout.tensor_model_parallel_size == 1:
+            return self.actor.call_rank0("generate", prompts, validate=True)
+        world, n = self.actor.world_size, self.cfg.actor_rollout_ref.rollout.val_kwargs.n
+        extra = -len(prompts) % world
+        padded = Batch.concat([prompts, prompts.index(torch.full((extra,), len(prompts) - 1))]) if extra else prompts
+        out = self.actor.call("generate", padded, validate=True)
+        return out.index(torch.arange(len(prompts) * n)) if extra else out
+
     def validate(self) -> dict[str, float]:
         """val_kwargs generation (greedy by default) on the validation set; verl's per-data-source
         metrics (``val-core/<data_source>/reward/mean@n``, ...) and ``val/acc``, the share of samples
@@ -325,7 +337,7 @@ class PPOTrainer:
                               seed=c.data.seed, drop_last=False)
         batches, parts = [], []
         for prompts in loader:
-            batch = self.actor.call_rank0("generate", self._prompt_batch(prompts), validate=True)
+            batch = self._generate_validation(self._prompt_batch(prompts))
             batches.append(batch.select("input_ids", "attention_mask", "data_source", "ground_truth"))
             parts.append(self.score(batch))
         batch = Batch.concat(batches)

@@ -181,6 +181,20 @@ def reward_model_warnings(cfg: RLConfig) -> list[str]:
             "receives reward_router_address, a chat endpoint serving the model)"]
 
 
+def rollout_problems(cfg: RLConfig) -> list[str]:
+    """rollout.tensor_model_parallel_size against the actor's heads and widths (its config.json)."""
+    tp = cfg.actor_rollout_ref.rollout.tensor_model_parallel_size
+    path = Path(cfg.actor_rollout_ref.model.path).expanduser()
+    if tp <= 1 or cfg.actor_rollout_ref.rollout.name != "hf" or not (path / "config.json").is_file():
+        return []
+    from transformers import AutoConfig
+
+    from rlcamp.rollout.tensor_parallel import tp_problems
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.actor_rollout_ref.model.trust_remote_code)
+    return tp_problems(config, tp)
+
+
 def reward_problems(cfg: RLConfig) -> list[str]:
     from rlcamp.rewards import RewardError
     from rlcamp.rewards.registry import load_custom_reward_function
@@ -236,6 +250,7 @@ def preflight(cfg: RLConfig) -> Checks:
     """Run every check and return what each found (rlcamp.trainer.main_ppo reports them in one round)."""
     out = Checks()
     out.problems = data_problems(cfg) + model_problems(cfg, out.warnings, out.blockers) + reward_problems(cfg)
+    out.problems += rollout_problems(cfg)
     out.warnings += reward_model_warnings(cfg)
     if not data_problems(cfg):  # the sandbox check reads the data files
         out.blockers += sandbox_problems(cfg)

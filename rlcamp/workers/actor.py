@@ -93,7 +93,9 @@ class ActorRolloutRefWorker(Profiled):
                 self.rollout = self._make_rollout(share=False)
         # each rank samples differently; ranks that share sequences (Ulysses) shuffle mini batches alike;
         # resume restores every rank's own state
-        self.generator = torch.Generator(device="cpu").manual_seed(self.rollout_cfg.seed + 1000 * dist.rank())
+        # (the ranks of a tensor-parallel rollout group sample together, so alike)
+        self.generator = torch.Generator(device="cpu").manual_seed(
+            self.rollout_cfg.seed + 1000 * (dist.rank() // self.rollout_cfg.tensor_model_parallel_size))
         dp_rank = self.sp.dp_rank if self.sp is not None else dist.rank()
         self.shuffle_generator = torch.Generator().manual_seed(config.trainer.seed + 1000 * dp_rank)
 
@@ -115,6 +117,14 @@ class ActorRolloutRefWorker(Profiled):
                           max_model_len=r.max_model_len or r.prompt_length + r.response_length,
                           device=self.device.type, trust_remote_code=arr.model.trust_remote_code,
                           initial_state=self.model.state_dict(), dtype=dtype)
+        if self.rollout_cfg.tensor_model_parallel_size > 1:  # a copy split over the group (rlcamp.rollout.tensor_parallel)
+            from rlcamp.rollout.tensor_parallel import TensorParallelRollout
+
+            rollout = TensorParallelRollout(self.model, self.rollout_cfg.tensor_model_parallel_size,
+                                            [] if self.rollout_cfg.ignore_eos else self.eos_token_ids,
+                                            self.tokenizer.pad_token_id, dtype, self.device)
+            rollout.load_weights(self.model.state_dict())
+            return rollout
         module = self.model
         # a separate copy when its dtype differs, or when the actor is sharded (generation is not lockstep)
         if not share or dtype != next(self.model.parameters()).dtype or dist.needs_sharding(self.actor_cfg.fsdp_config):

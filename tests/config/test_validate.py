@@ -94,7 +94,8 @@ def test_known_but_unimplemented_options_fail_loudly():
 
 def test_what_rlcamp_or_this_machine_lacks_is_a_blocker_not_a_config_problem():
     # valid lines for other hardware or a later rlcamp: the dry run passes, a run stops on these
-    tp = ok("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.tensor_model_parallel_size=2").blockers
+    tp = ok("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.tensor_model_parallel_size=2",
+            "trainer.n_gpus_per_node=2").blockers
     assert any("tensor_model_parallel_size=2 with rollout.name=vllm: rlcamp runs one vllm engine per device" in b
                for b in tp)
     megatron = ok("actor_rollout_ref.actor.strategy=megatron").blockers

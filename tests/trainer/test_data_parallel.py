@@ -50,3 +50,20 @@ def test_ulysses_run_end_to_end(tmp_path):
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["step"] == 1 and "critic/vf_loss" in row and "actor/pg_loss" in row  # numbers: test_ray_equivalence
     assert abs(row["actor/kl_loss"]) < 1e-5  # the reference (sequence-parallel too) equals the actor before the update
+
+
+def test_tensor_parallel_rollout_run_keeps_its_engine_in_sync(tmp_path):
+    """rollout.tensor_model_parallel_size=2 on 2 processes: one engine split over both; after each
+    update its shards are refreshed, so the engine's log-probs stay the actor's (fp32)."""
+    model, data = make_tiny_setup(tmp_path)
+    run = tmp_path / "run"
+    overrides = tiny_run_overrides(model, data, run, **{
+        "trainer.n_gpus_per_node": 2, "trainer.total_training_steps": 3, "trainer.stage_timeout_s": 300,
+        "ray_init.num_cpus": 4, "actor_rollout_ref.rollout.tensor_model_parallel_size": 2})
+    try:
+        assert main(overrides) == 0
+    finally:
+        ray.shutdown()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["rollout/log_prob_diff_max"] < 1e-4 for r in rows), [r["rollout/log_prob_diff_max"] for r in rows]

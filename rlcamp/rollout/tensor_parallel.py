@@ -1,0 +1,198 @@
+"""rlcamp's own engine over ``actor_rollout_ref.rollout.tensor_model_parallel_size`` = T ranks.
+
+The rollout copy is split over each group of T consecutive ranks with torch's tensor parallelism
+(DTensor, ``parallelize_module``): the query/key/value and gate/up projections column-wise (each
+rank holds T-th of the heads and of the MLP's intermediate features), the output and down
+projections row-wise (their partial sums are all-reduced), MoE experts the same way inside each
+expert (a rank holds T-th of every expert's intermediate features; the experts' output is
+all-reduced). Embeddings, norms, routers and the output layer stay whole. So each rank holds
+about 1/T of a decoder's weights, and a model too big for one device still decodes.
+
+The copy is built on the meta device and only its shards are allocated; the actor's weights are
+copied in shard by shard (one full tensor at a time) after every update. Rollout data parallelism
+is devices / T: the ranks of a group generate their prompts together, every rank sampling the
+same tokens (same random numbers; the group's first rank's pick is broadcast each step, so a
+near-tie between logits that differ in the last bit cannot part the ranks), and each keeps its
+own rows.
+
+Families with q/k/v/o attention (Llama, Qwen2, Qwen3, Gemma 2, Qwen2-MoE, Mixtral-style experts)
+are covered; others are refused by name.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+
+from rlcamp.rollout.hf import HFRollout, SamplingParams
+
+COLWISE = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+ROWWISE = ("o_proj", "down_proj")
+
+
+def tp_problems(config, tp: int) -> list[str]:
+    """Why a model with this HF ``config`` cannot be split over ``tp`` ranks (empty: it can)."""
+    if tp == 1:
+        return []
+    key = "actor_rollout_ref.rollout.tensor_model_parallel_size"
+    text = getattr(config, "text_config", config)
+    problems = []
+    if getattr(text, "model_type", "") in ("deepseek_v3", "deepseek_v2", "kimi_k2"):
+        return [f"{key}={tp}: multi-head latent attention ({text.model_type}) is not split by rlcamp's engine yet; "
+                "use tensor_model_parallel_size=1 (or rollout.name=vllm)"]
+    sizes = {"num_attention_heads": text.num_attention_heads,
+             "num_key_value_heads": getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+             "intermediate_size": getattr(text, "intermediate_size", None),
+             "moe_intermediate_size": getattr(text, "moe_intermediate_size", None),
+             "shared_expert_intermediate_size": getattr(text, "shared_expert_intermediate_size", None)}
+    for name, value in sizes.items():
+        if value and value % tp:
+            problems.append(f"{key}={tp} does not divide the model's {name}={value}: each rank must hold a "
+                            "whole share of it; pick a divisor")
+    return problems
+
+
+def _local_plan(model) -> dict[str, object]:
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    plan = {}
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if ".layers." not in f".{name}" or not isinstance(module, torch.nn.Linear):
+            continue
+        if leaf in COLWISE:
+            plan[name] = ColwiseParallel()
+        elif leaf in ROWWISE:
+            plan[name] = RowwiseParallel()
+    return plan
+
+
+def _is_experts(module) -> bool:
+    return isinstance(getattr(module, "gate_up_proj", None), torch.nn.Parameter) and \
+        isinstance(getattr(module, "down_proj", None), torch.nn.Parameter)
+
+
+class TensorParallelRollout:
+    """Generate with a copy of ``source`` split over this rank's tensor-parallel group."""
+
+    def __init__(self, source: torch.nn.Module, tp: int, eos_token_ids: list[int], pad_token_id: int,
+                 dtype: torch.dtype, device: torch.device):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor.parallel import parallelize_module
+        from transformers import AutoModelForCausalLM
+
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if world % tp:
+            raise ValueError(f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} does not divide the "
+                             f"{world} ranks")
+        problems = tp_problems(source.config, tp)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.tp, self.device = tp, device
+        mesh = init_device_mesh(device.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
+        self.mesh = mesh["tp"]
+        self.group = self.mesh.get_group()
+        self.tp_rank = self.mesh.get_local_rank()
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(source.config, dtype=dtype)
+        parallelize_module(model, self.mesh, _local_plan(model))
+        self.shard_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        for name, module in model.named_modules():
+            if _is_experts(module):
+                self._split_experts(name, module)
+        model.to_empty(device=device)
+        sources = dict(source.named_buffers())
+        for name, buffer in model.named_buffers():  # rotary frequencies etc.: not in the state dict
+            if name in sources:
+                buffer.copy_(sources[name].to(buffer.device, buffer.dtype))
+        model.config.use_cache = True
+        model.eval()
+        self.model = model
+        self.params = dict(model.named_parameters(remove_duplicate=False))
+        self.engine = HFRollout(model, eos_token_ids, pad_token_id, agree=self._agree)
+
+    # --------------------------------------------------------------------------- sharding
+    def _split_experts(self, name: str, experts: torch.nn.Module) -> None:
+        """Each expert's intermediate features split over the group: gate_up_proj [E, 2I, H] keeps this
+        rank's gate and up rows (in that order, as the expert's chunk(2) expects), down_proj [E, H, I]
+        its columns; the experts' partial outputs are all-reduced."""
+        tp, r = self.tp, self.tp_rank
+        inter = experts.gate_up_proj.shape[1] // 2
+        part = inter // tp
+
+        def gate_up(full: torch.Tensor) -> torch.Tensor:
+            gate, up = full[:, :inter], full[:, inter:]
+            return torch.cat([gate[:, r * part:(r + 1) * part], up[:, r * part:(r + 1) * part]], 1)
+
+        def down(full: torch.Tensor) -> torch.Tensor:
+            return full[:, :, r * part:(r + 1) * part]
+
+        e, _, h = experts.gate_up_proj.shape
+        experts.gate_up_proj = torch.nn.Parameter(torch.empty(e, 2 * part, h, device="meta",
+                                                              dtype=experts.gate_up_proj.dtype), requires_grad=False)
+        experts.down_proj = torch.nn.Parameter(torch.empty(e, experts.down_proj.shape[1], part, device="meta",
+                                                           dtype=experts.down_proj.dtype), requires_grad=False)
+        if hasattr(experts, "intermediate_dim"):
+            experts.intermediate_dim = part
+        self.shard_fns[f"{name}.gate_up_proj"] = gate_up
+        self.shard_fns[f"{name}.down_proj"] = down
+        group = self.group
+
+        def reduce(_module, _inputs, output):
+            dist.all_reduce(output, group=group)
+            return output
+        experts.register_forward_hook(reduce)
+
+    def _local(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        if name in self.shard_fns:
+            return self.shard_fns[name](full)
+        param = self.params[name]
+        placements = getattr(param, "placements", None)
+        if not placements or not placements[0].is_shard():
+            return full
+        return torch.chunk(full, self.tp, dim=placements[0].dim)[self.tp_rank]
+
+    @torch.no_grad()
+    def load_weights(self, state: Iterable[tuple[str, torch.Tensor]] | dict) -> None:
+        """The actor's full weights (HF names), copied into this rank's shards one tensor at a time."""
+        items = state.items() if hasattr(state, "items") else state
+        for name, full in items:
+            if hasattr(full, "full_tensor"):
+                full = full.full_tensor()
+            param = self.params.get(name)
+            if param is None:
+                continue
+            target = param.to_local() if hasattr(param, "to_local") else param
+            target.copy_(self._local(name, full.detach()).to(target.device, target.dtype))
+
+    # ------------------------------------------------------------------------- generation
+    def _agree(self, tokens: torch.Tensor, log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The group's first rank's tokens and log-probs, on every rank of the group. The all-reduces
+        need not give bit-identical logits on every rank, and a greedy near-tie (common in a random
+        model) would then pick different tokens, end rows at different steps and stall the group."""
+        both = torch.stack([tokens.to(log_probs.dtype), log_probs])
+        dist.broadcast(both, group=self.group, group_src=0)
+        return both[0].to(tokens.dtype), both[1]
+
+    def _gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        parts: list = [None] * self.tp
+        dist.all_gather_object(parts, tensor.cpu(), group=self.group)
+        return parts
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """This rank's prompts in, its responses out; the group generates all of its prompts at once."""
+        ids, masks = self._gather(input_ids), self._gather(attention_mask)
+        width = max(t.shape[1] for t in ids)
+        pad = self.engine.pad_token_id
+
+        def left_pad(t: torch.Tensor, value: int) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
+
+        sizes = [t.shape[0] for t in ids]
+        out = self.engine.generate(torch.cat([left_pad(t, pad) for t in ids]).to(self.device),
+                                   torch.cat([left_pad(m, 0) for m in masks]).to(self.device), params, generator)
+        start = sum(sizes[:self.tp_rank])
+        return {k: v[start:start + sizes[self.tp_rank]] for k, v in out.items()}

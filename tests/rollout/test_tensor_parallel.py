@@ -1,0 +1,91 @@
+"""rlcamp's engine split over 2 tensor-parallel ranks (2 spawned gloo processes) gives the one-process
+tokens and sampling log-probs, for dense and MoE families."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from rlcamp.models.tiny import build_tiny_model
+
+FAMILIES = ("qwen2", "llama", "qwen3", "gemma2", "qwen2_moe")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prompts(vocab: int):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (6, 5), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding
+    mask[4, :1] = 0
+    return ids, mask
+
+
+def _run(rank: int, world: int, port: int, models: dict, out: str) -> None:
+    from rlcamp.models.loading import load_causal_lm
+    from rlcamp.rollout.hf import HFRollout, SamplingParams
+    from rlcamp.rollout.tensor_parallel import TensorParallelRollout
+    from rlcamp.utils.dist import init_distributed
+
+    init_distributed(rank, world, "127.0.0.1", port, "gloo", 120)
+    results = {}
+    for family, path in models.items():
+        source = load_causal_lm(path)
+        tp = TensorParallelRollout(source, 2, [], source.config.pad_token_id, torch.float32, torch.device("cpu"))
+        tp.load_weights(source.state_dict())
+        shard = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+                    for n, p in tp.model.named_parameters() if ".layers." in n)
+        whole = sum(p.numel() for n, p in source.named_parameters() if ".layers." in n)
+        ids, mask = _prompts(source.config.vocab_size)
+        mine = slice(3 * rank, 3 * rank + 3)  # this rank's share of the prompts
+        reference = HFRollout(source, [], source.config.pad_token_id)
+        case = {"shard_fraction": shard / whole}
+        for name, params in (("greedy", SamplingParams(6, do_sample=False)),
+                             ("sampled", SamplingParams(6, temperature=0.9, top_p=0.95, top_k=20))):
+            got = tp.generate(ids[mine], mask[mine], params, torch.Generator().manual_seed(7))
+            want = reference.generate(ids, mask, params, torch.Generator().manual_seed(7))  # the whole group at once
+            case[name] = {"tokens_equal": torch.equal(got["responses"], want["responses"][mine]),
+                          "max_log_prob_diff": (got["rollout_log_probs"] - want["rollout_log_probs"][mine]).abs().max().item()}
+        results[family] = case
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(results, f)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tp")
+    models = {f: str(build_tiny_model(root / f, f)) for f in FAMILIES}
+    out = str(root / "out")
+    mp.spawn(_run, args=(2, _free_port(), models, out), nprocs=2, join=True)
+    return [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_tensor_parallel_ranks_decode_as_one_process(results, family):
+    for rank in range(2):
+        case = results[rank][family]
+        assert 0.4 < case["shard_fraction"] < 0.6, case  # each rank holds about half of every decoder layer
+        for name in ("greedy", "sampled"):
+            assert case[name]["tokens_equal"], (rank, name, case)
+            assert case[name]["max_log_prob_diff"] < 1e-5, (rank, name, case)
+
+
+def test_what_cannot_be_split_is_named():
+    from transformers import AutoConfig
+
+    from rlcamp.rollout.tensor_parallel import tp_problems
+
+    config = AutoConfig.for_model("qwen2", num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)
+    assert tp_problems(config, 2) == []
+    (problem,) = tp_problems(config, 4)
+    assert "does not divide the model's num_key_value_heads=2" in problem
+    assert "multi-head latent attention" in tp_problems(AutoConfig.for_model("deepseek_v3"), 2)[0]
