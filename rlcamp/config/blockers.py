@@ -52,11 +52,10 @@ def _engine_blockers(cfg: RLConfig) -> list[str]:
     if rollout.name in installs and not _has(rollout.name):
         out.append(f"actor_rollout_ref.rollout.name={rollout.name} needs the {rollout.name} package: "
                    f"{installs[rollout.name]}; or use rollout.name=hf (rlcamp's own engine)")
-    if rollout.name in ("vllm", "sglang") and rollout.tensor_model_parallel_size != 1:
+    if rollout.name == "sglang" and rollout.tensor_model_parallel_size != 1:
         out.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.tensor_model_parallel_size} with "
-                   f"rollout.name={rollout.name}: rlcamp runs one {rollout.name} engine per device so far (tensor "
-                   "parallel 1); set it to 1, or use rollout.name=hf, whose engine splits the model over "
-                   "tensor_model_parallel_size ranks")
+                   "rollout.name=sglang: rlcamp runs one SGLang engine per device so far (tensor parallel 1); set it "
+                   "to 1, or use rollout.name=vllm or hf, whose engines span tensor_model_parallel_size ranks")
     rm = cfg.reward_model
     if rm.enable and rm.use_reward_loop and rm.rollout.name == "vllm":
         out.append("reward_model.rollout.name=vllm: rlcamp's reward loop does not serve the reward model through "

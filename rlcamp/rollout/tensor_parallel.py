@@ -74,27 +74,58 @@ def _is_experts(module) -> bool:
         isinstance(getattr(module, "down_proj", None), torch.nn.Parameter)
 
 
-class TensorParallelRollout:
-    """Generate with a copy of ``source`` split over this rank's tensor-parallel group."""
+class RolloutGroup:
+    """This rank's group of ``tp`` consecutive ranks that run one engine together (rlcamp's or vLLM's
+    external-launcher mode): the group's prompts are generated together, each rank keeps its rows."""
 
-    def __init__(self, source: torch.nn.Module, tp: int, eos_token_ids: list[int], pad_token_id: int,
-                 dtype: torch.dtype, device: torch.device):
+    def __init__(self, tp: int, device: torch.device):
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.tensor.parallel import parallelize_module
-        from transformers import AutoModelForCausalLM
 
         world = dist.get_world_size() if dist.is_initialized() else 1
         if world % tp:
             raise ValueError(f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} does not divide the "
                              f"{world} ranks")
+        self.tp = tp
+        self.mesh = init_device_mesh(device.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))["tp"]
+        self.group = self.mesh.get_group()
+        self.rank = self.mesh.get_local_rank()
+
+    def _gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        parts: list = [None] * self.tp
+        dist.all_gather_object(parts, tensor.cpu(), group=self.group)
+        return parts
+
+    def prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int
+                ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The group's prompts (left-padded to one width), and how many each rank brought."""
+        ids, masks = self._gather(input_ids), self._gather(attention_mask)
+        width = max(t.shape[1] for t in ids)
+
+        def left_pad(t: torch.Tensor, value: int) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
+
+        return (torch.cat([left_pad(t, pad_token_id) for t in ids]), torch.cat([left_pad(m, 0) for m in masks]),
+                [t.shape[0] for t in ids])
+
+    def mine(self, out: dict[str, torch.Tensor], sizes: list[int]) -> dict[str, torch.Tensor]:
+        start = sum(sizes[:self.rank])
+        return {k: v[start:start + sizes[self.rank]] for k, v in out.items()}
+
+
+class TensorParallelRollout:
+    """Generate with a copy of ``source`` split over this rank's tensor-parallel group."""
+
+    def __init__(self, source: torch.nn.Module, tp: int, eos_token_ids: list[int], pad_token_id: int,
+                 dtype: torch.dtype, device: torch.device):
+        from torch.distributed.tensor.parallel import parallelize_module
+        from transformers import AutoModelForCausalLM
+
         problems = tp_problems(source.config, tp)
         if problems:
             raise ValueError("; ".join(problems))
         self.tp, self.device = tp, device
-        mesh = init_device_mesh(device.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
-        self.mesh = mesh["tp"]
-        self.group = self.mesh.get_group()
-        self.tp_rank = self.mesh.get_local_rank()
+        self.ranks = RolloutGroup(tp, device)
+        self.mesh, self.group, self.tp_rank = self.ranks.mesh, self.ranks.group, self.ranks.rank
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(source.config, dtype=dtype)
         parallelize_module(model, self.mesh, _local_plan(model))
@@ -176,23 +207,9 @@ class TensorParallelRollout:
         dist.broadcast(both, group=self.group, group_src=0)
         return both[0].to(tokens.dtype), both[1]
 
-    def _gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        parts: list = [None] * self.tp
-        dist.all_gather_object(parts, tensor.cpu(), group=self.group)
-        return parts
-
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """This rank's prompts in, its responses out; the group generates all of its prompts at once."""
-        ids, masks = self._gather(input_ids), self._gather(attention_mask)
-        width = max(t.shape[1] for t in ids)
-        pad = self.engine.pad_token_id
-
-        def left_pad(t: torch.Tensor, value: int) -> torch.Tensor:
-            return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
-
-        sizes = [t.shape[0] for t in ids]
-        out = self.engine.generate(torch.cat([left_pad(t, pad) for t in ids]).to(self.device),
-                                   torch.cat([left_pad(m, 0) for m in masks]).to(self.device), params, generator)
-        start = sum(sizes[:self.tp_rank])
-        return {k: v[start:start + sizes[self.tp_rank]] for k, v in out.items()}
+        ids, mask, sizes = self.ranks.prompts(input_ids, attention_mask, self.engine.pad_token_id)
+        out = self.engine.generate(ids.to(self.device), mask.to(self.device), params, generator)
+        return self.ranks.mine(out, sizes)

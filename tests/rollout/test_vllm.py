@@ -101,7 +101,62 @@ def test_async_mode_serves_the_same_outputs(setup):
         served.shutdown()
 
 
-def test_tensor_parallel_other_than_one_is_refused(setup):
+def test_tensor_parallel_needs_as_many_ranks(setup):
     cfg = dataclasses.replace(RolloutConfig(), tensor_model_parallel_size=2)
-    with pytest.raises(ValueError, match=r"tensor_model_parallel_size=2: .*\(tensor parallel 1\)"):
+    with pytest.raises(ValueError, match=r"tensor_model_parallel_size=2 does not divide the 1 ranks"):
         VLLMRollout("/nonexistent", cfg, eos_token_ids=[0], pad_token_id=0, max_model_len=8, device="cpu")
+    with pytest.raises(ValueError, match=r"rollout.mode=async: vLLM's external launcher"):
+        VLLMRollout("/nonexistent", dataclasses.replace(cfg, mode="async"), eos_token_ids=[0], pad_token_id=0,
+                    max_model_len=8, device="cpu")
+
+
+def _tensor_parallel_ranks(rank: int, port: int, path: str, out: str) -> None:
+    """One rank of a vLLM engine over 2 trainer processes (external launcher), against our engine."""
+    import json
+
+    from rlcamp.utils.dist import init_distributed
+
+    init_distributed(rank, 2, "127.0.0.1", port, "gloo", 300)
+    model, tok = load_causal_lm(path), load_tokenizer(path)
+    cfg = dataclasses.replace(RolloutConfig(), tensor_model_parallel_size=2, max_num_seqs=16)
+    engine = VLLMRollout(path, cfg, eos_token_ids=eos_token_ids(tok, model), pad_token_id=tok.pad_token_id,
+                         max_model_len=128, device="cpu", initial_state=model.state_dict(), dtype=torch.float32)
+    ours = HFRollout(model, eos_token_ids(tok, model), tok.pad_token_id)
+    ids = torch.randint(3, 300, (6, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mine = slice(3 * rank, 3 * rank + 3)
+    greedy = SamplingParams(12, do_sample=False)
+    result = {}
+    for phase in ("initial", "synced"):
+        if phase == "synced":  # an update, then the shard-by-shard sync
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(1)
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=g) * 0.3)
+            engine.load_weights(model.state_dict())
+        got, want = engine.generate(ids[mine], mask[mine], greedy), ours.generate(ids, mask, greedy)
+        result[phase] = {"tokens": torch.equal(got["responses"], want["responses"][mine]),
+                         "log_prob": (got["rollout_log_probs"] - want["rollout_log_probs"][mine]).abs().max().item()}
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(result, f)
+
+
+@pytest.mark.slow
+def test_tensor_parallel_two_spans_two_trainer_processes(tmp_path):
+    """rollout.tensor_model_parallel_size=2 with vLLM on CPU: one engine over 2 gloo processes gives our
+    engine's greedy tokens, before and after an in-place sync."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    path = build_tiny_model(tmp_path / "model", "qwen2", **dict(VLLM_SIZED, num_attention_heads=4, num_key_value_heads=2))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_tensor_parallel_ranks, args=(port, str(path), str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in range(2):
+        result = json.loads((tmp_path / f"out.{rank}").read_text())
+        for phase in ("initial", "synced"):
+            assert result[phase]["tokens"], (rank, result)
+            assert result[phase]["log_prob"] < 1e-4, (rank, result)
