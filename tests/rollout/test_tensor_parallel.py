@@ -4,21 +4,15 @@ tokens and sampling log-probs, for dense and MoE families."""
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from rlcamp.models.tiny import build_tiny_model
+from tests.conftest import free_port
 
 FAMILIES = ("qwen2", "llama", "qwen3", "gemma2", "qwen2_moe")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _prompts(vocab: int):
@@ -65,7 +59,7 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("tp")
     models = {f: str(build_tiny_model(root / f, f)) for f in FAMILIES}
     out = str(root / "out")
-    mp.spawn(_run, args=(2, _free_port(), models, out), nprocs=2, join=True)
+    mp.spawn(_run, args=(2, free_port(), models, out), nprocs=2, join=True)
     return [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
 
 

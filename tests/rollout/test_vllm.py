@@ -146,15 +146,13 @@ def test_tensor_parallel_two_spans_two_trainer_processes(tmp_path):
     """rollout.tensor_model_parallel_size=2 with vLLM on CPU: one engine over 2 gloo processes gives our
     engine's greedy tokens, before and after an in-place sync."""
     import json
-    import socket
 
     import torch.multiprocessing as mp
 
+    from tests.conftest import free_port
+
     path = build_tiny_model(tmp_path / "model", "qwen2", **dict(VLLM_SIZED, num_attention_heads=4, num_key_value_heads=2))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_tensor_parallel_ranks, args=(port, str(path), str(tmp_path / "out")), nprocs=2, join=True)
+    mp.spawn(_tensor_parallel_ranks, args=(free_port(), str(path), str(tmp_path / "out")), nprocs=2, join=True)
     for rank in range(2):
         result = json.loads((tmp_path / f"out.{rank}").read_text())
         for phase in ("initial", "synced"):

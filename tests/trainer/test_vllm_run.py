@@ -37,35 +37,30 @@ def test_ppo_with_vllm_rollout(tmp_path):
     assert "val/acc" in last
 
 
-def test_vllm_rollout_on_two_ray_ranks(tmp_path):
-    """trainer.n_gpus_per_node=2: each rank drives its own vLLM engine, fed from the FSDP2-sharded actor."""
+def _two_rank_run(tmp_path, **extra) -> list[dict]:
+    """A 2-step run on 2 Ray ranks with vLLM rollouts; its metrics, after checking the sync took."""
     ray = pytest.importorskip("ray", reason="Ray is installed by scripts/setup.sh (extra 'ray')")
     overrides, run = vllm_run_overrides(tmp_path, **{
         "actor_rollout_ref.actor.entropy_coeff": 0.05,  # the weights move even where rewards are all zero
-        "trainer.n_gpus_per_node": 2, "ray_init.num_cpus": 4, "trainer.stage_timeout_s": 300})
+        "trainer.n_gpus_per_node": 2, "ray_init.num_cpus": 4, "trainer.stage_timeout_s": 300, **extra})
     try:
         assert main(overrides) == 0
     finally:
         ray.shutdown()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["actor/grad_norm"] > 0
-    # step 2 samples from the engines after an update: the gathered full weights reached both of them
+    # step 2 samples from the engines after an update: the gathered full weights reached them
     assert rows[1]["rollout/log_prob_diff_max"] < 1e-3
+    return rows
+
+
+def test_vllm_rollout_on_two_ray_ranks(tmp_path):
+    """trainer.n_gpus_per_node=2: each rank drives its own vLLM engine, fed from the FSDP2-sharded actor."""
+    _two_rank_run(tmp_path)
 
 
 @pytest.mark.slow
 def test_one_vllm_engine_spans_two_ray_ranks(tmp_path):
     """rollout.tensor_model_parallel_size=2: one engine over both ranks (vLLM's external launcher),
     each loading its shard of the FSDP2-sharded actor's weights after every update."""
-    ray = pytest.importorskip("ray", reason="Ray is installed by scripts/setup.sh (extra 'ray')")
-    overrides, run = vllm_run_overrides(tmp_path, **{
-        "actor_rollout_ref.actor.entropy_coeff": 0.05, "trainer.n_gpus_per_node": 2, "ray_init.num_cpus": 4,
-        "trainer.stage_timeout_s": 300, "actor_rollout_ref.rollout.tensor_model_parallel_size": 2})
-    overrides = [o for o in overrides if "tensor_model_parallel_size=1" not in o]
-    try:
-        assert main(overrides) == 0
-    finally:
-        ray.shutdown()
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["actor/grad_norm"] > 0
-    assert rows[1]["rollout/log_prob_diff_max"] < 1e-3
+    _two_rank_run(tmp_path, **{"actor_rollout_ref.rollout.tensor_model_parallel_size": 2})
