@@ -311,6 +311,11 @@ class ClearmlTracker:
     def __init__(self, info: RunInfo):
         from clearml import Task
 
+        # clearml detects the git repository on a thread that runs git in a subprocess while Task.init
+        # forks its background reporter: a fork in the middle of that Popen deadlocked the run's close
+        # on this machine (2026-12-01, clearml 1.x offline mode). Detecting it before the fork avoids that.
+        if hasattr(Task, "_Task__detect_repo_async"):
+            Task._Task__detect_repo_async = False
         self.task = Task.init(project_name=info.project, task_name=info.experiment, output_uri=False,
                               auto_connect_frameworks=False, auto_resource_monitoring=False,
                               auto_connect_streams=False)

@@ -94,9 +94,9 @@ def test_known_but_unimplemented_options_fail_loudly():
 
 def test_what_rlcamp_or_this_machine_lacks_is_a_blocker_not_a_config_problem():
     # valid lines for other hardware or a later rlcamp: the dry run passes, a run stops on these
-    tp = ok("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.tensor_model_parallel_size=2",
+    tp = ok("actor_rollout_ref.rollout.name=sglang", "actor_rollout_ref.rollout.tensor_model_parallel_size=2",
             "trainer.n_gpus_per_node=2").blockers
-    assert any("tensor_model_parallel_size=2 with rollout.name=vllm: rlcamp runs one vllm engine per device" in b
+    assert any("tensor_model_parallel_size=2 with rollout.name=sglang: rlcamp runs one SGLang engine per device" in b
                for b in tp)
     megatron = ok("actor_rollout_ref.actor.strategy=megatron").blockers
     assert any("actor_rollout_ref.actor.strategy, actor_rollout_ref.ref.strategy, critic.strategy=megatron: rlcamp "

@@ -40,9 +40,15 @@ def write_run(names: list[str], run_dir: Path, **env) -> subprocess.CompletedPro
     """The writer runs as a user's run would: its own process, without pytest's variables (clearml
     behaves differently, and waits forever on close, when PYTEST_CURRENT_TEST is set)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    result = subprocess.run([sys.executable, "-c", WRITER, json.dumps(names), str(run_dir), json.dumps(STEPS),
-                             json.dumps(COLUMNS), json.dumps(ROWS)], capture_output=True, text=True, cwd=run_dir.parent,
-                            env=dict(base, PYTHONPATH=str(ROOT), **env), timeout=240)
+    try:
+        result = subprocess.run([sys.executable, "-c", WRITER, json.dumps(names), str(run_dir), json.dumps(STEPS),
+                                 json.dumps(COLUMNS), json.dumps(ROWS)], capture_output=True, text=True,
+                                cwd=run_dir.parent, env=dict(base, PYTHONPATH=str(ROOT), **env), timeout=240)
+    except subprocess.TimeoutExpired as exc:  # say where it hung
+        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        err = (exc.stderr or b"").decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        raise AssertionError(f"the {names} writer did not finish in 240 s; stdout: {out[-2000:]}\n"
+                             f"stderr: {err[-3000:]}\nenvironment: {sorted(base)}") from None
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
