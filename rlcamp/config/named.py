@@ -105,9 +105,6 @@ def _put(tree: dict, key: str, value: Any) -> None:
 def load_named(config_path: str | None, config_name: str) -> tuple[dict, str]:
     """The settings a ``--config-path/--config-name`` pair makes, as a nested tree of the keys it
     sets (interpolations resolved), and a line saying where they came from."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     name = config_name.removesuffix(".yaml").removesuffix(".yml")
     path = Path(config_path or ".").expanduser() / f"{name}.yaml"
     if not path.is_file():
@@ -115,6 +112,14 @@ def load_named(config_path: str | None, config_name: str) -> tuple[dict, str]:
             return NAMED[name], f"--config-name={name}: rlcamp's built-in equivalent of verl's {name}.yaml"
         raise ConfigError([f"--config-name={config_name}: {path} does not exist, and it is not one of the built-in "
                            f"configs ({', '.join(NAMED)})"])
+    return load_file(path), f"--config-name={name}: {path}"
+
+
+def load_file(path: Path) -> dict:
+    """The settings of one Hydra-style YAML file (its defaults composed, interpolations resolved)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     layers = _compose(path)
     user = OmegaConf.merge(*[OmegaConf.create(layer) for layer in layers]) if layers else OmegaConf.create({})
     whole = OmegaConf.merge(OmegaConf.create(config_to_dict(RLConfig())), user)
@@ -125,4 +130,4 @@ def load_named(config_path: str | None, config_name: str) -> tuple[dict, str]:
     out: dict = {}
     for key in _leaves(OmegaConf.to_container(user, resolve=False)):
         _put(out, key, _pick(resolved, key))
-    return out, f"--config-name={name}: {path}"
+    return out

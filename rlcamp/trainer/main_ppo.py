@@ -51,7 +51,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _config_tree(args: argparse.Namespace) -> tuple[dict | None, str | None]:
     """The settings of --config FILE or --config-path/--config-name (verl's named configs included)."""
-    from rlcamp.config.named import load_named
+    from rlcamp.config.named import load_file, load_named
 
     if args.config and (args.config_path or args.config_name):
         raise ConfigError(["give either --config FILE or --config-path/--config-name, not both"])
@@ -61,8 +61,7 @@ def _config_tree(args: argparse.Namespace) -> tuple[dict | None, str | None]:
         path = Path(args.config).expanduser()
         if not path.is_file():
             raise ConfigError([f"--config {path}: no such file"])
-        return load_named(str(path.parent), path.name.rsplit(".", 1)[0] if path.suffix in (".yaml", ".yml")
-                          else path.name)
+        return load_file(path), None
     if args.config_path:
         raise ConfigError([f"--config-path={args.config_path} needs --config-name=<file in it, or ppo_trainer / "
                            "ppo_megatron_trainer>"])

@@ -159,3 +159,12 @@ def test_modelscope_offline_says_what_to_do(monkeypatch, tmp_path):
     if os.environ.get("RLCAMP_ONLINE") != "1":  # no network here: the error says what to do
         with pytest.raises(ModelError, match="could not download it from ModelScope .*set actor_rollout_ref.model.path"):
             fetch_modelscope_models(cfg)
+
+
+def test_config_file_of_any_yaml_suffix_composes_too(tmp_path):
+    from rlcamp.trainer.main_ppo import _config_tree, parse_args
+
+    (tmp_path / "base.yaml").write_text("data:\n  train_batch_size: 8\n")
+    (tmp_path / "run.yml").write_text("defaults: [base]\ndata:\n  max_prompt_length: ${data.train_batch_size}\n")
+    tree, origin = _config_tree(parse_args(["--config", str(tmp_path / "run.yml")])[0])
+    assert tree == {"data": {"train_batch_size": 8, "max_prompt_length": 8}} and origin is None
