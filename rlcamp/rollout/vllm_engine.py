@@ -25,6 +25,7 @@ Same interface as ``HFRollout``: ``generate(input_ids, attention_mask, params, g
 from __future__ import annotations
 
 import os
+
 import torch
 
 from rlcamp.rollout.engines import is_greedy, prompt_lists, require, to_batch, weight_buckets
@@ -34,6 +35,26 @@ INSTALL_HINT = ("rollout.name=vllm needs vLLM: on CPU `pip install 'rlcamp[vllm-
                 "`pip uninstall -y torchvision torchaudio torchcodec`, which break its imports), on CUDA "
                 "`pip install 'rlcamp[vllm]'`; scripts/setup.sh does the CPU install")
 
+
+
+def _remove_stale_tp_segments(group) -> None:
+    """vLLM's CPU backend gives its tensor-parallel shared-memory segments fixed names (the group's
+    ranks and this rank's slot, ``/dev/shm/...-[0-1]-cpushm_0``) and does not remove them when its
+    process is killed; the next engine over the same ranks then fails (errno 17, EEXIST). This
+    rank's slot of this group is this rank's to reuse."""
+    import torch.distributed as dist
+
+    ranks = dist.get_process_group_ranks(group.group)
+    tag = "-[" + "-".join(map(str, ranks)) + "]-cpushm_"
+    mine = {f"{tag}{group.rank}", f"{tag}{dist.get_rank()}"}
+    shm = "/dev/shm"
+    for name in os.listdir(shm) if os.path.isdir(shm) else []:
+        if any(name.endswith(m) for m in mine):
+            try:
+                os.unlink(os.path.join(shm, name))
+            except OSError:
+                pass
+    dist.barrier(group=group.group)  # nobody creates its segment while another rank still removes
 
 
 class WeightSyncExtension:
@@ -146,6 +167,8 @@ class VLLMRollout:
             # its shard in this process, inside the trainer's torch.distributed world
             self.group = RolloutGroup(tp, torch.device(device))
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            if device == "cpu":
+                _remove_stale_tp_segments(self.group)
         self.eos, self.pad_token_id = sorted(set(eos_token_ids)), pad_token_id
         if device == "cpu":
             # the KV cache of vLLM's CPU backend is sized in GiB by this variable (a user's setting wins)
