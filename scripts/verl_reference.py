@@ -71,7 +71,7 @@ def capture(text: str) -> dict:
     return json.loads(line[5:])
 
 
-def model_placeholder(script: str, text: str, value: str) -> str:
+def model_placeholder(text: str, value: str) -> str:
     name = value.rstrip("/").rsplit("/", 1)[-1]
     if not name:  # the two MoE megatron scripts use $LLM without setting it; their HF_MODEL_PATH names the model
         name = re.search(r"^HF_MODEL_PATH=(\S+)", text, re.MULTILINE).group(1).rsplit("/", 1)[-1]
@@ -125,7 +125,7 @@ def main(repo: str) -> None:
             key, sep, value = arg.partition("=")
             if sep and key in MODEL_KEYS:
                 original[key] = value
-                value = model_placeholder(path, text, value)
+                value = model_placeholder(text, value)
             elif sep and key in DATA_KEYS:
                 original[key] = value
                 value = data_placeholder(value)

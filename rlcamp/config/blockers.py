@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 
 from rlcamp.config.schema import RLConfig
+from rlcamp.utils.device import npu_available
 from rlcamp.utils.imports import has_module as _has
 
 ENGINES_ISSUE = "issue 'Training engines as one seam; Megatron-style parallelism'"
@@ -21,12 +22,6 @@ def _cuda_devices() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _npu_available() -> bool:
-    from rlcamp.utils.device import npu_available
-
-    return npu_available()
 
 
 def _device_blockers(cfg: RLConfig) -> list[str]:
@@ -39,7 +34,7 @@ def _device_blockers(cfg: RLConfig) -> list[str]:
                     "or use trainer.device=cpu / auto)"]
         if have < wanted:
             return [f"trainer.n_gpus_per_node={wanted} but this machine has {have} CUDA device(s)"]
-    if trainer.device == "npu" and not _npu_available():
+    if trainer.device == "npu" and not npu_available():
         return ["trainer.device=npu needs Ascend's torch_npu and a visible NPU; or use trainer.device=cpu / auto"]
     return []
 
@@ -114,7 +109,7 @@ def machine_notes(cfg: RLConfig) -> list[str]:
     trainer = cfg.trainer
     n = trainer.nnodes * trainer.n_gpus_per_node
     notes = []
-    if trainer.device == "auto" and n > 1 and _cuda_devices() == 0 and not _npu_available():
+    if trainer.device == "auto" and n > 1 and _cuda_devices() == 0 and not npu_available():
         notes.append(f"no GPU here: trainer.device=auto runs the {n} devices (trainer.nnodes={trainer.nnodes} x "
                      f"trainer.n_gpus_per_node={trainer.n_gpus_per_node}) as {n} CPU processes")
     if trainer.nnodes > 1:
