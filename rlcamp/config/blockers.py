@@ -89,10 +89,15 @@ def _tool_blockers(cfg: RLConfig) -> list[str]:
                    "global_profiler.tool=torch records the same steps on any device")
     model = cfg.actor_rollout_ref.model
     if model.use_fused_kernels and model.fused_kernel_options.impl_backend == "triton":
-        here = "" if _has("triton") and _cuda_devices() else " (and it would need triton and a CUDA device)"
-        out.append("actor_rollout_ref.model.fused_kernel_options.impl_backend=triton: rlcamp has no Triton kernel "
-                   f"for the log-prob head yet{here}; impl_backend=torch runs the same computation (the chunked "
-                   "head, rlcamp.models.head) on any device, as fast as the full logits on CPU")
+        from rlcamp.models.triton_head import triton_problem
+
+        device = cfg.trainer.device
+        if device == "auto":
+            device = "cuda" if _cuda_devices() else "npu" if npu_available() else "cpu"
+        problem = triton_problem(device)
+        if problem is not None:
+            out.append(f"actor_rollout_ref.model.fused_kernel_options.impl_backend=triton: {problem}; "
+                       "impl_backend=torch runs the same head (rlcamp.models.head) on any device")
     return out
 
 

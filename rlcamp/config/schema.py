@@ -200,7 +200,8 @@ class CheckpointContentsConfig:
 @dataclass(frozen=True)
 class FusedKernelOptions:
     impl_backend: Literal["torch", "triton"] = doc("torch: chunked matmuls in PyTorch (any device); triton: "
-                                                   "a Triton kernel (CUDA with triton installed).", "torch")
+                                                   "Triton kernels, same values (rlcamp.models.triton_head; a CUDA device, or "
+                                                   "TRITON_INTERPRET=1: Triton's CPU interpreter, slow).", "torch")
 
 
 @dataclass(frozen=True)

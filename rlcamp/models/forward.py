@@ -126,7 +126,7 @@ def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_en
 
 
 def _actor_forward_chunked(model, inputs: SequenceInputs, temperature: float, with_entropy: bool,
-                           remove_padding: bool, shared: SharedLayout | None):
+                           remove_padding: bool, shared: SharedLayout | None, backend: str):
     """The decoder, then the vocabulary projection and log-softmax a chunk of rows at a time
     (``rlcamp.models.head``): the [tokens, vocab] logits never exist in full."""
     decoder = model.get_decoder()
@@ -148,7 +148,7 @@ def _actor_forward_chunked(model, inputs: SequenceInputs, temperature: float, wi
         hidden = decoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
                          position_ids=inputs.position_ids, use_cache=False).last_hidden_state[:, -r - 1:-1]
     log_probs, entropy = chunked_log_probs(hidden.reshape(-1, hidden.shape[-1]), model.get_output_embeddings().weight,
-                                           labels.reshape(-1), temperature, with_entropy)
+                                           labels.reshape(-1), temperature, with_entropy, backend)
     return finish(log_probs), (finish(entropy) if with_entropy else None), None
 
 
@@ -160,7 +160,7 @@ def _shared_layout(model, inputs: SequenceInputs, share_prefix: bool) -> SharedL
 
 def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_entropy: bool = False,
                   remove_padding: bool = False, sp=None, chunked_head: bool = True, share_prefix: bool = False,
-                  compiled: bool = False):
+                  compiled: bool = False, head_backend: str = "torch"):
     """Log-probs [batch, response_len] of the response tokens under softmax(logits / T), entropy
     optional, and the model's MoE aux loss (or None). ``sp``: this rank's Ulysses group, if any
     (the MoE aux loss is then that of this rank's columns). ``chunked_head``: take the log-probs
@@ -168,12 +168,13 @@ def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_
     (``rlcamp.models.head.has_plain_head``); False forces the plain path. ``share_prefix``: run
     each distinct prompt once (``rlcamp.models.shared_prefix``) where the model allows it; this
     goes through the chunked head, and takes precedence over ``remove_padding``. ``compiled``: the
-    full-logits paths use the torch.compiled helpers (``logit_helpers``)."""
+    full-logits paths use the torch.compiled helpers (``logit_helpers``). ``head_backend``: the chunked
+    head's implementation, "torch" or "triton" (``fused_kernel_options.impl_backend``)."""
     if sp is not None:
         return _actor_forward_sp(model, inputs, temperature, with_entropy, remove_padding, sp, compiled)
     if chunked_head and has_plain_head(model):
         shared = _shared_layout(model, inputs, share_prefix)
-        return _actor_forward_chunked(model, inputs, temperature, with_entropy, remove_padding, shared)
+        return _actor_forward_chunked(model, inputs, temperature, with_entropy, remove_padding, shared, head_backend)
     r = inputs.response_len
     if remove_padding:
         packed = pack(inputs)

@@ -138,14 +138,21 @@ class _ChunkedLogProbs(torch.autograd.Function):
 
 
 def chunked_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      with_entropy: bool = False, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(hidden @ weight.T / temperature)[labels] for hidden [n, d], weight [vocab, d],
     labels [n]; plus the entropy of that softmax when asked. fp32 outputs [n]. Under autocast the
-    projection runs in autocast's dtype, as ``nn.Linear`` would."""
+    projection runs in autocast's dtype, as ``nn.Linear`` would. ``backend``: "torch" (this
+    module's chunks) or "triton" (``rlcamp.models.triton_head``: fused kernels, same values)."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     with torch.autocast(device, enabled=False):
-        log_probs, entropy = _ChunkedLogProbs.apply(hidden, weight, labels, 1.0 / temperature, with_entropy, dtype)
+        if backend == "triton":
+            from rlcamp.models.triton_head import triton_log_probs
+
+            log_probs, entropy = triton_log_probs(hidden, weight, labels, 1.0 / temperature, with_entropy, dtype)
+        else:
+            log_probs, entropy = _ChunkedLogProbs.apply(hidden, weight, labels, 1.0 / temperature, with_entropy,
+                                                        dtype)
     return log_probs, (entropy if with_entropy else None)
 
 

@@ -59,8 +59,10 @@ class ActorRolloutRefWorker(Profiled):
         self.remove_padding = prepare_trained_model(self.model, arr.model, actor_forward,
                                                     "actor_rollout_ref.model.use_remove_padding")
         # use_fused_kernels: log-probs from the hidden states a chunk of rows at a time (rlcamp.models.head,
-        # impl_backend=torch) instead of the full logits; prompt sharing needs that head
+        # impl_backend=torch, or rlcamp.models.triton_head for triton) instead of the full logits; prompt
+        # sharing needs that head
         self.chunked_head = arr.model.use_fused_kernels
+        self.head_backend = arr.model.fused_kernel_options.impl_backend
         self.share_prefix = arr.model.share_prompt_prefix and self.chunked_head
         # use_torch_compile: the full-logits paths' helpers (rlcamp.models.forward.logit_helpers)
         compilable = torch_compile_problem(self.device.type) is None
@@ -186,7 +188,8 @@ class ActorRolloutRefWorker(Profiled):
             for rows, part in micro_batches(batch, dynamic, micro, max_tokens):
                 lp, ent, _ = actor_forward(model, self._inputs(part), self.rollout_cfg.temperature, with_entropy,
                                            self.remove_padding, self.sp, chunked_head=self.chunked_head,
-                                           share_prefix=self.share_prefix, compiled=compiled)
+                                           share_prefix=self.share_prefix, compiled=compiled,
+                                           head_backend=self.head_backend)
                 log_probs.append((rows, lp.cpu()))
                 if with_entropy:
                     entropies.append((rows, ent.cpu()))
@@ -251,7 +254,8 @@ class ActorRolloutRefWorker(Profiled):
             log_probs, entropy, aux_loss = actor_forward(self.model, self._inputs(micro), self.rollout_cfg.temperature,
                                                          need_entropy, self.remove_padding, self.sp,
                                                          chunked_head=self.chunked_head,
-                                                         share_prefix=self.share_prefix, compiled=self.compile_actor)
+                                                         share_prefix=self.share_prefix, compiled=self.compile_actor,
+                                                         head_backend=self.head_backend)
         old_log_probs = micro["old_log_probs"].to(self.device)
         is_weights = None
         if a.tis_imp_ratio_cap > 0:  # correct for the rollout engine's numerics (see algos.tis_weights)
