@@ -52,12 +52,20 @@ def _engine_blockers(cfg: RLConfig) -> list[str]:
                    "rollout.name=sglang: rlcamp runs one SGLang engine per device so far (tensor parallel 1); set it "
                    "to 1, or use rollout.name=vllm or hf, whose engines span tensor_model_parallel_size ranks")
     rm = cfg.reward_model
-    if rm.enable and rm.use_reward_loop and rm.rollout.name == "vllm":
-        out.append("reward_model.rollout.name=vllm: rlcamp's reward loop does not serve the reward model through "
-                   "vLLM yet; reward_model.rollout.name=hf serves it with rlcamp's own engine (same scores)")
+    if rm.enable and rm.use_reward_loop and rm.rollout.name == "vllm" and not _has("vllm"):
+        out.append(f"reward_model.rollout.name=vllm needs the vllm package: {installs['vllm']}; or use "
+                   "reward_model.rollout.name=hf (rlcamp's own engine, same scores)")
     if rm.enable and rm.use_reward_loop and rm.enable_resource_pool:
-        out.append("reward_model.enable_resource_pool=True (the reward model on devices of its own): rlcamp serves "
-                   "the reward model in the trainer's process so far; set it to False")
+        pool = rm.nnodes * rm.n_gpus_per_node
+        if rm.nnodes > 1:
+            out.append(f"reward_model.nnodes={rm.nnodes}: rlcamp starts the reward model's pool on the driver's node "
+                       "only so far; use reward_model.nnodes=1 (up to that node's devices)")
+        elif cfg.trainer.device in ("cuda", "auto") and _cuda_devices():
+            need = cfg.trainer.n_gpus_per_node + pool
+            if _cuda_devices() < need:
+                out.append(f"reward_model.enable_resource_pool=True: the trainer's {cfg.trainer.n_gpus_per_node} and the "
+                           f"reward model's {pool} devices need {need} CUDA devices on this node; it has "
+                           f"{_cuda_devices()}")
     return out
 
 

@@ -53,8 +53,8 @@ UNSUPPORTED: list[Unsupported] = [
 ]
 
 
-_RM_HF_ENGINE = ("reward_model.rollout.name=hf serves the reward model with rlcamp's own engine, in the trainer's "
-                 "process (one device, no KV cache to size); vLLM reads it")
+_RM_HF_ENGINE = ("reward_model.rollout.name=hf serves the reward model with rlcamp's own engine (one device per "
+                 "engine, no KV cache to size); reward_model.rollout.name=vllm reads it")
 
 
 def _rm_hf_engine(cfg) -> bool:
@@ -168,6 +168,8 @@ NO_EFFECT: list[NoEffect] = [
     *[NoEffect(f"reward_model.{k}", "they size the reward model's own device pool, which "
                "reward_model.enable_resource_pool=False does not make", lambda cfg: not cfg.reward_model.enable_resource_pool)
       for k in ("n_gpus_per_node", "nnodes")],
+    NoEffect("reward_model.profiler.enable", "the reward model's own pool (reward_model.enable_resource_pool) runs in "
+             "processes the profilers do not reach yet", lambda cfg: cfg.reward_model.enable_resource_pool),
     NoEffect("actor_rollout_ref.model.share_prompt_prefix", "sharing a prompt between its samples goes through the "
              "chunked head, which actor_rollout_ref.model.use_fused_kernels=False turns off",
              lambda cfg: not cfg.actor_rollout_ref.model.use_fused_kernels),

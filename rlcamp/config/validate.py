@@ -283,6 +283,44 @@ COMPUTE_DTYPE_KEYS = ("actor_rollout_ref.model.dtype", "actor_rollout_ref.actor.
                       "critic.model.fsdp_config.mixed_precision.param_dtype", "actor_rollout_ref.rollout.dtype")
 
 
+def _reward_engine(problems: list[str], cfg: RLConfig, n_devices: int) -> None:
+    """The reward model's own pool, and the reward loop's vLLM engine: its parallel sizes against the
+    devices it gets."""
+    rm = cfg.reward_model
+    if rm.enable_resource_pool:
+        pool = rm.nnodes * rm.n_gpus_per_node
+        per = rm.rollout.tensor_model_parallel_size if rm.rollout.name == "vllm" else 1
+        if not rm.use_reward_loop:
+            problems.append("reward_model.enable_resource_pool=True serves the reward loop's engine on devices of its "
+                            "own; with reward_model.use_reward_loop=False the model scores in the trainer's process: "
+                            "set use_reward_loop=True, or enable_resource_pool=False")
+        elif pool < 1:
+            problems.append(f"reward_model.enable_resource_pool=True with reward_model.nnodes={rm.nnodes} x "
+                            f"n_gpus_per_node={rm.n_gpus_per_node}: the pool has no devices (verl's default nnodes=0); "
+                            "set reward_model.nnodes=1 and n_gpus_per_node to the devices it should get")
+        elif pool % per:
+            problems.append(f"reward_model.rollout.tensor_model_parallel_size={per} does not divide the reward model's "
+                            f"{pool} pool devices (reward_model.nnodes x n_gpus_per_node) into engines")
+    if not (rm.use_reward_loop and rm.rollout.name == "vllm"):
+        return
+    r = rm.rollout
+    tp, dp, ep = r.tensor_model_parallel_size, r.data_parallel_size, r.expert_parallel_size
+    if dp != 1:
+        problems.append(f"reward_model.rollout.data_parallel_size={dp}: rlcamp serves the reward model with one vLLM "
+                        "engine (reward_model.num_workers sets how many requests are in flight); set it to 1")
+    if ep not in (1, tp * dp):
+        problems.append(f"reward_model.rollout.expert_parallel_size={ep}: vLLM's expert parallelism spans the whole "
+                        f"engine, tensor_model_parallel_size x data_parallel_size = {tp * dp} devices; set it to "
+                        f"1 or {tp * dp}")
+    if rm.enable_resource_pool:
+        devices, where = rm.nnodes * rm.n_gpus_per_node, "reward_model.nnodes x reward_model.n_gpus_per_node"
+    else:
+        devices, where = n_devices, "the trainer's (trainer.nnodes x trainer.n_gpus_per_node)"
+    if tp > devices:
+        problems.append(f"reward_model.rollout.tensor_model_parallel_size={tp} is more than the {devices} device(s) "
+                        f"the reward model has, {where}; lower it")
+
+
 def _cpu_precision(cfg: RLConfig, user_keys: frozenset[str], warnings: list[str]) -> RLConfig:
     """On a CPU whose torch has no matrix kernels for bf16 / fp16 (no AVX-512 or AMX: the matmuls of
     a step run 4-500x slower than in fp32 there, ``benchmarks/RESULTS.md``), the low-precision
@@ -366,6 +404,7 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
         rm_micro = _micro_batch(problems, "reward_model", "micro_batch_size", "micro_batch_size_per_gpu",
                                 rm.micro_batch_size, rm.micro_batch_size_per_gpu, n_devices, bool(rm.use_dynamic_bsz),
                                 fallback=8)
+        _reward_engine(problems, cfg, n_devices)
     fallback = actor_plan.micro_batch_per_device if actor_plan else None
     # when the actor's plan already failed, an unset log-prob micro batch (which falls back on it)
     # is a consequence, not a second problem: report nothing more for it

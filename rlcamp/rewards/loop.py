@@ -15,8 +15,9 @@ generation and collects the scores after the old-log-prob, reference and value s
   ``/v1/chat/completions`` endpoint served by this engine on 127.0.0.1, and
   ``reward_model_tokenizer``; it sends its judge prompt there and parses the reply into a score.
 
-``reward_model.rollout.name=hf`` is rlcamp's own engine (this process, any device); ``vllm`` is
-not served yet (rlcamp.config.blockers says so before a run starts).
+``reward_model.rollout.name=hf`` is rlcamp's own engine (this process, any device); ``vllm`` serves
+it through vLLM (``rlcamp.rewards.vllm_reward``: the pooling runner for a classifier, the generate
+runner for a judge), same scores.
 """
 
 from __future__ import annotations
@@ -53,18 +54,14 @@ class _Request:
     done: Future = field(default_factory=Future)
 
 
-class RewardEngine:
-    """The served reward model: a thread that drains the request queue in batches."""
+class _HFBackend:
+    """rlcamp's own engine (``reward_model.rollout.name=hf``): the model in this process, on ``device``."""
 
-    def __init__(self, config: RLConfig, device: str, micro_batch: int):
+    def __init__(self, config: RLConfig, device: str, micro_batch: int, generative: bool, max_length: int):
         rm = config.reward_model
-        self.cfg, self.device = rm, torch.device(device)
-        # as verl's reward loop: a judge is a causal LM that the user's function talks to; without a
-        # function the model is scored as a classifier (a causal LM then gets a new score head)
-        self.generative = is_generative(rm.model.path) and bool(config.custom_reward_function.path)
-        self.max_batch = max(1, rm.rollout.max_num_seqs)
-        self.max_length = rm.rollout.max_model_len or (rm.rollout.prompt_length + rm.rollout.response_length)
-        if self.generative:
+        self.device, self.max_length = torch.device(device), max_length
+        self.worker = None
+        if generative:
             from rlcamp.models.loading import eos_token_ids, load_causal_lm, load_tokenizer
             from rlcamp.rollout.hf import HFRollout
             from rlcamp.utils.device import to_dtype
@@ -75,17 +72,81 @@ class RewardEngine:
                                         trust_remote_code=rm.model.trust_remote_code).to(self.device).eval()
             self.rollout = HFRollout(self.model, eos_token_ids(self.tokenizer, self.model), self.tokenizer.pad_token_id,
                                      dtype=to_dtype(rm.rollout.dtype))
-            self.worker = None
         else:
             from rlcamp.workers.reward_model import RewardModelWorker
 
             self.worker = RewardModelWorker(config, device, micro_batch)
-            self.worker.max_length = rm.max_length or self.max_length  # the engine's context
+            self.worker.max_length = rm.max_length or max_length  # the engine's context
             self.tokenizer = self.worker.tokenizer
-        self.requests: queue.Queue[_Request | None] = queue.Queue()
         self.generator = torch.Generator().manual_seed(config.trainer.seed + 5)
+
+    def score(self, texts: list[str]) -> list[float]:
+        return self.worker.score_texts(texts).tolist()
+
+    @torch.no_grad()
+    def chat(self, requests: list[tuple[list[dict], dict]]) -> list[str]:
+        from rlcamp.rollout.hf import SamplingParams
+
+        out: list[str] = [""] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, s) in enumerate(requests):  # one generate call per distinct sampling setting
+            temperature = float(s.get("temperature", 1.0))
+            params = SamplingParams(max_new_tokens=int(s.get("max_tokens", s.get("max_new_tokens", 256))),
+                                    temperature=temperature, top_p=float(s.get("top_p", 1.0)),
+                                    top_k=int(s.get("top_k", -1)), do_sample=temperature > 0)
+            groups.setdefault(tuple(vars(params).items()), []).append(i)
+        self.tokenizer.padding_side = "left"
+        for key, rows in groups.items():
+            params = SamplingParams(**dict(key))
+            texts = [self.tokenizer.apply_chat_template(requests[i][0], add_generation_prompt=True, tokenize=False)
+                     for i in rows]
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+                                 truncation=True, max_length=self.max_length).to(self.device)
+            gen = self.rollout.generate(enc["input_ids"], enc["attention_mask"], params, self.generator)
+            for i, row, n in zip(rows, gen["responses"].tolist(), gen["response_mask"].sum(-1).tolist()):
+                out[i] = self.tokenizer.decode(row[:n], skip_special_tokens=True)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class RewardEngine:
+    """The served reward model: a thread that drains the request queue in batches, on the backend
+    ``reward_model.rollout.name`` names."""
+
+    def __init__(self, config: RLConfig, device: str, micro_batch: int):
+        rm = config.reward_model
+        self.cfg = rm
+        # as verl's reward loop: a judge is a causal LM that the user's function talks to; without a
+        # function the model is scored as a classifier (a causal LM then gets a new score head)
+        self.generative = is_generative(rm.model.path) and bool(config.custom_reward_function.path)
+        self.max_batch = max(1, rm.rollout.max_num_seqs)
+        self.max_length = rm.rollout.max_model_len or (rm.rollout.prompt_length + rm.rollout.response_length)
+        if rm.rollout.name == "vllm":
+            from rlcamp.models.loading import load_tokenizer
+            from rlcamp.rewards.vllm_reward import VLLMRewardBackend
+
+            tokenizer = load_tokenizer(rm.model.path, trust_remote_code=rm.model.trust_remote_code,
+                                       key="reward_model.model.path")
+            self.backend = VLLMRewardBackend(rm, tokenizer, self.generative, self.max_length, device,
+                                             config.trainer.seed + 5)
+        else:
+            self.backend = _HFBackend(config, device, micro_batch, self.generative, self.max_length)
+        self.tokenizer = self.backend.tokenizer
+        self.requests: queue.Queue[_Request | None] = queue.Queue()
         self.thread = threading.Thread(target=self._serve, name="rlcamp-reward-engine", daemon=True)
         self.thread.start()
+
+    @property
+    def worker(self):
+        """The in-process RewardModelWorker of rlcamp's engine for a discriminative model, else None."""
+        return getattr(self.backend, "worker", None)
+
+    def texts(self, raw_prompts: list, responses: list[str]) -> list[str]:
+        from rlcamp.workers.reward_model import conversation_texts
+
+        return conversation_texts(self.tokenizer, raw_prompts, responses)
 
     # ------------------------------------------------------------------------------ clients
     def score(self, texts: list[str]) -> list[Future]:
@@ -104,6 +165,7 @@ class RewardEngine:
     def close(self) -> None:
         self.requests.put(None)
         self.thread.join(timeout=60)
+        self.backend.close()
 
     # ------------------------------------------------------------------------------- engine
     def _serve(self) -> None:
@@ -126,7 +188,7 @@ class RewardEngine:
                 if not todo:
                     continue
                 try:
-                    results = self._run_scores(todo) if kind == "score" else self._run_chats(todo)
+                    results = self._run_scores(todo) if kind == "score" else self.backend.chat([r.payload for r in todo])
                     for request, result in zip(todo, results):
                         request.done.set_result(result)
                 except BaseException as exc:  # the waiting worker re-raises it with its traceback
@@ -135,35 +197,10 @@ class RewardEngine:
                             request.done.set_exception(exc)
 
     def _run_scores(self, todo: list[_Request]) -> list[float]:
-        if self.worker is None:
+        if self.generative:
             raise ValueError(f"reward_model.model.path={self.cfg.model.path} is a generative model (a causal LM): "
                              "it answers chat requests, and custom_reward_function turns its answers into scores")
-        return self.worker.score_texts([r.payload for r in todo]).tolist()
-
-    @torch.no_grad()
-    def _run_chats(self, todo: list[_Request]) -> list[str]:
-        from rlcamp.rollout.hf import SamplingParams
-
-        out: list[str] = [""] * len(todo)
-        groups: dict[tuple, list[int]] = {}
-        for i, request in enumerate(todo):  # one generate call per distinct sampling setting
-            _, s = request.payload
-            temperature = float(s.get("temperature", 1.0))
-            params = SamplingParams(max_new_tokens=int(s.get("max_tokens", s.get("max_new_tokens", 256))),
-                                    temperature=temperature, top_p=float(s.get("top_p", 1.0)),
-                                    top_k=int(s.get("top_k", -1)), do_sample=temperature > 0)
-            groups.setdefault(tuple(vars(params).items()), []).append(i)
-        self.tokenizer.padding_side = "left"
-        for key, rows in groups.items():
-            params = SamplingParams(**dict(key))
-            texts = [self.tokenizer.apply_chat_template(todo[i].payload[0], add_generation_prompt=True, tokenize=False)
-                     for i in rows]
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                                 truncation=True, max_length=self.max_length).to(self.device)
-            gen = self.rollout.generate(enc["input_ids"], enc["attention_mask"], params, self.generator)
-            for i, row, n in zip(rows, gen["responses"].tolist(), gen["response_mask"].sum(-1).tolist()):
-                out[i] = self.tokenizer.decode(row[:n], skip_special_tokens=True)
-        return out
+        return self.backend.score([r.payload for r in todo])
 
 
 class ChatServer:
@@ -224,9 +261,12 @@ class RewardLoop:
         from rlcamp.models.loading import load_tokenizer
 
         rm = config.reward_model
-        if rm.rollout.name != "hf":
-            raise ValueError(f"reward_model.rollout.name={rm.rollout.name} is not served by rlcamp yet; use hf")
-        self.engine = RewardEngine(config, device, micro_batch)
+        if rm.enable_resource_pool:  # processes and devices of its own (rlcamp.rewards.pool)
+            from rlcamp.rewards.pool import PooledRewardEngine
+
+            self.engine = PooledRewardEngine(config, torch.device(device).type, micro_batch)
+        else:
+            self.engine = RewardEngine(config, device, micro_batch)
         self.generative = self.engine.generative
         self.input_tokenizer = load_tokenizer(rm.model.input_tokenizer, trust_remote_code=rm.model.trust_remote_code,
                                               key="reward_model.model.input_tokenizer")
@@ -238,7 +278,7 @@ class RewardLoop:
                                 "reward_model_tokenizer": self.engine.tokenizer} if self.server else {}
 
     def _score_rows(self, raw_prompts: list, responses: list) -> list[float]:
-        texts = self.engine.worker.texts(raw_prompts, responses)
+        texts = self.engine.texts(raw_prompts, responses)
         return [f.result() for f in self.engine.score(texts)]
 
     def __call__(self, batch: Batch) -> torch.Tensor | None:

@@ -18,6 +18,19 @@ from rlcamp.trainer.profiling import Profiled
 from rlcamp.utils.device import to_dtype
 
 
+def conversation_texts(tokenizer, raw_prompts: list[list[dict]], responses: list[str]) -> list[str]:
+    """Each prompt's conversation with its response as the assistant's turn, in the reward model's
+    chat template (``tokenizer``'s), as one text to score."""
+    out = []
+    for messages, response in zip(raw_prompts, responses):
+        chat = list(messages) + [{"role": "assistant", "content": response}]
+        if getattr(tokenizer, "chat_template", None):
+            out.append(tokenizer.apply_chat_template(chat, tokenize=False))
+        else:  # an RM without a template: plain role-tagged text
+            out.append("\n\n".join(f"{m['role']}: {m['content']}" for m in chat))
+    return out
+
+
 class RewardModelWorker(Profiled):
     def __init__(self, config: RLConfig, device: str = "cpu", micro_batch: int = 8):
         from transformers import AutoModelForSequenceClassification
@@ -43,14 +56,7 @@ class RewardModelWorker(Profiled):
         self.max_length = rm.max_length
 
     def texts(self, raw_prompts: list[list[dict]], responses: list[str]) -> list[str]:
-        out = []
-        for messages, response in zip(raw_prompts, responses):
-            chat = list(messages) + [{"role": "assistant", "content": response}]
-            if getattr(self.tokenizer, "chat_template", None):
-                out.append(self.tokenizer.apply_chat_template(chat, tokenize=False))
-            else:  # an RM without a template: plain role-tagged text
-                out.append("\n\n".join(f"{m['role']}: {m['content']}" for m in chat))
-        return out
+        return conversation_texts(self.tokenizer, raw_prompts, responses)
 
     def compute_rm_score(self, raw_prompts: list[list[dict]], responses: list[str]) -> torch.Tensor:
         """One score per (prompt, response) pair, [batch]."""

@@ -85,9 +85,64 @@ def test_a_generative_judge_is_served_to_the_users_function(tmp_path):
         loop.close()
 
 
-def test_an_unserved_engine_is_refused(tmp_path):
+def test_a_pool_of_its_own_scores_as_the_in_process_reward_model(tmp_path):
+    """enable_resource_pool: two replicas in processes of their own (on a CPU a device is a process)."""
+    import os
+
     rm = build_tiny_model(tmp_path / "rm", "llama", reward_model=True)
+    actor = build_tiny_model(tmp_path / "actor", "qwen2")
+    line = [f"reward_model.model.path={rm}", "reward_model.enable=True", f"actor_rollout_ref.model.path={actor}",
+            "reward_model.num_workers=3", "reward_model.rollout.max_num_seqs=4"]
+    legacy = RewardModelWorker(build_config(line + ["reward_model.use_reward_loop=False"]).config, micro_batch=2)
+    loop = RewardLoop(build_config(line + ["reward_model.enable_resource_pool=True", "reward_model.nnodes=1",
+                                           "reward_model.n_gpus_per_node=2"]).config, micro_batch=2)
+    try:
+        pids = loop.engine.pids
+        assert len(set(pids)) == 2 and os.getpid() not in pids and loop.engine.worker is None
+        batch = _batch(legacy.input_tokenizer, 11)
+        assert torch.allclose(loop(batch), legacy(batch), atol=1e-5)
+        # a replica that dies fails its requests with its exit code instead of leaving them waiting
+        os.kill(pids[0], 9)
+        loop.engine.procs[0].join(timeout=30)
+        with pytest.raises(RuntimeError, match=r"reward model pool member 0 \(pid \d+\) exited with code -9"):
+            loop(_batch(legacy.input_tokenizer, 4))
+    finally:
+        loop.close()
+
+
+def test_a_pool_that_cannot_start_says_why(tmp_path):
+    rm = build_tiny_model(tmp_path / "rm", "llama", reward_model=True)
+    for weights in rm.glob("*.safetensors"):  # the tokenizer loads here; the replica fails on the weights
+        weights.unlink()
     config = build_config([f"reward_model.model.path={rm}", "reward_model.enable=True",
-                           "reward_model.rollout.name=vllm"]).config
-    with pytest.raises(ValueError, match="reward_model.rollout.name=vllm is not served by rlcamp yet"):
-        RewardLoop(config)
+                           f"actor_rollout_ref.model.path={rm}", "reward_model.enable_resource_pool=True",
+                           "reward_model.nnodes=1", "reward_model.n_gpus_per_node=1"]).config
+    from rlcamp.rewards.pool import PooledRewardEngine
+
+    with pytest.raises(RuntimeError, match=r"(?s)the reward model's pool did not start:\nmember 0:.*Traceback"):
+        PooledRewardEngine(config, "cpu", 2)
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    (["reward_model.enable_resource_pool=True"], "the pool has no devices (verl's default nnodes=0)"),
+    (["reward_model.enable_resource_pool=True", "reward_model.nnodes=1", "reward_model.use_reward_loop=False"],
+     "set use_reward_loop=True, or enable_resource_pool=False"),
+    (["reward_model.enable_resource_pool=True", "reward_model.nnodes=1", "reward_model.n_gpus_per_node=3",
+      "reward_model.rollout.name=vllm", "reward_model.rollout.tensor_model_parallel_size=2"],
+     "tensor_model_parallel_size=2 does not divide the reward model's 3 pool devices"),
+    (["reward_model.rollout.name=vllm", "reward_model.rollout.data_parallel_size=2"], "data_parallel_size=2"),
+    (["reward_model.rollout.name=vllm", "reward_model.rollout.tensor_model_parallel_size=4",
+      "reward_model.rollout.expert_parallel_size=2"], "expert_parallel_size=2"),
+    (["reward_model.rollout.name=vllm", "reward_model.rollout.tensor_model_parallel_size=4",
+      "trainer.n_gpus_per_node=2"], "tensor_model_parallel_size=4 is more than the 2 device(s)"),
+])
+def test_reward_engine_sizes_that_cannot_work_are_config_errors(tmp_path, settings, fragment):
+    from rlcamp.config import resolve
+    from rlcamp.config.loader import ConfigError
+
+    actor = build_tiny_model(tmp_path / "actor", "qwen2")
+    cfg = build_config([f"reward_model.model.path={actor}", "reward_model.enable=True",
+                        f"actor_rollout_ref.model.path={actor}"] + settings).config
+    with pytest.raises(ConfigError) as raised:
+        resolve(cfg)
+    assert any(fragment in p for p in raised.value.problems), raised.value.problems

@@ -185,3 +185,18 @@ def test_val_only_validates_and_trains_nothing(tmp_path):
     rows = read_metrics(run)
     assert list(rows) == [0] and "val/acc" in rows[0]
     assert not list(run.glob("global_step_*"))
+
+
+def test_a_reward_model_on_a_pool_of_its_own_scores_every_step(tmp_path):
+    """reward_model.enable_resource_pool: the reward loop's engine in a process of its own, in a whole run."""
+    from rlcamp.models.tiny import build_tiny_model
+
+    model, data = make_tiny_setup(tmp_path)
+    rm = build_tiny_model(tmp_path / "rm", "llama", reward_model=True)
+    run = tmp_path / "run"
+    assert main(tiny_run_overrides(model, data, run, **{
+        "trainer.total_training_steps": 2, "reward_model.enable": True, "reward_model.model.path": rm,
+        "reward_model.enable_resource_pool": True, "reward_model.nnodes": 1, "reward_model.n_gpus_per_node": 1,
+        "reward_model.num_workers": 2, "trainer.save_freq": -1})) == 0
+    rows = read_metrics(run)
+    assert set(rows) == {1, 2} and all("critic/rm_score/mean" in rows[s] for s in rows)
