@@ -92,9 +92,9 @@ def _tool_blockers(cfg: RLConfig) -> list[str]:
         elif _cuda_devices() == 0:
             out.append("global_profiler.tool=nsys traces CUDA kernels and NVTX ranges; torch sees no CUDA device "
                        "here: use global_profiler.tool=torch")
-    if tool == "npu" and cfg.global_profiler.steps:
-        out.append("global_profiler.tool=npu: rlcamp does not drive Ascend's profiler (torch_npu.profiler) yet; "
-                   "global_profiler.tool=torch records the same steps on any device")
+    if tool == "npu" and cfg.global_profiler.steps and not _has("torch_npu"):
+        out.append("global_profiler.tool=npu drives Ascend's profiler (torch_npu.profiler), and torch_npu is not "
+                   "installed here; global_profiler.tool=torch records the same steps on any device")
     model = cfg.actor_rollout_ref.model
     if model.use_fused_kernels and model.fused_kernel_options.impl_backend == "triton":
         from rlcamp.models.triton_head import triton_problem

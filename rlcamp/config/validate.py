@@ -248,6 +248,13 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
     if enabled and not profiler.tool:
         warnings.append(f"{', '.join(k + '.profiler.enable' for k in enabled)}=True records nothing without "
                         "global_profiler.tool (torch, torch_memory or nsys) and global_profiler.steps")
+    if profiler.tool == "npu":
+        from rlcamp.trainer.profiling import NPU_LEVELS, npu_settings
+
+        for key, p in roles.items():
+            level = npu_settings(p.tool_config, profiler.global_tool_config)["level"]
+            if p.enable and level not in NPU_LEVELS:
+                problems.append(f"{key}.profiler.tool_config.npu.level={level} is not one of {', '.join(NPU_LEVELS)}")
     for key, p in roles.items():
         if p.enable and p.tool != profiler.tool:
             problems.append(f"{key}.profiler.tool={p.tool} differs from global_profiler.tool={profiler.tool}: rlcamp "

@@ -16,6 +16,9 @@ around a named step (around a run of consecutive named steps with ``profile_cont
   ``global_tool_config.nsys.worker_nsight_options``; a named step opens a cudaProfilerApi capture
   range (``torch.cuda.profiler.start/stop``), and with ``discrete`` each stage is an NVTX range.
   Needs ``nsys`` on PATH and a CUDA device (rlcamp.config.blockers says so before a run starts).
+- ``npu``: Ascend's ``torch_npu.profiler`` with verl's ``tool_config.npu`` (``contents``, ``level``,
+  ``analysis``), one folder per process, ``<save_path>/step<k>/<role>_rank<r>/``, for MindStudio
+  Insight. Needs torch_npu (a blocker says so where it is missing).
 
 A relative ``save_path`` lies inside the run folder. The reference runs in the actor's worker, so
 its stage is in the actor's trace; when several roles share one process (one in-process device)
@@ -111,8 +114,11 @@ class _ProcessProfiler:
                 self.session.__enter__()
         elif spec.tool == "nsys":
             torch.cuda.profiler.start()
+        elif spec.tool == "npu":
+            self.session, self.npu_dir = _npu_session(spec, spec.folder / f"step{step}" / f"{role}_rank{rank}")
+            self.session.start()
         else:
-            raise ValueError(f"global_profiler.tool={spec.tool!r} is not one rlcamp drives (torch, torch_memory, nsys)")
+            raise ValueError(f"global_profiler.tool={spec.tool!r} is not one rlcamp drives (torch, torch_memory, nsys, npu)")
 
     def stop(self, role: str) -> Path | None:
         if role not in self.holders:
@@ -141,11 +147,44 @@ class _ProcessProfiler:
                     self.session.export_memory_timeline(str(out), device="cpu")
         elif spec.tool == "nsys":
             torch.cuda.profiler.stop()  # nsys writes its report when the process ends
+        elif spec.tool == "npu":
+            self.session.stop()  # its trace handler writes (and with analysis, parses) the folder
+            out = self.npu_dir
         self.session = None
         return out
 
 
 PROCESS = _ProcessProfiler()
+
+NPU_LEVELS = ("level_none", "level0", "level1", "level2")
+
+
+def npu_settings(spec_tool_config: dict, global_tool_config: dict) -> dict:
+    """verl's NPUToolConfig: contents (npu, cpu, memory, shapes, module, stack; empty: npu and cpu),
+    level (level_none, level0-2), analysis (parse the raw data when the step ends)."""
+    return {"contents": [], "level": "level0", "analysis": True, "discrete": False,
+            **global_tool_config.get("npu", {}), **spec_tool_config.get("npu", {})}
+
+
+def _npu_session(spec: ProfileSpec, folder: Path):
+    """Ascend's profiler (torch_npu.profiler) over one step, writing into ``folder``."""
+    from rlcamp.rollout.engines import require
+
+    torch_npu = require("torch_npu", "global_profiler.tool=npu needs Ascend's torch_npu")
+    p = torch_npu.profiler
+    settings = npu_settings(spec.tool_config, spec.global_tool_config)
+    contents = set(settings["contents"] or ["npu", "cpu"])
+    levels = {"level_none": p.ProfilerLevel.Level_none, "level0": p.ProfilerLevel.Level0,
+              "level1": p.ProfilerLevel.Level1, "level2": p.ProfilerLevel.Level2}
+    activities = [a for name, a in (("npu", p.ProfilerActivity.NPU), ("cpu", p.ProfilerActivity.CPU))
+                  if name in contents]
+    folder.mkdir(parents=True, exist_ok=True)
+    session = p.profile(activities=activities or [p.ProfilerActivity.NPU], with_modules="module" in contents,
+                        with_stack="stack" in contents, record_shapes="shapes" in contents,
+                        profile_memory="memory" in contents,
+                        experimental_config=p._ExperimentalConfig(profiler_level=levels[settings["level"]]),
+                        on_trace_ready=p.tensorboard_trace_handler(str(folder), analyse_flag=bool(settings["analysis"])))
+    return session, folder
 
 
 class RoleProfiler:

@@ -43,3 +43,22 @@ def test_profiler_settings_that_record_nothing_say_so():
     assert any("records nothing: global_profiler.steps names no step" in w for w in warnings)
     warnings = resolve(build_config(base + ["critic.profiler.enable=True"])).warnings
     assert any("critic.profiler.enable=True records nothing without global_profiler.tool" in w for w in warnings)
+
+
+def test_the_npu_profiler_says_what_it_needs_and_checks_its_level():
+    from rlcamp.config import build_config, resolve
+    from rlcamp.config.loader import ConfigError
+    from rlcamp.trainer.profiling import npu_settings
+    from rlcamp.utils.imports import has_module
+
+    base = ["trainer.n_gpus_per_node=1", "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "critic.ppo_micro_batch_size_per_gpu=2",
+            "global_profiler.tool=npu", "global_profiler.steps=[1]", "actor_rollout_ref.actor.profiler.enable=True"]
+    resolved = resolve(build_config(base))
+    said = [b for b in resolved.blockers if "global_profiler.tool=npu" in b]
+    assert bool(said) != has_module("torch_npu")  # a blocker exactly where torch_npu is missing
+    with pytest.raises(ConfigError, match=r"actor.profiler.tool_config.npu.level=level9 is not one of level_none"):
+        resolve(build_config(base + ["actor_rollout_ref.actor.profiler.tool_config.npu.level=level9"]))
+    # the role's settings over the global ones over verl's defaults
+    assert npu_settings({"npu": {"level": "level1"}}, {"npu": {"analysis": False}}) == {
+        "contents": [], "level": "level1", "analysis": False, "discrete": False}
