@@ -26,6 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlcamp.workorders.stand_ins import family_of, is_reward_model  # noqa: E402
+
 COMMIT = "b178a3c"
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests/fixtures/verl_ppo_trainer/launch_lines.json"
@@ -38,13 +41,6 @@ python() { :; }; huggingface-cli() { :; }
 HOME=/HOME
 f=$1; shift; source "$f"
 '''
-# which tiny family stands in for each model a script names (issue "work-order folder" reuses it)
-FAMILIES = {
-    "deepseek-llm-7b-chat": "llama", "Qwen2-7B-Instruct": "qwen2", "Qwen2.5-3B-Instruct": "qwen2",
-    "Qwen2.5-32B-Instruct": "qwen2", "gemma-2-2b-it": "gemma2", "Qwen3-8B": "qwen3",
-    "Qwen1.5-MoE-A2.7B-Chat": "qwen2_moe", "Moonlight-16B-A3B-Instruct": "deepseek_v3",
-    "FsfairX-LLaMA3-RM-v0.1": "llama-rm", "Skywork-Reward-V2-Llama-3.2-3B": "llama-rm",
-}
 MODEL_KEYS = ("actor_rollout_ref.model.path", "critic.model.path", "reward_model.model.path")
 DATA_KEYS = ("data.train_files", "data.val_files")
 
@@ -75,7 +71,10 @@ def model_placeholder(text: str, value: str) -> str:
     name = value.rstrip("/").rsplit("/", 1)[-1]
     if not name:  # the two MoE megatron scripts use $LLM without setting it; their HF_MODEL_PATH names the model
         name = re.search(r"^HF_MODEL_PATH=(\S+)", text, re.MULTILINE).group(1).rsplit("/", 1)[-1]
-    return "{models}/" + FAMILIES[name]
+    family = family_of(name)
+    if family is None:
+        raise SystemExit(f"no tiny family stands in for {name} (rlcamp.workorders.stand_ins.NAME_FAMILIES)")
+    return "{models}/" + family + ("-rm" if is_reward_model(name) else "")
 
 
 def data_placeholder(value: str) -> str:

@@ -7,39 +7,15 @@ import json
 from pathlib import Path
 
 from rlcamp.data.files import read_records
-from rlcamp.data.preprocess import GSM8K_SOURCE, HH_SOURCE, MATH_SOURCE, write_parquet
+from rlcamp.data.preprocess import write_parquet
 from rlcamp.models.tiny import build_tiny_model
+from rlcamp.workorders.stand_ins import data_kind, tiny_rows
 
 FIXTURE = Path(__file__).parent / "fixtures/verl_ppo_trainer/launch_lines.json"
 
 
 def launch_lines() -> dict[str, dict]:
     return json.loads(FIXTURE.read_text())["scripts"]
-
-
-def _rows(source: str, n: int = 4) -> list[dict]:
-    if source == HH_SOURCE:
-        return [{"data_source": source, "prompt": [{"role": "user", "content": f"Say hello {i}"}],
-                 "ability": "alignment", "reward_model": {"style": "model", "ground_truth": "hello"},
-                 "extra_info": {"index": i}} for i in range(n)]
-    if source == "code":  # Eurus-2-RL-Data's code rows: ground truth is inputs/outputs JSON
-        truth = json.dumps({"inputs": ["1 2\n"], "outputs": ["3\n"]})
-        return [{"data_source": "codecontests", "prompt": [{"role": "user", "content": "Add two numbers."}],
-                 "ability": "code", "reward_model": {"style": "rule", "ground_truth": truth},
-                 "extra_info": {"index": i}} for i in range(n)]
-    return [{"data_source": source, "prompt": [{"role": "user", "content": f"What is {i} + 1?"}], "ability": "math",
-             "reward_model": {"style": "rule", "ground_truth": str(i + 1)}, "extra_info": {"index": i}}
-            for i in range(n)]
-
-
-def _source_for(relative: str) -> str:
-    if "hh_rlhf" in relative:
-        return HH_SOURCE
-    if "Eurus" in relative:
-        return "code"
-    if "math" in relative:
-        return MATH_SOURCE
-    return GSM8K_SOURCE
 
 
 def materialize(name: str, root: Path) -> tuple[list[str], dict[str, str]]:
@@ -62,5 +38,5 @@ def materialize(name: str, root: Path) -> tuple[list[str], dict[str, str]]:
             relative = part.split("'")[0]
             path = data / relative
             if not path.exists() or len(read_records(path)) < batch:
-                write_parquet(_rows(_source_for(relative), batch), path)
+                write_parquet(tiny_rows(data_kind(relative), batch), path)
     return args, dict(line["env"])

@@ -16,6 +16,24 @@ def _config_keys(prefix: str) -> int:
     return 0
 
 
+def _smoke(args) -> int:
+    from pathlib import Path
+
+    from rlcamp.workorders import smoke
+    from rlcamp.workorders.launch import LaunchError
+
+    try:
+        if args.plan:
+            root = Path(args.dir or Path(smoke.default_root(args.script)))
+            root.mkdir(parents=True, exist_ok=True)
+            print(smoke.describe(smoke.plan(smoke.read_launch_line(args.script, args.overrides), root)))
+            return 0
+        return smoke.smoke(args.script, args.overrides, Path(args.dir) if args.dir else None)
+    except (LaunchError, ValueError) as exc:
+        print(f"rlcamp smoke: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="rlcamp", description="RL post-training of LLMs (PPO, GRPO, RLOO, REINFORCE++).")
@@ -39,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     report = sub.add_parser("report", help="write a run folder's HTML report (plots and validation samples)")
     report.add_argument("run_dir", help="the run folder (trainer.default_local_dir); a run still training works too")
     report.add_argument("--out", help="where to write the page (default: RUN_DIR/report.html)")
+    smoke = sub.add_parser("smoke", help="run a work order scaled down on this CPU: 2 steps, save, resume for a 3rd")
+    smoke.add_argument("script", help="a launch script, e.g. examples/ppo_trainer/run_gemma.sh")
+    smoke.add_argument("overrides", nargs="*", help="key=value passed to the script (its \"$@\")")
+    smoke.add_argument("--dir", help="where the tiny models, data and run go (default: ~/.cache/rlcamp/smoke/<name>)")
+    smoke.add_argument("--plan", action="store_true", help="print what would change, run nothing")
     keys = sub.add_parser("config", help="list config keys with their types, defaults and docs")
     keys.add_argument("what", choices=["keys"])
     keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. actor_rollout_ref.actor")
@@ -63,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.host, args.port, args.max_concurrent, args.max_queue,
               Limits(run_timeout=args.run_timeout, memory_mb=args.memory_mb))
         return 0
+    if args.command == "smoke":
+        return _smoke(args)
     if args.command == "config":
         return _config_keys(args.prefix)
     if args.command == "report":

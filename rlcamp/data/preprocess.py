@@ -112,6 +112,39 @@ def hh_rlhf_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any
     }
 
 
+def verl_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+    """A row already in verl's RL schema (Eurus-2-RL-Data, DAPO-Math-17k), checked and kept as it is:
+    data_source, prompt (chat messages), reward_model.ground_truth; extra_info gains split and index."""
+    for key in ("data_source", "prompt", "reward_model"):
+        if key not in record:
+            raise KeyError(f"'{key}' is missing (verl's RL schema: data_source, prompt, ability, reward_model, "
+                           "extra_info)")
+    prompt = record["prompt"]
+    if isinstance(prompt, str) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+        raise ValueError("'prompt' must be a list of chat messages ({role, content})")
+    truth = record["reward_model"]
+    if not isinstance(truth, dict) or "ground_truth" not in truth:
+        raise ValueError("'reward_model' must hold a 'ground_truth'")
+    extra = dict(record.get("extra_info") or {})
+    extra.setdefault("split", split)
+    extra.setdefault("index", index)
+    return {**record, "prompt": [dict(m) for m in prompt], "extra_info": extra}
+
+
+def unique_prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose prompt has not been seen before, in order (DAPO-Math-17k repeats each of its 17k
+    problems about 100 times)."""
+    import json
+
+    seen, out = set(), []
+    for row in rows:
+        key = json.dumps(row["prompt"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
+
+
 def convert(records: Iterable[dict[str, Any]], make_row, split: str, source: str, **kwargs) -> list[dict[str, Any]]:
     rows = []
     for i, record in enumerate(records):

@@ -7,6 +7,10 @@ The ground truth is a JSON string (or dict) in one of two forms:
   ``check(entry_point)``. One run; it passes when it exits 0.
 - stdin/stdout cases: {"cases": [{"stdin": ..., "stdout": ...}, ...]}; one run per case, compared
   line by line with trailing whitespace ignored.
+- APPS / TACO / Eurus-2-RL-Data (PRIME) rows: {"inputs": [...], "outputs": [...]}, the same paired
+  stdin/stdout cases; with "fn_name" they are call-based: each run calls ``fn_name(*inputs[i])``
+  (a top-level function, or a method of ``Solution``) and passes when the JSON of the result equals
+  ``outputs[i]`` (or its single element, as APPS wraps return values).
 
 The reward is the fraction of passed runs (``mode="fraction"``) or 1/0 for all passed
 (``mode="all"``). The program is the last fenced code block of the response, or the whole text.
@@ -44,7 +48,29 @@ def build_runs(response: str, ground_truth: Any) -> list[tuple[dict, str | None]
         source = program if defines else truth.get("prompt", "") + program
         code = f"{source}\n\n{truth['test']}\n\ncheck({entry})\n"
         return [({"code": code, "language": "python"}, None)]
-    raise ValueError("code ground truth needs either 'cases' or 'test' + 'entry_point'")
+    if {"inputs", "outputs"} <= truth.keys():
+        if len(truth["inputs"]) != len(truth["outputs"]):
+            raise ValueError(f"code ground truth has {len(truth['inputs'])} inputs but {len(truth['outputs'])} outputs")
+        if truth.get("fn_name"):
+            return [({"code": _call_harness(program, truth["fn_name"], given, want), "language": "python"}, None)
+                    for given, want in zip(truth["inputs"], truth["outputs"])]
+        return [({"code": program, "stdin": _text(given), "language": "python"}, _text(want))
+                for given, want in zip(truth["inputs"], truth["outputs"])]
+    raise ValueError("code ground truth needs 'cases', 'inputs' + 'outputs', or 'test' + 'entry_point'")
+
+
+def _text(value: Any) -> str:
+    return "\n".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _call_harness(program: str, name: str, given: Any, want: Any) -> str:
+    """The program, then a call of ``name`` on ``given`` that exits 0 when the result is ``want``."""
+    return (f"{program}\n\nimport json as _json, sys as _sys\n"
+            f"_f = globals().get({name!r}) or getattr(globals()['Solution'](), {name!r})\n"
+            f"_args = _json.loads({json.dumps(given)!r})\n_want = _json.loads({json.dumps(want)!r})\n"
+            "_got = _json.loads(_json.dumps(_f(*_args) if isinstance(_args, list) else _f(_args)))\n"
+            "_ok = _got == _want or (isinstance(_want, list) and len(_want) == 1 and _got == _want[0])\n"
+            "_sys.exit(0 if _ok else 1)\n")
 
 
 def compute_score(response: str, ground_truth: Any, sandbox, mode: str = "fraction", run_timeout: float = 10.0,

@@ -12,7 +12,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable
 
-from rlcamp.rewards import code, gsm8k, math
+from rlcamp.rewards import code, dapo, gsm8k, math
 
 ScoreFn = Callable[..., "float | dict[str, Any]"]
 
@@ -42,6 +42,11 @@ def _score_gsm8k(solution_str, ground_truth, extra_info=None, **kwargs):
                  "math500", "MATH")
 def _score_math(solution_str, ground_truth, extra_info=None, **kwargs):
     return math.compute_score(solution_str, ground_truth, **kwargs)
+
+
+@register_scorer("math_dapo")
+def _score_dapo(solution_str, ground_truth, extra_info=None, **kwargs):
+    return dapo.compute_score(solution_str, ground_truth, **kwargs)
 
 
 _SANDBOX = {"url": None, "max_concurrent": 8, "memory_limit_mb": 1024, "instance": None}

@@ -57,6 +57,15 @@ def _remove_stale_tp_segments(group) -> None:
     dist.barrier(group=group.group)  # nobody creates its segment while another rank still removes
 
 
+def _ties_embeddings(model_path: str, trust_remote_code: bool) -> bool:
+    """Whether the model's output head is its input embedding (Gemma 2, SmolLM2, small Qwen2.5)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(text, "tie_word_embeddings", False))
+
+
 class WeightSyncExtension:
     """Mixed into vLLM's worker class (``worker_extension_cls``): loads one safetensors blob in place."""
 
@@ -170,6 +179,7 @@ class VLLMRollout:
             if device == "cpu":
                 _remove_stale_tp_segments(self.group)
         self.eos, self.pad_token_id = sorted(set(eos_token_ids)), pad_token_id
+        self.tied_head = _ties_embeddings(model_path, trust_remote_code)
         if device == "cpu":
             # the KV cache of vLLM's CPU backend is sized in GiB by this variable (a user's setting wins)
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(os.environ.get("RLCAMP_VLLM_KV_GIB", "2")))))
@@ -200,6 +210,8 @@ class VLLMRollout:
             self.engine.call("wake_up", tags=["weights"])
         from multiprocessing import shared_memory
 
+        if self.tied_head:  # vLLM's model has no lm_head of its own to load (it reuses the embedding)
+            state = {k: v for k, v in state.items() if k != "lm_head.weight"}
         for bucket in weight_buckets(state, self.dtype, "cpu", bucket_mb << 20):
             blob = save(dict(bucket))
             # handed over in shared memory: the RPC carries only its name (sending the bytes through

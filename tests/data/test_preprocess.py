@@ -51,3 +51,38 @@ def test_gsm8k_ground_truth_strips_commas_and_errors_name_the_row(tmp_path):
 def test_full_shared_gsm8k_converts(tmp_path):
     run_script("gsm8k.py", "--local_dataset_path", str(ROOT.parent / "shared/data/gsm8k"), "--local_dir", str(tmp_path))
     assert len(read_records(tmp_path / "train.parquet")) == 7473
+
+
+def _verl_rows(ability: str, n: int, source: str, truth: str) -> list[dict]:
+    return [{"data_source": source, "prompt": [{"role": "user", "content": f"problem {i % 3}"}], "ability": ability,
+             "reward_model": {"style": "rule", "ground_truth": truth}, "extra_info": {"index": i}} for i in range(n)]
+
+
+def test_eurus_script_keeps_the_code_rows_checked(tmp_path):
+    from rlcamp.data.preprocess import write_parquet
+
+    src = tmp_path / "src"
+    code_truth = '{"inputs": ["1 2\\n"], "outputs": ["3\\n"]}'
+    write_parquet(_verl_rows("code", 3, "codecontests", code_truth) + _verl_rows("math", 2, "numina_olympiads", "4"),
+                  src / "train.parquet")
+    write_parquet(_verl_rows("code", 2, "codecontests", code_truth), src / "validation.parquet")
+    run_script("eurus_code.py", "--local_dataset_path", str(src), "--local_dir", str(tmp_path / "out"))
+    train = read_records(tmp_path / "out/train.parquet")
+    assert len(train) == 3 and {r["ability"] for r in train} == {"code"}
+    assert train[0]["extra_info"]["split"] == "train" and len(read_records(tmp_path / "out/validation.parquet")) == 2
+    bad = tmp_path / "bad"
+    write_parquet([{"data_source": "x", "prompt": "a string", "reward_model": {"ground_truth": "1"}}],
+                  bad / "train.parquet")
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        run_script("eurus_code.py", "--local_dataset_path", str(bad), "--local_dir", str(tmp_path / "o2"))
+    assert "row 0: 'prompt' must be a list of chat messages" in failed.value.stderr
+
+
+def test_dapo_script_drops_repeated_prompts(tmp_path):
+    from rlcamp.data.preprocess import write_parquet
+
+    write_parquet(_verl_rows("MATH", 9, "math_dapo", "12"), tmp_path / "dapo.parquet")  # 3 problems, 3 times each
+    run_script("dapo_math.py", "--local_dataset_path", str(tmp_path / "dapo.parquet"),
+               "--local_file", str(tmp_path / "out.parquet"))
+    rows = read_records(tmp_path / "out.parquet")
+    assert len(rows) == 3 and default_compute_score("math_dapo", "so\nAnswer: 12", "12")["score"] == 1.0

@@ -50,7 +50,7 @@ def test_stdio_cases_fraction_and_all(embedded):
     program = "```python\na, b = map(int, input().split())\nprint(a + b)   \n```"
     assert compute_score(program, cases, embedded)["score"] == pytest.approx(2 / 3)
     assert compute_score(program, cases, embedded, mode="all")["score"] == 0.0
-    with pytest.raises(ValueError, match="needs either 'cases' or 'test'"):
+    with pytest.raises(ValueError, match="needs 'cases', 'inputs' \\+ 'outputs', or 'test'"):
         build_runs("x", {"tests": []})
 
 
@@ -72,3 +72,16 @@ def test_all_164_canonical_solutions_score_one(service):
     assert len(problems) == 164
     failed = [p["task_id"] for p in problems if compute_score(p["canonical_solution"], truth(p), sandbox)["score"] != 1.0]
     assert failed == []
+
+
+def test_apps_style_inputs_outputs_stdio_and_call_based(embedded):
+    """Eurus-2-RL-Data / APPS / TACO rows: paired inputs and outputs; with fn_name, a function call."""
+    stdio = json.dumps({"inputs": ["2 3\n", "1 1\n"], "outputs": ["5\n", "3\n"]})
+    program = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    assert compute_score(program, stdio, embedded)["score"] == pytest.approx(1 / 2)
+    calls = json.dumps({"fn_name": "add", "inputs": [[2, 3], [1, 1]], "outputs": [[5], 2]})  # APPS wraps returns
+    assert compute_score("def add(a, b):\n    return a + b\n", calls, embedded)["score"] == 1.0
+    method = "class Solution:\n    def add(self, a, b):\n        return a - b\n"
+    assert compute_score(method, calls, embedded)["score"] == 0.0
+    with pytest.raises(ValueError, match="2 inputs but 1 outputs"):
+        compute_score(program, json.dumps({"inputs": ["1", "2"], "outputs": ["1"]}), embedded)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# PPO on GSM8K + MATH, Qwen2-7B-Instruct, Megatron
+#
+# Model:    Qwen/Qwen2-7B-Instruct (actor), Qwen/Qwen2-7B-Instruct (critic)
+# Data:     ['gsm8k/train.parquet', 'math/train.parquet']
+# Hardware: 1 node(s) x 8 GPUs; Megatron; rollout vllm, tensor parallel 4
+# Special:  Megatron engine (tensor / pipeline parallel)
+# Source:   verl's examples/ppo_trainer/run_qwen2-7b_math_gsm8k_megatron.sh at b178a3c: the same keys and values, only the
+#           module name differs (python3 -m rlcamp.trainer.main_ppo).
+# Status:   needs the Megatron engine (issue 'Training engines as one seam'); until it lands
+#           a run stops before any model loads and says so; --dry-run checks the line.
+#
+# Prepare the data (from local copies; see examples/ppo_trainer/README.md):
+#   python examples/data_preprocess/gsm8k.py --local_dataset_path ../shared/data/gsm8k --local_dir $DATA_DIR/gsm8k
+#   python examples/data_preprocess/math_dataset.py --local_dataset_path <MATH train/test files> --local_dir $DATA_DIR/math
+# Try it scaled down on a CPU first:  rlcamp smoke examples/ppo_trainer/run_qwen2-7b_math_gsm8k_megatron.sh
+# Check the full line here:           bash examples/ppo_trainer/run_qwen2-7b_math_gsm8k_megatron.sh --dry-run
+set -euo pipefail
+DATA_DIR=${DATA_DIR:-$HOME/data}
+MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2-7B-Instruct}
+
+python3 -m rlcamp.trainer.main_ppo \
+    --config-path=./config \
+    --config-name=ppo_megatron_trainer \
+    algorithm.adv_estimator=gae \
+    "data.train_files=['$DATA_DIR/gsm8k/train.parquet', '$DATA_DIR/math/train.parquet']" \
+    "data.val_files=['$DATA_DIR/gsm8k/test.parquet', '$DATA_DIR/math/test.parquet']" \
+    data.train_batch_size=1024 \
+    data.max_prompt_length=1024 \
+    data.max_response_length=512 \
+    data.filter_overlong_prompts=True \
+    data.truncation=error \
+    "actor_rollout_ref.model.path=$MODEL_PATH" \
+    actor_rollout_ref.actor.optim.lr=1e-6 \
+    actor_rollout_ref.actor.ppo_mini_batch_size=256 \
+    actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4 \
+    actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2 \
+    actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2 \
+    actor_rollout_ref.actor.use_kl_loss=False \
+    actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4 \
+    actor_rollout_ref.rollout.tensor_model_parallel_size=4 \
+    actor_rollout_ref.rollout.name=vllm \
+    actor_rollout_ref.rollout.gpu_memory_utilization=0.4 \
+    actor_rollout_ref.ref.megatron.pipeline_model_parallel_size=2 \
+    actor_rollout_ref.ref.megatron.tensor_model_parallel_size=2 \
+    critic.optim.lr=1e-5 \
+    "critic.model.path=$MODEL_PATH" \
+    critic.ppo_micro_batch_size_per_gpu=4 \
+    algorithm.use_kl_in_reward=False \
+    trainer.critic_warmup=0 \
+    'trainer.logger=["console","wandb"]' \
+    trainer.project_name=verl_ppo_gsm8k_math_examples \
+    trainer.experiment_name=qwen2_7b_megatron \
+    trainer.n_gpus_per_node=8 \
+    trainer.nnodes=1 \
+    trainer.save_freq=20 \
+    trainer.test_freq=5 \
+    trainer.total_epochs=100 \
+    "$@"

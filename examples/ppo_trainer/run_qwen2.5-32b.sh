@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# PPO on GSM8K + MATH, Qwen2.5-32B-Instruct, 4 nodes
+#
+# Model:    Qwen/Qwen2.5-32B-Instruct (actor), Qwen/Qwen2.5-32B-Instruct (critic)
+# Data:     ['gsm8k/train.parquet', 'math/train.parquet']
+# Hardware: 4 node(s) x 8 GPUs; FSDP; rollout vllm, tensor parallel 4
+# Special:  a 32B model over 32 GPUs with FSDP
+# Source:   verl's examples/ppo_trainer/run_qwen2.5-32b.sh at b178a3c: the same keys and values, only the
+#           module name differs (python3 -m rlcamp.trainer.main_ppo).
+#
+# Prepare the data (from local copies; see examples/ppo_trainer/README.md):
+#   python examples/data_preprocess/gsm8k.py --local_dataset_path ../shared/data/gsm8k --local_dir $DATA_DIR/gsm8k
+#   python examples/data_preprocess/math_dataset.py --local_dataset_path <MATH train/test files> --local_dir $DATA_DIR/math
+# Try it scaled down on a CPU first:  rlcamp smoke examples/ppo_trainer/run_qwen2.5-32b.sh
+# Check the full line here:           bash examples/ppo_trainer/run_qwen2.5-32b.sh --dry-run
+set -euo pipefail
+DATA_DIR=${DATA_DIR:-$HOME/data}
+MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-32B-Instruct}
+
+python3 -m rlcamp.trainer.main_ppo \
+    algorithm.adv_estimator=gae \
+    "data.train_files=['$DATA_DIR/gsm8k/train.parquet', '$DATA_DIR/math/train.parquet']" \
+    "data.val_files=['$DATA_DIR/gsm8k/test.parquet', '$DATA_DIR/math/test.parquet']" \
+    data.train_batch_size=1024 \
+    data.max_prompt_length=1024 \
+    data.max_response_length=1024 \
+    data.filter_overlong_prompts=True \
+    data.truncation=error \
+    "actor_rollout_ref.model.path=$MODEL_PATH" \
+    actor_rollout_ref.model.enable_gradient_checkpointing=False \
+    actor_rollout_ref.actor.optim.lr=1e-6 \
+    actor_rollout_ref.model.use_remove_padding=True \
+    actor_rollout_ref.actor.ppo_mini_batch_size=256 \
+    actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 \
+    actor_rollout_ref.model.enable_gradient_checkpointing=True \
+    actor_rollout_ref.actor.fsdp_config.param_offload=False \
+    actor_rollout_ref.actor.fsdp_config.optimizer_offload=False \
+    actor_rollout_ref.actor.use_kl_loss=False \
+    actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 \
+    actor_rollout_ref.rollout.tensor_model_parallel_size=4 \
+    actor_rollout_ref.rollout.name=vllm \
+    actor_rollout_ref.rollout.gpu_memory_utilization=0.5 \
+    critic.optim.lr=1e-5 \
+    critic.model.use_remove_padding=True \
+    "critic.model.path=$MODEL_PATH" \
+    critic.model.enable_gradient_checkpointing=False \
+    critic.ppo_micro_batch_size_per_gpu=8 \
+    critic.model.fsdp_config.param_offload=False \
+    critic.model.fsdp_config.optimizer_offload=False \
+    algorithm.use_kl_in_reward=False \
+    trainer.critic_warmup=0 \
+    'trainer.logger=["console","wandb"]' \
+    trainer.project_name=verl_example \
+    trainer.experiment_name=Qwen2.5-32B-Instruct_function_rm \
+    trainer.n_gpus_per_node=8 \
+    trainer.nnodes=4 \
+    trainer.save_freq=20 \
+    trainer.test_freq=10 \
+    trainer.total_epochs=15 \
+    "$@"
