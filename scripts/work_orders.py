@@ -145,7 +145,30 @@ OWN: dict[str, tuple[str, str, str, str, str, str]] = {
 }
 # seconds of `rlcamp smoke` for each work order on this project's CI-class machine (2 cores, AMD EPYC,
 # AVX-512 + AVX512-BF16, no AMX), from `pytest -m slow tests/workorders --durations=0`
-SMOKE_SECONDS: dict[str, int] = {}
+SMOKE_SECONDS: dict[str, int] = {
+    "run_deepseek7b_llm.sh": 100,
+    "run_deepseek7b_llm_modelscope.sh": 97,
+    "run_deepseek7b_llm_pfppo.sh": 100,
+    "run_deepseek7b_llm_sandbox_fusion.sh": 90,
+    "run_deepseek7b_llm_sp2.sh": 120,
+    "run_gemma.sh": 71,
+    "run_qwen2-7b_rm.sh": 260,
+    "run_qwen2-7b_rm_legacy.sh": 161,
+    "run_qwen2-7b_rm_reward_loop_colocate.sh": 250,
+    "run_qwen2-7b_rm_seq_balance.sh": 153,
+    "run_qwen2-7b_rm_seq_balance_fused_kernels.sh": 161,
+    "run_qwen2-7b_rm_seq_balance_nsys.sh": 145,
+    "run_qwen2-7b_seq_balance.sh": 74,
+    "run_qwen2-7b_sglang_seq_balance.sh": 68,
+    "run_qwen2.5-0.5b_gsm8k_1gpu.sh": 80,
+    "run_qwen2.5-32b.sh": 76,
+    "run_qwen2.5-3b_gsm8k_2nodes_ray.sh": 86,
+    "run_qwen2.5-3b_rm_legacy.sh": 164,
+    "run_qwen2.5-3b_rm_reward_loop_colocate.sh": 216,
+    "run_qwen3-8b_npu.sh": 215,
+    "run_smollm2_135m_arith_cpu.sh": 24,
+    "run_smollm2_135m_arith_cpu_vllm.sh": 82,
+}
 
 
 def guide_rows(lang: str) -> list[str]:

@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     smoke.add_argument("overrides", nargs="*", help="key=value passed to the script (its \"$@\")")
     smoke.add_argument("--dir", help="where the tiny models, data and run go (default: ~/.cache/rlcamp/smoke/<name>)")
     smoke.add_argument("--plan", action="store_true", help="print what would change, run nothing")
+    plan = sub.add_parser("plan", help="memory per device and role of a work order, from config.json alone; "
+                                       "what to change when it does not fit")
+    plan.add_argument("target", nargs="+", help="a launch script (and its overrides), or key=value overrides")
+    plan.add_argument("--gpus-per-node", type=int, help="devices per node (default: the line's trainer.n_gpus_per_node)")
+    plan.add_argument("--nodes", type=int, help="nodes (default: the line's trainer.nnodes)")
+    plan.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory of one device (default 80)")
+    plan.add_argument("--device", choices=["cuda", "npu", "cpu"], help="device kind (default: from trainer.device)")
     keys = sub.add_parser("config", help="list config keys with their types, defaults and docs")
     keys.add_argument("what", choices=["keys"])
     keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. actor_rollout_ref.actor")
@@ -85,6 +92,17 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(args.host, args.port, args.max_concurrent, args.max_queue,
               Limits(run_timeout=args.run_timeout, memory_mb=args.memory_mb))
+        return 0
+    if args.command == "plan":
+        from rlcamp.config.loader import ConfigError
+        from rlcamp.workorders.launch import LaunchError
+        from rlcamp.workorders.plan import plan_command
+
+        try:
+            print(plan_command(args.target, args.gpus_per_node, args.nodes, args.gpu_memory_gib, args.device))
+        except (ConfigError, LaunchError, FileNotFoundError) as exc:
+            print(f"rlcamp plan: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "smoke":
         return _smoke(args)

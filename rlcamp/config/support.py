@@ -168,6 +168,12 @@ NO_EFFECT: list[NoEffect] = [
     *[NoEffect(f"reward_model.{k}", "they size the reward model's own device pool, which "
                "reward_model.enable_resource_pool=False does not make", lambda cfg: not cfg.reward_model.enable_resource_pool)
       for k in ("n_gpus_per_node", "nnodes")],
+    NoEffect("actor_rollout_ref.rollout.mode", "with rollout.tensor_model_parallel_size > 1 one vLLM engine spans "
+             "the group's ranks through vLLM's external launcher, which runs the offline engine: the group generates "
+             "as rollout.mode=sync does (the same outputs; requests are not streamed one by one)",
+             lambda cfg: cfg.actor_rollout_ref.rollout.mode == "async"
+             and cfg.actor_rollout_ref.rollout.name == "vllm"
+             and cfg.actor_rollout_ref.rollout.tensor_model_parallel_size > 1),
     NoEffect("reward_model.profiler.enable", "the reward model's own pool (reward_model.enable_resource_pool) runs in "
              "processes the profilers do not reach yet", lambda cfg: cfg.reward_model.enable_resource_pool),
     NoEffect("actor_rollout_ref.model.share_prompt_prefix", "sharing a prompt between its samples goes through the "

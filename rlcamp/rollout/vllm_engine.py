@@ -16,7 +16,9 @@ Log-probs of the sampled tokens are vLLM's "processed" log-probs: after temperat
 top-p when they are on), i.e. the distribution the token was really drawn from.
 
 ``rollout.mode=async`` serves the same engine through vLLM's AsyncLLM on an event-loop thread,
-one request per sample (see ``_AsyncEngine``); outputs are the same as sync mode's.
+one request per sample (see ``_AsyncEngine``); outputs are the same as sync mode's. With tensor
+parallel > 1 the external launcher runs the offline engine, so async lines generate as sync there
+(a config warning says so).
 
 Same interface as ``HFRollout``: ``generate(input_ids, attention_mask, params, generator)`` returns
 ``responses``, ``response_mask`` and ``rollout_log_probs``; ``load_weights(state_dict)`` syncs.
@@ -166,10 +168,10 @@ class VLLMRollout:
         self.cfg, self.device, self.dtype, self.model_path = r, device, dtype, model_path
         self.group = None
         tp = r.tensor_model_parallel_size
+        # tp > 1: vLLM's external launcher runs the offline engine, so rollout.mode=async generates as
+        # sync does there (a config warning says so: rlcamp.config.support)
+        async_mode = r.mode == "async" and tp == 1
         if tp > 1:
-            if r.mode == "async":
-                raise ValueError(f"tensor_model_parallel_size={tp} with rollout.mode=async: vLLM's external launcher "
-                                 "(one engine over the trainer's ranks) runs the offline engine; use rollout.mode=sync")
             from rlcamp.rollout.tensor_parallel import RolloutGroup
 
             # one engine over each group of tp trainer ranks (vLLM's external launcher): every rank runs
@@ -196,7 +198,7 @@ class VLLMRollout:
         if device != "cpu":
             kwargs.update(gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep_mode=r.free_cache_engine)
         kwargs.update(r.engine_kwargs.get("vllm", {}))
-        self.engine = (_AsyncEngine if r.mode == "async" else _SyncEngine)(vllm, kwargs)
+        self.engine = (_AsyncEngine if async_mode else _SyncEngine)(vllm, kwargs)
         self.asleep = False
         if initial_state is not None:
             self.load_weights(initial_state)
