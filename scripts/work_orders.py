@@ -204,12 +204,41 @@ def guide_rows(lang: str) -> list[str]:
     return rows
 
 
+_KEY = re.compile(r"^\s+['\"]?\+{0,2}([a-z_]+(?:\.[a-z_0-9]+)+)=", re.MULTILINE)
+
+
+def folder_keys() -> list[str]:
+    """Every key the folder's scripts set, sorted."""
+    return sorted({k for path in FOLDER.glob("*.sh") for k in _KEY.findall(path.read_text())})
+
+
+def key_rows(lang: str) -> list[str]:
+    """The guide's table of every key the folder uses, explained once, in ``lang``."""
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from key_docs_zh import FREE_EN, zh
+
+    from rlcamp.config.loader import FIELDS
+
+    rows = []
+    for key in folder_keys():
+        if lang == "en":
+            doc = FIELDS[key].doc if key in FIELDS else FREE_EN.get(key)
+        else:
+            doc = zh(key)
+        if not doc:
+            raise SystemExit(f"no {lang} explanation for {key} (scripts/key_docs_zh.py or the schema's doc)")
+        rows.append(f"| `{key}` | {doc.replace('|', '/')} |")
+    return rows
+
+
 def update_guide(text: str) -> str:
-    """The guide with both tables (between their markers) rewritten."""
+    """The guide with its tables (between their markers) rewritten."""
     for lang in ("en", "zh"):
-        start, end = f"<!-- work-orders:{lang} -->", f"<!-- /work-orders:{lang} -->"
-        head = text.index(start) + len(start)
-        text = text[:head] + "\n" + "\n".join(guide_rows(lang)) + "\n" + text[text.index(end):]
+        for name, rows in (("work-orders", guide_rows), ("keys", key_rows)):
+            start, end = f"<!-- {name}:{lang} -->", f"<!-- /{name}:{lang} -->"
+            head = text.index(start) + len(start)
+            text = text[:head] + "\n" + "\n".join(rows(lang)) + "\n" + text[text.index(end):]
     return text
 
 

@@ -89,5 +89,11 @@ def test_the_guide_lists_every_work_order_in_both_languages():
         table = half[half.index("<!-- work-orders"):half.index("<!-- /work-orders")]
         for name in SCRIPTS:
             assert f"| `{name}` |" in table, name
+    # every key the folder sets is explained once in each language
+    for half in (english, chinese):
+        table = half[half.index("<!-- keys:"):half.index("<!-- /keys:")]
+        for key in work_orders.folder_keys():
+            assert table.count(f"| `{key}` |") == 1, key
+    assert len(work_orders.folder_keys()) > 100
     # the same sections in both halves
     assert len(re.findall(r"^### ", english, re.M)) == len(re.findall(r"^### ", chinese, re.M))
