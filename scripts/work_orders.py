@@ -260,6 +260,35 @@ def _hardware(name: str, args: dict[str, str], megatron: bool) -> str:
     return "; ".join(parts)
 
 
+MODEL_CONFIGS = ROOT / "tests/fixtures/model_configs"  # the config.json of each model the folder names
+
+
+def memory_line(name: str, line: dict) -> str:
+    """The header's memory line: rlcamp plan's estimate for the script's own hardware."""
+    sys.path.insert(0, str(ROOT))
+    from rlcamp.config.loader import build_config
+    from rlcamp.trainer.main_ppo import parse_args
+    from rlcamp.workorders.plan import Hardware, summary
+
+    if "--config-name=ppo_megatron_trainer" in line["args"]:
+        return "rlcamp plan sizes FSDP runs; Megatron work orders are sized when that engine lands"
+    args = []
+    for arg in line["args"]:
+        key = arg.split("=", 1)[0]
+        if key in MODEL_VARS and "{models}/" in arg:
+            original = (line["original"][key] or UNSET_MODEL[name]).rstrip("/").rsplit("/", 1)[-1]
+            config = MODEL_CONFIGS / f"{original}.json"
+            if not config.exists():
+                return f"run `rlcamp plan examples/ppo_trainer/{name}` (no config.json of {original} here)"
+            arg = f"{key}={config}"
+        args.append(arg)
+    _, overrides = parse_args(args)
+    cfg = build_config(overrides).config
+    npu = "npu" in name
+    hardware = Hardware(cfg.trainer.nnodes, cfg.trainer.n_gpus_per_node, 64.0 if npu else 80.0, "npu" if npu else "cuda")
+    return f"{summary(cfg, hardware)} (rlcamp plan's estimate at full lengths, not measured)"
+
+
 def render(name: str, line: dict) -> str:
     title, special, prep = NOTES[name]
     original = line["original"]
@@ -292,6 +321,7 @@ def render(name: str, line: dict) -> str:
         f"# Data:     {data}",
         f"# Hardware: {_hardware(name, flat, megatron)}",
         f"# Special:  {special}",
+        f"# Memory:   {memory_line(name, line)}",
         f"# Source:   verl's examples/ppo_trainer/{name} at b178a3c: the same keys and values, only the",
         "#           module name differs (python3 -m rlcamp.trainer.main_ppo).",
     ]

@@ -5,6 +5,7 @@
 # Data:     gsm8k/train.parquet
 # Hardware: 1 node(s) x 8 GPUs; FSDP; rollout vllm, tensor parallel 4
 # Special:  VERL_USE_MODELSCOPE=True: model names are ModelScope ids (needs `pip install 'rlcamp[modelscope]'` and network, or its cache)
+# Memory:   ~57 GiB peak per 80 GiB device (resident 25 + generate 32): fits (rlcamp plan's estimate at full lengths, not measured)
 # Source:   verl's examples/ppo_trainer/run_deepseek7b_llm_modelscope.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 #

@@ -5,6 +5,7 @@
 # Data:     Eurus-2-RL-Data/train.parquet
 # Hardware: 1 node(s) x 8 GPUs; FSDP; rollout vllm, tensor parallel 4
 # Special:  reward_model.sandbox_fusion.url: code rewards from a SandboxFusion service (`rlcamp sandbox serve` is one)
+# Memory:   ~57 GiB peak per 80 GiB device (resident 25 + generate 32): fits (rlcamp plan's estimate at full lengths, not measured)
 # Source:   verl's examples/ppo_trainer/run_deepseek7b_llm_sandbox_fusion.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 #

@@ -5,6 +5,7 @@
 # Data:     gsm8k/train.parquet
 # Hardware: 1 node(s) x 8 GPUs; FSDP; rollout vllm, tensor parallel 4
 # Special:  ulysses_sequence_parallel_size=2 for actor and critic: long sequences split over 2 devices
+# Memory:   ~73 GiB peak per 80 GiB device (resident 25 + generate 48): fits (rlcamp plan's estimate at full lengths, not measured)
 # Source:   verl's examples/ppo_trainer/run_deepseek7b_llm_sp2.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 #

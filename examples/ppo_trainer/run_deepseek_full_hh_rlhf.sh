@@ -5,6 +5,7 @@
 # Data:     full_hh_rlhf/rl/train.parquet
 # Hardware: 1 node(s) x 8 GPUs; Megatron; rollout vllm, tensor parallel 4
 # Special:  Megatron engine; a reward model scores every response (no rule reward)
+# Memory:   rlcamp plan sizes FSDP runs; Megatron work orders are sized when that engine lands
 # Source:   verl's examples/ppo_trainer/run_deepseek_full_hh_rlhf.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 # Status:   needs the Megatron engine (issue 'Training engines as one seam'); until it lands

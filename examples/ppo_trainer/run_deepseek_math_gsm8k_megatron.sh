@@ -5,6 +5,7 @@
 # Data:     ['gsm8k/train.parquet', 'math/train.parquet']
 # Hardware: 1 node(s) x 8 GPUs; Megatron; rollout vllm, tensor parallel 4
 # Special:  Megatron engine (tensor / pipeline parallel)
+# Memory:   rlcamp plan sizes FSDP runs; Megatron work orders are sized when that engine lands
 # Source:   verl's examples/ppo_trainer/run_deepseek_math_gsm8k_megatron.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 # Status:   needs the Megatron engine (issue 'Training engines as one seam'); until it lands

@@ -5,6 +5,7 @@
 # Data:     gsm8k/train.parquet
 # Hardware: 1 node(s) x 2 GPUs; FSDP; rollout vllm, tensor parallel 2
 # Special:  the smallest GPU work order: 2 devices, vLLM TP 2
+# Memory:   ~67 GiB peak per 80 GiB device (resident 35 + generate 32): fits (rlcamp plan's estimate at full lengths, not measured)
 # Source:   verl's examples/ppo_trainer/run_gemma.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 #

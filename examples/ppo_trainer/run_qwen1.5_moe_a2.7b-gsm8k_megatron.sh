@@ -5,6 +5,7 @@
 # Data:     gsm8k/train.parquet
 # Hardware: 4 node(s) x 8 GPUs; Megatron; rollout vllm, tensor parallel 4
 # Special:  MoE with expert parallel on 32 GPUs
+# Memory:   rlcamp plan sizes FSDP runs; Megatron work orders are sized when that engine lands
 # Source:   verl's examples/ppo_trainer/run_qwen1.5_moe_a2.7b-gsm8k_megatron.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 # Status:   needs the Megatron engine (issue 'Training engines as one seam'); until it lands

@@ -5,6 +5,7 @@
 # Data:     ['gsm8k/train.parquet', 'math/train.parquet']
 # Hardware: 1 node(s) x 8 GPUs; FSDP; rollout vllm, tensor parallel 1
 # Special:  a Llama-3 reward model served by the reward loop on vLLM
+# Memory:   ~91 GiB peak per 80 GiB device (resident 27 + reward 64): does not fit (rlcamp plan's estimate at full lengths, not measured)
 # Source:   verl's examples/ppo_trainer/run_qwen2-7b_rm.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 #

@@ -5,6 +5,7 @@
 # Data:     gsm8k/train.parquet
 # Hardware: 1 node(s) x 8 GPUs; FSDP; rollout vllm, tensor parallel 2
 # Special:  global_profiler.tool=nsys over named steps
+# Memory:   ~91 GiB peak per 80 GiB device (resident 27 + reward 64): does not fit (rlcamp plan's estimate at full lengths, not measured)
 # Source:   verl's examples/ppo_trainer/run_qwen2-7b_rm_seq_balance_nsys.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 #

@@ -5,6 +5,7 @@
 # Data:     ['gsm8k/train.parquet', 'math/train.parquet']
 # Hardware: 1 node(s) x 8 GPUs; FSDP; rollout sglang, tensor parallel 2
 # Special:  rollout.name=sglang (CUDA only)
+# Memory:   ~67 GiB peak per 80 GiB device (resident 27 + generate 40): fits (rlcamp plan's estimate at full lengths, not measured)
 # Source:   verl's examples/ppo_trainer/run_qwen2-7b_sglang_seq_balance.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 #

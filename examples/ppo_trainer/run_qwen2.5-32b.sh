@@ -5,6 +5,7 @@
 # Data:     ['gsm8k/train.parquet', 'math/train.parquet']
 # Hardware: 4 node(s) x 8 GPUs; FSDP; rollout vllm, tensor parallel 4
 # Special:  a 32B model over 32 GPUs with FSDP
+# Memory:   ~278 GiB peak per 80 GiB device (resident 31 + update_critic 248): does not fit (rlcamp plan's estimate at full lengths, not measured)
 # Source:   verl's examples/ppo_trainer/run_qwen2.5-32b.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 #

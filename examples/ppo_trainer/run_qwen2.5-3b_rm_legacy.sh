@@ -5,6 +5,7 @@
 # Data:     ['gsm8k/train.parquet', 'math/train.parquet']
 # Hardware: 1 node(s) x 8 GPUs; FSDP; rollout vllm, tensor parallel 1
 # Special:  reward_model.use_reward_loop=False
+# Memory:   ~72 GiB peak per 80 GiB device (resident 24 + generate 48): fits (rlcamp plan's estimate at full lengths, not measured)
 # Source:   verl's examples/ppo_trainer/run_qwen2.5-3b_rm_legacy.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 #

@@ -5,6 +5,7 @@
 # Data:     dapo-math-17k.parquet
 # Hardware: 1 node(s) x 8 NPUs; FSDP; rollout vllm, tensor parallel 1
 # Special:  Ascend NPUs (picked when torch_npu sees them, as verl does); Ulysses 2 with parameter offload
+# Memory:   ~59 GiB peak per 64 GiB device (resident 1 + generate 58): fits (rlcamp plan's estimate at full lengths, not measured)
 # Source:   verl's examples/ppo_trainer/run_qwen3-8b_npu.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
 #

@@ -54,6 +54,7 @@ class Shape:
     intermediate: int
     vocab: int
     tied: bool
+    classifier: bool = False  # a sequence classifier (a reward model): a score head, no vocabulary projection
     experts: int = 0
     experts_per_token: int = 0
     expert_intermediate: int = 0
@@ -88,7 +89,7 @@ class Shape:
 
     @property
     def params(self) -> int:
-        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
+        embeddings = self.vocab * self.hidden * (1 if self.tied or self.classifier else 2)
         return embeddings + sum(self.attention_params + self.mlp_params(i) for i in range(self.layers))
 
     @property
@@ -137,6 +138,7 @@ def read_shape(path: str) -> Shape:
         head_dim=_get(config, "head_dim", default=hidden // max(heads, 1)),
         intermediate=_get(config, "intermediate_size"), vocab=_get(config, "vocab_size"),
         tied=bool(config.get("tie_word_embeddings", False)), experts=experts,
+        classifier=any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []),
         experts_per_token=_get(config, "num_experts_per_tok", "moe_topk"),
         expert_intermediate=_get(config, "moe_intermediate_size", default=_get(config, "intermediate_size")),
         shared_intermediate=_get(config, "shared_expert_intermediate_size") or
@@ -264,7 +266,7 @@ def estimate(cfg: RLConfig, hardware: Hardware, shapes: dict[str, Shape] | None 
     if r.name in ("vllm", "sglang") and hardware.device != "cpu":
         # free_cache_engine: the engine sleeps while the models train (its weights to host memory, its
         # KV cache freed), so its share is taken only while it generates
-        asleep = r.free_cache_engine and r.name == "vllm"
+        asleep = r.free_cache_engine  # vLLM sleep mode, SGLang release_memory_occupation
         parts.append(Part("rollout", f"{r.name} engine (gpu_memory_utilization={r.gpu_memory_utilization}: weights "
                           f"and KV cache inside{'; asleep while training' if asleep else ''})",
                           r.gpu_memory_utilization * hardware.gpu_memory_gib, not asleep, "generate"))
@@ -377,6 +379,15 @@ def suggestions(cfg: RLConfig, hardware: Hardware, shapes: dict[str, Shape]) -> 
             if peak <= hardware.gpu_memory_gib:
                 break
     return out
+
+
+def summary(cfg: RLConfig, hardware: Hardware) -> str:
+    """One line: the estimated peak per device and whether it fits."""
+    est = estimate(cfg, hardware)
+    stages = est.stages()
+    worst = max(stages, key=stages.get) if stages else "-"
+    return (f"~{est.peak():.0f} GiB peak per {hardware.gpu_memory_gib:g} GiB device (resident {est.resident():.0f} + "
+            f"{worst} {stages.get(worst, 0):.0f}): {'fits' if est.fits() else 'does not fit'}")
 
 
 def report(cfg: RLConfig, hardware: Hardware) -> str:

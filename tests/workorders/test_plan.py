@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "fixtures/model_configs"
 
 
 @pytest.mark.parametrize("name, billions, kv", [
-    ("qwen2-7b", 7.6, 28 * 2 * 4 * 128),  # 7.6B (Qwen2 report); GQA: 4 KV heads of 128
+    ("Qwen2-7B-Instruct", 7.6, 28 * 2 * 4 * 128),  # 7.6B (Qwen2 report); GQA: 4 KV heads of 128
     ("qwen1.5-moe-a2.7b", 14.3, 24 * 2 * 16 * 128),  # 14.3B in all (2.7B active)
     ("deepseek-v3", 671.0, 61 * (512 + 64)),  # 671B; MLA caches a 512 latent + 64 rope dims per layer
 ])
@@ -25,7 +25,7 @@ def test_sizes_from_config_json_match_the_published_counts(name, billions, kv):
     assert shape.kv_per_token == kv
 
 
-def _model(tmp_path: Path, name: str = "qwen2-7b") -> Path:
+def _model(tmp_path: Path, name: str = "Qwen2-7B-Instruct") -> Path:
     folder = tmp_path / name
     folder.mkdir(exist_ok=True)
     shutil.copy(CONFIGS / f"{name}.json", folder / "config.json")
