@@ -88,6 +88,7 @@ def _list_value(value: str) -> list[str]:
 
 def plan(line: LaunchLine, root: Path) -> SmokePlan:
     flags, values = _split(line.args)
+    as_written = dict(values)
     changes: list[Change] = []
 
     def change(key: str, new, why: str) -> None:
@@ -151,7 +152,7 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
         change("global_profiler.steps", "[" + ",".join(steps) + "]" if steps else "null",
                "the smoke run has steps 1-3")
     if "trainer.logger" in values:
-        loggers = [v for v in _list_value(values["trainer.logger"])]
+        loggers = _list_value(values["trainer.logger"])
         kept = [v for v in loggers if v not in NOT_HERE] or ["console"]
         if kept != loggers:
             change("trainer.logger", "[" + ",".join(kept) + "]",
@@ -211,8 +212,7 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
     for key in list(values):
         if key.endswith(MICRO_SUFFIXES) and values[key] not in ("null", "None"):
             change(key, MICRO, "scaled down (1 divides every mini batch)")
-    old_seq = int(_split(line.args)[1].get("data.max_prompt_length", 512)) + int(
-        _split(line.args)[1].get("data.max_response_length", 512))
+    old_seq = int(as_written.get("data.max_prompt_length", 512)) + int(as_written.get("data.max_response_length", 512))
     for key in list(values):
         if key.endswith(BUDGET_SUFFIXES) and values[key].isdigit():
             ratio = int(values[key]) / old_seq
