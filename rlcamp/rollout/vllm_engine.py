@@ -59,15 +59,6 @@ def _remove_stale_tp_segments(group) -> None:
     dist.barrier(group=group.group)  # nobody creates its segment while another rank still removes
 
 
-def _ties_embeddings(model_path: str, trust_remote_code: bool) -> bool:
-    """Whether the model's output head is its input embedding (Gemma 2, SmolLM2, small Qwen2.5)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return bool(getattr(text, "tie_word_embeddings", False))
-
-
 class WeightSyncExtension:
     """Mixed into vLLM's worker class (``worker_extension_cls``): loads one safetensors blob in place."""
 
@@ -84,6 +75,11 @@ class WeightSyncExtension:
             segment.close()
         self.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)
         return len(weights)
+
+    def rlcamp_has_attribute(self, name: str) -> bool:
+        """Whether the engine's model has this attribute (vLLM's Gemma 2 has no ``lm_head``: it projects
+        with the embedding, so the trainer must not send one)."""
+        return hasattr(self.model_runner.get_model(), name)
 
     def rlcamp_param_sums(self) -> dict[str, float]:
         """Sum of every engine parameter (vLLM's own names and fused layout): for checks and tests."""
@@ -181,7 +177,6 @@ class VLLMRollout:
             if device == "cpu":
                 _remove_stale_tp_segments(self.group)
         self.eos, self.pad_token_id = sorted(set(eos_token_ids)), pad_token_id
-        self.tied_head = _ties_embeddings(model_path, trust_remote_code)
         if device == "cpu":
             # the KV cache of vLLM's CPU backend is sized in GiB by this variable (a user's setting wins)
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(os.environ.get("RLCAMP_VLLM_KV_GIB", "2")))))
@@ -200,6 +195,9 @@ class VLLMRollout:
         kwargs.update(r.engine_kwargs.get("vllm", {}))
         self.engine = (_AsyncEngine if async_mode else _SyncEngine)(vllm, kwargs)
         self.asleep = False
+        # a model whose engine class has no lm_head of its own (it reuses the embedding): the actor's tied
+        # lm_head.weight is not sent (Llama and Qwen2 keep the attribute even when tied, and take it)
+        self.skip_head = not all(self.engine.call("collective_rpc", "rlcamp_has_attribute", args=("lm_head",)))
         if initial_state is not None:
             self.load_weights(initial_state)
 
@@ -212,7 +210,7 @@ class VLLMRollout:
             self.engine.call("wake_up", tags=["weights"])
         from multiprocessing import shared_memory
 
-        if self.tied_head:  # vLLM's model has no lm_head of its own to load (it reuses the embedding)
+        if self.skip_head:
             state = {k: v for k, v in state.items() if k != "lm_head.weight"}
         for bucket in weight_buckets(state, self.dtype, "cpu", bucket_mb << 20):
             blob = save(dict(bucket))

@@ -105,9 +105,15 @@ def test_tensor_parallel_needs_as_many_ranks(setup):
     cfg = dataclasses.replace(RolloutConfig(), tensor_model_parallel_size=2)
     with pytest.raises(ValueError, match=r"tensor_model_parallel_size=2 does not divide the 1 ranks"):
         VLLMRollout("/nonexistent", cfg, eos_token_ids=[0], pad_token_id=0, max_model_len=8, device="cpu")
-    with pytest.raises(ValueError, match=r"rollout.mode=async: vLLM's external launcher"):
-        VLLMRollout("/nonexistent", dataclasses.replace(cfg, mode="async"), eos_token_ids=[0], pad_token_id=0,
-                    max_model_len=8, device="cpu")
+    # rollout.mode=async over tensor parallel ranks: the external launcher's offline engine, said at config time
+    from rlcamp.config import build_config, resolve
+
+    line = ["trainer.n_gpus_per_node=2", "data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "critic.ppo_micro_batch_size_per_gpu=2",
+            "actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.mode=async",
+            "actor_rollout_ref.rollout.tensor_model_parallel_size=2"]
+    assert any("rollout.mode='async' has no effect" in w and "generates as rollout.mode=sync does" in w
+               for w in resolve(build_config(line)).warnings)
 
 
 def _tensor_parallel_ranks(rank: int, port: int, path: str, out: str) -> None:
