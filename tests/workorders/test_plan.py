@@ -92,10 +92,11 @@ def test_a_missing_config_json_says_how_to_get_just_that_file(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["tiny", "tiny2"])
-def test_the_estimate_is_within_a_quarter_of_each_workers_measured_peak(case):
-    """Real 2-step runs (one process; two Ray workers), peak resident memory of each worker. The
-    SmolLM2 case (estimate 1.13x measured here) is in benchmarks/plan_accuracy.py and RESULTS.md."""
+def test_the_estimate_is_within_a_quarter_of_the_measured_peak_on_smollm2():
+    """The main job's model (SmolLM2-135M) for 2 steps, the process's peak resident memory (1.13x
+    here). The tiny cases of benchmarks/plan_accuracy.py measure mostly the process runtime, which
+    varied from 0.49 to 0.63 GiB between two checkouts on this machine: too noisy to hold to 25%."""
+    case = "smollm2"
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
