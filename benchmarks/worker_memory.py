@@ -41,13 +41,12 @@ SINGLE_DEVICE = {"plain": [], "optimizer offload": ["actor_rollout_ref.actor.fsd
 def run(resolved, batch, world: int, sp: int) -> dict:
     from rlcamp.controller.ray_group import RayWorkerGroup
     from rlcamp.utils.device import collective_backend
-    from rlcamp.workers.actor import ActorRolloutRefWorker
 
     device = resolved.config.trainer.device
     group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", world,
                            {"config": resolved.config, "derived": resolved.derived, "device": device},
                            device=device, backend=collective_backend(device), stage_timeout_s=1800, name="actor",
-                           cpus_per_worker=1, sp_size=sp, sp_methods=ActorRolloutRefWorker.SEQUENCE_PARALLEL)
+                           cpus_per_worker=1)
     try:
         start = time.perf_counter()
         metrics = group.call("update_actor", batch)

@@ -153,6 +153,7 @@ SMOKE_SECONDS: dict[str, int] = {
     "run_deepseek7b_llm_sp2.sh": 120,
     "run_gemma.sh": 71,
     "run_qwen2-7b_rm.sh": 260,
+    "run_deepseek_full_hh_rlhf.sh": 191,
     "run_qwen2-7b_rm_legacy.sh": 161,
     "run_qwen2-7b_rm_reward_loop_colocate.sh": 250,
     "run_qwen2-7b_rm_seq_balance.sh": 153,
@@ -197,7 +198,7 @@ def guide_rows(lang: str) -> list[str]:
         if name in SMOKE_SECONDS:
             smoke = f"{SMOKE_SECONDS[name]} s"
         elif "--config-name=ppo_megatron_trainer" in lines.get(name, {}).get("args", []):
-            smoke = "waits for Megatron" if lang == "en" else "待 Megatron 引擎"
+            smoke = "waits for Megatron PP/EP" if lang == "en" else "待 Megatron 流水线/专家并行"
         else:
             smoke = "-"
         rows.append(f"| `{name}` | {model} | {data} | {hardware} | {rollout} | {special} | {smoke} |")

@@ -69,17 +69,60 @@ def _engine_blockers(cfg: RLConfig) -> list[str]:
     return out
 
 
-def _strategy_blockers(cfg: RLConfig) -> list[str]:
-    roles = {"actor_rollout_ref.actor.strategy": cfg.actor_rollout_ref.actor.strategy,
-             "actor_rollout_ref.ref.strategy": cfg.actor_rollout_ref.ref.strategy,
-             "critic.strategy": cfg.critic.strategy}
-    if cfg.reward_model.enable:
-        roles["reward_model.strategy"] = cfg.reward_model.strategy
-    megatron = [k for k, v in roles.items() if v == "megatron"]
-    if not megatron:
-        return []
-    return [f"{', '.join(megatron)}=megatron: rlcamp does not run the Megatron engine yet ({ENGINES_ISSUE}); "
-            "set them to fsdp (the Megatron sizes then have no effect), or keep the line for when it lands"]
+# the Megatron sizes rlcamp's engine (rlcamp.engines.megatron) does not split by yet, and the values it needs
+_MEGATRON_NOT_YET = {"pipeline_model_parallel_size": (1,), "virtual_pipeline_model_parallel_size": (None,),
+                     "context_parallel_size": (1,), "expert_model_parallel_size": (1,),
+                     "expert_tensor_parallel_size": (None, 1)}
+_MEGATRON_OFF = ("param_offload", "grad_offload", "optimizer_offload", "use_dist_checkpointing")
+# override_transformer_config entries with a meaning here; any other must keep verl's default
+_RECOMPUTE = ("recompute_granularity", "recompute_method", "recompute_num_layers", "recompute_modules")
+
+
+def _megatron_blockers(cfg: RLConfig) -> list[str]:
+    """What a strategy=megatron role asks of rlcamp's Megatron engine that it does not do yet."""
+    from rlcamp.config.schema import MegatronConfig
+
+    arr = cfg.actor_rollout_ref
+    roles = {"actor_rollout_ref.actor": (arr.actor.strategy, arr.actor.megatron),
+             "critic": (cfg.critic.strategy or arr.actor.strategy, cfg.critic.megatron)}
+    if arr.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward:
+        roles["actor_rollout_ref.ref"] = (arr.ref.strategy or arr.actor.strategy, arr.ref.megatron)
+    defaults = MegatronConfig().override_transformer_config
+    out = []
+    for role, (strategy, megatron) in roles.items():
+        if strategy != "megatron" or (role == "critic" and not _uses_critic(cfg)):
+            continue
+        for key, allowed in _MEGATRON_NOT_YET.items():
+            value = getattr(megatron, key)
+            if value not in allowed:
+                out.append(f"{role}.megatron.{key}={value}: rlcamp's Megatron engine splits by tensor and data "
+                           f"parallelism so far ({ENGINES_ISSUE}); a run needs {key}={allowed[-1]} (or strategy=fsdp "
+                           "with ulysses_sequence_parallel_size)")
+        for key in _MEGATRON_OFF:
+            if getattr(megatron, key):
+                out.append(f"{role}.megatron.{key}=True is not built into rlcamp's Megatron engine yet "
+                           f"({ENGINES_ISSUE}); a run needs False")
+        for name in ("override_ddp_config", "override_mcore_model_config"):
+            if getattr(megatron, name):
+                out.append(f"{role}.megatron.{name}={getattr(megatron, name)!r}: rlcamp's Megatron engine is not "
+                           "megatron-core and has no such config; remove it")
+        for key, value in megatron.override_transformer_config.items():
+            if key in _RECOMPUTE or key == "attention_backend" or value == defaults.get(key, object()):
+                continue
+            out.append(f"{role}.megatron.override_transformer_config.{key}={value!r} has no counterpart in rlcamp's "
+                       f"Megatron engine yet ({ENGINES_ISSUE}; it reads recompute_granularity=full|selective as "
+                       "activation checkpointing); remove it")
+        granularity = megatron.override_transformer_config.get("recompute_granularity")
+        if granularity not in (None, "full", "selective"):
+            out.append(f"{role}.megatron.override_transformer_config.recompute_granularity={granularity!r}: use "
+                       "full, selective or null")
+    return out
+
+
+def _uses_critic(cfg: RLConfig) -> bool:
+    from rlcamp.config.validate import uses_critic
+
+    return uses_critic(cfg)
 
 
 def _tool_blockers(cfg: RLConfig) -> list[str]:
@@ -113,7 +156,7 @@ def run_blockers(cfg: RLConfig) -> list[str]:
     """Every reason this valid config cannot run on this machine with this rlcamp, each with the fix."""
     from rlcamp.trainer.tracking import tracker_needs
 
-    return (_device_blockers(cfg) + _engine_blockers(cfg) + _strategy_blockers(cfg) + _tool_blockers(cfg)
+    return (_device_blockers(cfg) + _engine_blockers(cfg) + _megatron_blockers(cfg) + _tool_blockers(cfg)
             + tracker_needs(cfg.trainer.logger))
 
 

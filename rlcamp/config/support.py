@@ -79,14 +79,44 @@ _CHUNKED = ("with model.use_fused_kernels=True (rlcamp's default) log-probs and 
             "a chunk of rows at a time, recomputing what the backward needs (rlcamp.models.head); with False, from the "
             "full logits in one pass")
 _NO_LORA = "it is only read with lora_rank > 0, and LoRA is not implemented yet"
-_MEGATRON_ONLY = ("it is only read with strategy=megatron, which rlcamp does not run yet (issue 'Training engines as "
-                  "one seam; Megatron-style parallelism')")
+_MEGATRON_ONLY = "it is only read with the role's strategy=megatron"
 _MEGATRON_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
                   "context_parallel_size", "expert_model_parallel_size", "expert_tensor_parallel_size",
                   "sequence_parallel", "use_distributed_optimizer", "param_offload", "grad_offload",
                   "optimizer_offload", "seed", "use_dist_checkpointing", "dist_checkpointing_path",
                   "dist_checkpointing_prefix", "dtype", "use_mbridge", "vanilla_mbridge", "use_remove_padding",
                   "forward_only", "override_transformer_config", "override_ddp_config", "override_mcore_model_config")
+# with strategy=megatron: keys rlcamp's engine (rlcamp.engines.megatron) reads no value from, and why
+_MEGATRON_WITHOUT_EFFECT = {
+    "sequence_parallel": "activations between tensor-parallel regions are kept whole on every tensor-parallel rank "
+                         "(sequence parallelism is not built yet): the same numbers, more activation memory",
+    "use_distributed_optimizer": "each rank's optimizer steps only its own tensor-parallel slices; they are not "
+                                 "split further over the data-parallel ranks",
+    "seed": "trainer.seed seeds every worker (and dropout) with rlcamp's engines",
+    "dist_checkpointing_path": "it is read with use_dist_checkpointing=True, which is not built yet",
+    "dist_checkpointing_prefix": "it is read with use_dist_checkpointing=True, which is not built yet",
+    "use_mbridge": "the engine trains the HF module itself: there is no HF <-> megatron-core conversion",
+    "vanilla_mbridge": "the engine trains the HF module itself: there is no HF <-> megatron-core conversion",
+    "use_remove_padding": "the role's model.use_remove_padding decides packing, as with strategy=fsdp",
+    "forward_only": "the role decides it: the reference and the reward model are built without an optimizer",
+}
+
+
+def _megatron_role(role: str) -> Callable[[Any], bool]:
+    """config -> whether ``role`` (actor, ref, critic) runs with strategy=megatron."""
+    def strategy(cfg) -> str:
+        arr = cfg.actor_rollout_ref
+        if role == "critic":
+            return cfg.critic.strategy or arr.actor.strategy
+        return (arr.ref.strategy or arr.actor.strategy) if role.endswith(".ref") else arr.actor.strategy
+    return lambda cfg: strategy(cfg) == "megatron"
+
+
+def _not_megatron(role: str) -> Callable[[Any], bool]:
+    megatron = _megatron_role(role)
+    return lambda cfg: not megatron(cfg)
+
+
 _MULTI_TURN = "multi-turn rollouts are not implemented (multi_turn.enable must be False)"
 _SHM = ("models and data are read from their local paths; verl copies them to /dev/shm first to speed up network "
         "file systems")
@@ -138,8 +168,10 @@ NO_EFFECT: list[NoEffect] = [
                                       "critic.model.target_modules")],
     *[NoEffect(f"actor_rollout_ref.{role}.{k}", _CHUNKED) for role in ("actor", "ref")
       for k in ("entropy_from_logits_with_chunking", "entropy_checkpointing")],
-    *[NoEffect(f"{role}.megatron.{k}", _MEGATRON_ONLY) for k in _MEGATRON_KEYS
-      for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic", "reward_model")],
+    *[NoEffect(f"reward_model.megatron.{k}", "the reward model scores unsharded, in one process (or in its own "
+               "pool, reward_model.enable_resource_pool), whatever its strategy") for k in _MEGATRON_KEYS],
+    NoEffect("reward_model.strategy", "the reward model scores unsharded, in one process (or in its own pool, "
+             "reward_model.enable_resource_pool), whatever its strategy"),
     *[NoEffect(f"actor_rollout_ref.ref.fsdp_config.{k}", _UNSHARDED_REF)
       for k in ("reshard_after_forward", "forward_prefetch", "wrap_policy.min_num_params")],
     *[NoEffect(f"reward_model.model.fsdp_config.{k}", _UNSHARDED_RM)
@@ -185,6 +217,10 @@ NO_EFFECT: list[NoEffect] = [
                _one_process(role)) for role in ("actor_rollout_ref.actor.fsdp_config", "critic.model.fsdp_config")
       for k in ("reshard_after_forward", "forward_prefetch", "wrap_policy.min_num_params",
                 "mixed_precision.reduce_dtype")],
+    *[NoEffect(f"{role}.megatron.{k}", _MEGATRON_ONLY, _not_megatron(role)) for k in _MEGATRON_KEYS
+      for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
+    *[NoEffect(f"{role}.megatron.{k}", why, _megatron_role(role)) for k, why in _MEGATRON_WITHOUT_EFFECT.items()
+      for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
     *[NoEffect(f"actor_rollout_ref.rollout.{k}", _ENGINE_ONLY, lambda cfg: cfg.actor_rollout_ref.rollout.name == "hf")
       for k in ("gpu_memory_utilization", "enforce_eager", "free_cache_engine", "load_format", "max_num_batched_tokens",
                 "max_num_seqs", "enable_chunked_prefill", "disable_log_stats")],

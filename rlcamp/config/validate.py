@@ -149,6 +149,29 @@ def _ulysses_degree(problems: list[str], n_devices: int, value: int, role: str) 
     return sp
 
 
+def _megatron_degree(problems: list[str], n_devices: int, megatron, role: str) -> int:
+    """The model-parallel degree of a ``strategy=megatron`` role: its tensor-parallel size (what the
+    engine cannot split by yet is a blocker: ``config.blockers``)."""
+    tp = max(megatron.tensor_model_parallel_size, 1)
+    if n_devices % tp:
+        problems.append(f"{n_devices} devices (trainer.nnodes x trainer.n_gpus_per_node) are not divisible by "
+                        f"{role}.megatron.tensor_model_parallel_size={tp}")
+        return 1
+    return tp
+
+
+def model_parallel_degree(problems: list[str], n_devices: int, role_cfg, role: str) -> int:
+    """How many devices hold one copy of ``role``'s model: the Ulysses degree (fsdp) or the Megatron
+    model-parallel degree; devices / that = the data-parallel ranks."""
+    if role_cfg.strategy == "megatron":
+        if role_cfg.ulysses_sequence_parallel_size > 1:
+            problems.append(f"{role}.ulysses_sequence_parallel_size={role_cfg.ulysses_sequence_parallel_size} is "
+                            f"strategy=fsdp's sequence parallelism; with strategy=megatron set it to 1 (the Megatron "
+                            "engine's context_parallel_size is its counterpart)")
+        return _megatron_degree(problems, n_devices, role_cfg.megatron, role)
+    return _ulysses_degree(problems, n_devices, role_cfg.ulysses_sequence_parallel_size, role)
+
+
 def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> None:
     data, arr, algo, trainer = cfg.data, cfg.actor_rollout_ref, cfg.algorithm, cfg.trainer
     actor, rollout = arr.actor, arr.rollout
@@ -287,7 +310,8 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
 # rollout.dtype only for our own engine (vLLM and SGLang bring their own kernels)
 COMPUTE_DTYPE_KEYS = ("actor_rollout_ref.model.dtype", "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype",
                       "actor_rollout_ref.ref.fsdp_config.model_dtype", "critic.model.dtype",
-                      "critic.model.fsdp_config.mixed_precision.param_dtype", "actor_rollout_ref.rollout.dtype")
+                      "critic.model.fsdp_config.mixed_precision.param_dtype", "actor_rollout_ref.rollout.dtype",
+                      "actor_rollout_ref.actor.megatron.dtype", "critic.megatron.dtype")
 
 
 def _reward_engine(problems: list[str], cfg: RLConfig, n_devices: int) -> None:
@@ -374,8 +398,16 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
     arr, algo, trainer = cfg.actor_rollout_ref, cfg.algorithm, cfg.trainer
     actor, rollout, critic, ref = arr.actor, arr.rollout, cfg.critic, arr.ref
     n_devices = max(trainer.nnodes * trainer.n_gpus_per_node, 1)
-    sp = _ulysses_degree(problems, n_devices, actor.ulysses_sequence_parallel_size, "actor")
+    sp = model_parallel_degree(problems, n_devices, actor, "actor_rollout_ref.actor")
     dp = n_devices // sp
+    if (ref.strategy or actor.strategy) != actor.strategy:
+        problems.append(f"actor_rollout_ref.ref.strategy={ref.strategy} differs from actor.strategy={actor.strategy}: "
+                        "the reference runs in the actor's workers, on its engine's mesh; set them alike")
+    elif actor.strategy == "megatron" and (actor.use_kl_loss or algo.use_kl_in_reward) and \
+            ref.megatron.tensor_model_parallel_size != actor.megatron.tensor_model_parallel_size:
+        problems.append(f"actor_rollout_ref.ref.megatron.tensor_model_parallel_size="
+                        f"{ref.megatron.tensor_model_parallel_size} differs from the actor's "
+                        f"{actor.megatron.tensor_model_parallel_size}: the reference is split on the actor's mesh")
     responses = cfg.data.train_batch_size * rollout.n
     if responses % dp:
         problems.append(f"a step's {responses} responses (data.train_batch_size={cfg.data.train_batch_size} x "
@@ -386,13 +418,13 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
     actor_plan = _plan(problems, "actor_rollout_ref.actor", cfg, actor.ppo_mini_batch_size, actor.ppo_micro_batch_size,
                        actor.ppo_micro_batch_size_per_gpu, actor.ppo_epochs, dp, actor.use_dynamic_bsz)
     critic_plan = None
-    if ref.ulysses_sequence_parallel_size not in (None, sp):
+    if actor.strategy != "megatron" and ref.ulysses_sequence_parallel_size not in (None, sp):
         problems.append(f"actor_rollout_ref.ref.ulysses_sequence_parallel_size={ref.ulysses_sequence_parallel_size} "
                         f"differs from actor.ulysses_sequence_parallel_size={sp}: the reference runs in the actor's "
                         "workers and shares its groups; leave it unset")
     critic_forward = None
     if needs_critic:
-        critic_dp = n_devices // _ulysses_degree(problems, n_devices, critic.ulysses_sequence_parallel_size, "critic")
+        critic_dp = n_devices // model_parallel_degree(problems, n_devices, critic, "critic")
         critic_plan = _plan(problems, "critic", cfg, critic.ppo_mini_batch_size, critic.ppo_micro_batch_size,
                             critic.ppo_micro_batch_size_per_gpu, critic.ppo_epochs, critic_dp, critic.use_dynamic_bsz)
         # the per-device key follows critic.ppo_micro_batch_size_per_gpu; the deprecated global one wins over

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from rlcamp.batch import Batch
-from rlcamp.controller.dispatch import gather, split_for_ranks
+from rlcamp.controller.dispatch import engine_dp_size, gather, places_for, split_for_ranks
 
 
 class WorkerError(RuntimeError):
@@ -60,6 +60,9 @@ class _Host:
         self.worker = getattr(importlib.import_module(module), name)(**kwargs)
         return True
 
+    def placements(self) -> dict:
+        return self.worker.placements() if hasattr(self.worker, "placements") else {}
+
     def execute(self, method: str, *args, **kwargs) -> Any:
         from rlcamp.trainer.profiling import call_stage
 
@@ -69,14 +72,12 @@ class _Host:
 class RayWorkerGroup:
     def __init__(self, worker_path: str, world_size: int, kwargs: dict, *, device: str, backend: str,
                  stage_timeout_s: float, startup_timeout_s: float | None = None, nnodes: int = 1,
-                 cpus_per_worker: int = 1, name: str = "workers", sp_size: int = 1,
-                 sp_methods: frozenset[str] = frozenset(), runtime_env: dict | None = None):
+                 cpus_per_worker: int = 1, name: str = "workers", runtime_env: dict | None = None):
         ray = ensure_ray()
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.world_size, self.stage_timeout_s, self.name = world_size, stage_timeout_s, name
-        self.sp_size, self.sp_methods = sp_size, sp_methods  # Ulysses: these methods share a part per group
         bundle = {"CPU": cpus_per_worker} | ({"GPU": 1} if device == "cuda" else {})
         strategy = "SPREAD" if nnodes > 1 and device == "cpu" else "PACK"
         self.pg = placement_group([dict(bundle) for _ in range(world_size)], strategy=strategy)
@@ -93,6 +94,8 @@ class RayWorkerGroup:
         master = self._wait([self.actors[0].address.remote()], "finding rank 0's address", **startup)[0]
         self._wait([a.setup.remote(worker_path, i, world_size, master, backend, stage_timeout_s, cpus_per_worker,
                                    kwargs) for i, a in enumerate(self.actors)], f"starting {name}")
+        # how each rank's engine splits its methods' batches (data-parallel rank of its mesh)
+        self.placements = self._wait([a.placements.remote() for a in self.actors], "reading the engines' meshes")
 
     def _wait(self, refs: list, stage: str, timeout_s: float | None = None, key: str = "trainer.stage_timeout_s") -> list:
         """Results of all refs; the first failure raises at once with its traceback; a deadline bounds it."""
@@ -119,16 +122,15 @@ class RayWorkerGroup:
 
     @property
     def dp_size(self) -> int:
-        return self.world_size // self.sp_size
+        return engine_dp_size(self.placements)
 
     def call(self, method: str, batch: Batch | None = None, **kwargs) -> Any:
-        replicas = self.sp_size if method in self.sp_methods else 1
         if batch is None:
-            refs = [a.execute.remote(method, **kwargs) for a in self.actors]
-        else:
-            parts = split_for_ranks(batch, self.world_size, replicas)
-            refs = [a.execute.remote(method, part, **kwargs) for a, part in zip(self.actors, parts)]
-        return gather(self._wait(refs, method), replicas)
+            return gather(self._wait([a.execute.remote(method, **kwargs) for a in self.actors], method))
+        places = places_for(method, self.placements)
+        parts = split_for_ranks(batch, places)
+        refs = [a.execute.remote(method, part, **kwargs) for a, part in zip(self.actors, parts)]
+        return gather(self._wait(refs, method), places)
 
     def call_rank0(self, method: str, *args, **kwargs) -> Any:
         return self._wait([self.actors[0].execute.remote(method, *args, **kwargs)], method)[0]

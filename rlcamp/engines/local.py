@@ -1,13 +1,13 @@
-"""The local training engine: one torch module, AdamW, the LR schedule, mixed precision, clipping.
+"""The optimizer part of a training engine: AdamW, the LR schedule, mixed precision (master weights), clipping.
 
-FSDP2 (issue 'Scale out') wraps the same interface; workers only see ``autocast()``,
-``optimizer_step()``, ``scheduler_step()`` and the state dicts.
+``engines.fsdp.FSDPEngine`` holds one for a trained model; the model may be a plain module or
+FSDP2-sharded (DTensor parameters), which this handles alike.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 
@@ -86,14 +86,6 @@ class LocalEngine:
         finally:
             for p, m in zip(self.params, self.master):
                 p.data = m.detach().to(self.compute_dtype)
-
-    def autocast(self, model: torch.nn.Module | None = None):
-        """Autocast to the compute dtype for ``model`` (default: the trained one) when its weights are
-        in another dtype: a frozen fp32 reference still computes in bf16 next to a bf16 actor."""
-        param_dtype = next((model or self.model).parameters()).dtype
-        if self.compute_dtype is None or self.compute_dtype == param_dtype:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def optimizer_step(self) -> torch.Tensor:
         """Clip, step (skipped when the gradient is not finite), zero. Returns the pre-clip grad norm."""

@@ -125,10 +125,9 @@ def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_en
     return finish(values[..., 0]), entropy, getattr(out, "aux_loss", None)
 
 
-def _actor_forward_chunked(model, inputs: SequenceInputs, temperature: float, with_entropy: bool,
-                           remove_padding: bool, shared: SharedLayout | None, backend: str):
-    """The decoder, then the vocabulary projection and log-softmax a chunk of rows at a time
-    (``rlcamp.models.head``): the [tokens, vocab] logits never exist in full."""
+def decoder_hidden(model, inputs: SequenceInputs, remove_padding: bool, shared: SharedLayout | None = None):
+    """The decoder's last hidden states at the positions that predict response tokens [n, hidden], their
+    labels [n], and how values at those positions go back to [batch, response_len]."""
     decoder = model.get_decoder()
     r = inputs.response_len
     labels = inputs.input_ids[:, -r:]
@@ -147,8 +146,16 @@ def _actor_forward_chunked(model, inputs: SequenceInputs, temperature: float, wi
     else:
         hidden = decoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
                          position_ids=inputs.position_ids, use_cache=False).last_hidden_state[:, -r - 1:-1]
-    log_probs, entropy = chunked_log_probs(hidden.reshape(-1, hidden.shape[-1]), model.get_output_embeddings().weight,
-                                           labels.reshape(-1), temperature, with_entropy, backend)
+    return hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), finish
+
+
+def _actor_forward_chunked(model, inputs: SequenceInputs, temperature: float, with_entropy: bool,
+                           remove_padding: bool, shared: SharedLayout | None, backend: str):
+    """The decoder, then the vocabulary projection and log-softmax a chunk of rows at a time
+    (``rlcamp.models.head``): the [tokens, vocab] logits never exist in full."""
+    hidden, labels, finish = decoder_hidden(model, inputs, remove_padding, shared)
+    log_probs, entropy = chunked_log_probs(hidden, model.get_output_embeddings().weight, labels, temperature,
+                                           with_entropy, backend)
     return finish(log_probs), (finish(entropy) if with_entropy else None), None
 
 

@@ -42,6 +42,12 @@ class VLLMRewardBackend:
                       disable_log_stats=r.disable_log_stats, trust_remote_code=rm.model.trust_remote_code,
                       tensor_parallel_size=r.tensor_model_parallel_size, load_format=r.load_format,
                       skip_tokenizer_init=r.skip_tokenizer_init and generative)
+        from rlcamp.rewards.loop import is_generative
+
+        if not generative and is_generative(path):
+            # a causal LM scored as a classifier (no custom_reward_function): vLLM puts a new one-output score
+            # head on it, as the in-process path (AutoModelForSequenceClassification) does
+            kwargs.update(convert="classify", hf_overrides={"num_labels": 1})
         if r.expert_parallel_size > 1:  # validated: it equals tensor x data parallel, which is all vLLM takes
             kwargs["enable_expert_parallel"] = True
         if r.limit_images is not None:

@@ -476,15 +476,10 @@ def make_worker_groups(resolved: ResolvedConfig, device: str):
     common = dict(device=device, backend=collective_backend(device), stage_timeout_s=c.trainer.stage_timeout_s,
                   startup_timeout_s=c.trainer.ray_wait_register_center_timeout, nnodes=c.trainer.nnodes,
                   cpus_per_worker=cpus, runtime_env=nsight_runtime_env(c.global_profiler))
-    from rlcamp.workers.actor import ActorRolloutRefWorker
-    from rlcamp.workers.critic import CriticWorker
-
     kwargs = {"config": c, "derived": derived, "device": device}
     actor = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", derived.n_devices, kwargs,
-                           name="actor_rollout_ref", sp_size=c.actor_rollout_ref.actor.ulysses_sequence_parallel_size,
-                           sp_methods=ActorRolloutRefWorker.SEQUENCE_PARALLEL, **common)
+                           name="actor_rollout_ref", **common)
     critic = RayWorkerGroup("rlcamp.workers.critic:CriticWorker", derived.n_devices, kwargs, name="critic",
-                            sp_size=c.critic.ulysses_sequence_parallel_size, sp_methods=CriticWorker.SEQUENCE_PARALLEL,
                             **common) if derived.uses_critic else None
     return actor, critic
 

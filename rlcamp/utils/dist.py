@@ -28,19 +28,32 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over data-parallel ranks (a copy; the input is left alone)."""
+def _collective_device() -> torch.device:
+    """Where a small tensor must be for the process group's backend: NCCL (HCCL) reduces only
+    accelerator tensors, gloo only host ones."""
+    backend = dist.get_backend()
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    if backend == "hccl":
+        return torch.device("npu", torch.npu.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum over the ranks of ``group`` (None: all of them); a float copy on the input's device."""
     x = x.detach().clone().float()
-    if world_size() > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    if world_size() > 1 and (group is None or dist.get_world_size(group) > 1):
+        reduced = x.to(_collective_device())
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM, group=group)
+        x = reduced.to(x.device)
     return x
 
 
-def all_reduce_max(value: int) -> int:
+def all_reduce_max(value: int, group=None) -> int:
     if world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([value], dtype=torch.long, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return int(t.item())
 
 

@@ -14,22 +14,20 @@ from rlcamp.algos import POLICY_LOSSES, agg_loss, kl_penalty, masked_mean, tis_w
 from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
-from rlcamp.engines.local import LocalEngine
-from rlcamp.models import ulysses
-from rlcamp.models.forward import actor_forward, sequence_inputs
+from rlcamp.engines.base import LogProbs, MicroBatching
+from rlcamp.engines.fsdp import FSDPEngine, prepare
+from rlcamp.models.forward import actor_forward
 from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
 from rlcamp.rollout.engines import mask_through_first_eos
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 from rlcamp.trainer.profiling import Profiled
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype, torch_compile_problem
-from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
-                                   mini_batches, prepare_trained_model, save_model_state, seed_everything,
-                                   shard_trained_model)
+from rlcamp.workers.common import MetricSink, mini_batches, seed_everything
 
 
 class _LazyState:
-    """A state dict whose items are made while they are read (``rollout.layered_summon``)."""
+    """A state dict whose items are made while they are read (the engine's ``export_weights``)."""
 
     def __init__(self, items):
         self._items = items
@@ -39,8 +37,11 @@ class _LazyState:
 
 
 class ActorRolloutRefWorker(Profiled):
-    # methods whose batch is shared by the ranks of a Ulysses group (generation is plain data parallel)
-    SEQUENCE_PARALLEL = frozenset({"compute_log_prob", "compute_ref_log_prob", "update_actor"})
+    """The actor and reference as role adapters of a training engine (``rlcamp.engines``) that supply
+    the head and the loss; the rollout engine next to them."""
+
+    # methods whose batch is split by the training engine's mesh (generation is plain data parallel)
+    ENGINE_METHODS = frozenset({"compute_log_prob", "compute_ref_log_prob", "update_actor"})
 
     def __init__(self, config: RLConfig, derived: Derived, device: str = "cpu"):
         arr = config.actor_rollout_ref
@@ -56,40 +57,23 @@ class ActorRolloutRefWorker(Profiled):
                                     trust_remote_code=arr.model.trust_remote_code,
                                     override_config=arr.model.override_config).to(self.device)
         self.eos_token_ids = eos_token_ids(self.tokenizer, self.model)
-        self.remove_padding = prepare_trained_model(self.model, arr.model, actor_forward,
-                                                    "actor_rollout_ref.model.use_remove_padding")
+        remove_padding = prepare(self.model, arr.model, actor_forward, "actor_rollout_ref.model.use_remove_padding")
         # use_fused_kernels: log-probs from the hidden states a chunk of rows at a time (rlcamp.models.head,
         # impl_backend=torch, or rlcamp.models.triton_head for triton) instead of the full logits; prompt
         # sharing needs that head
-        self.chunked_head = arr.model.use_fused_kernels
-        self.head_backend = arr.model.fused_kernel_options.impl_backend
-        self.share_prefix = arr.model.share_prompt_prefix and self.chunked_head
+        chunked_head = arr.model.use_fused_kernels
+        head = {"chunked_head": chunked_head, "head_backend": arr.model.fused_kernel_options.impl_backend,
+                "share_prefix": arr.model.share_prompt_prefix and chunked_head}
         # use_torch_compile: the full-logits paths' helpers (rlcamp.models.forward.logit_helpers)
         compilable = torch_compile_problem(self.device.type) is None
-        self.compile_actor = arr.actor.use_torch_compile and compilable
-        self.compile_ref = arr.ref.use_torch_compile and compilable
         self.ref = None
-        # ref.fsdp_config.param_offload: on an accelerator the reference waits in host memory between uses
-        self.ref_offload = arr.ref.fsdp_config.param_offload and self.device.type != "cpu"
         if derived.uses_ref:  # a frozen copy of the initial weights (full on every rank: no grads, no comms)
             self.ref = copy.deepcopy(self.model).to(to_dtype(arr.ref.fsdp_config.model_dtype)).eval()
             # frozen by never being stepped and running under no_grad: on this torch's CPU build,
             # requires_grad_(False) on bf16 weights makes matmuls ~5x slower (measured)
-            if self.ref_offload:
-                self.ref.to("cpu")
         self.rollout = self._make_rollout()
-        fsdp = arr.actor.fsdp_config
-        shard_trained_model(self.model, fsdp, self.device)  # data parallel and/or offload: FSDP2
-        # Ulysses: the trained model and the reference share sequences over a group; the rollout copy does not
-        self.sp = ulysses.setup(arr.actor.ulysses_sequence_parallel_size)  # None at degree 1
-        if self.sp is not None:
-            for model in (self.model, self.ref) if self.ref is not None else (self.model,):
-                ulysses.install(model, self.sp, "actor_rollout_ref.actor.ulysses_sequence_parallel_size")
-        compute = to_dtype(arr.actor.fsdp_config.mixed_precision.param_dtype)
-        self.engine = LocalEngine(self.model, arr.actor.optim, total_steps=derived.total_training_steps or 1,
-                                  warmup_steps=derived.actor_warmup_steps or 0, grad_clip=arr.actor.grad_clip,
-                                  compute_dtype=compute, device=self.device,
-                                  optimizer_offload=fsdp.optimizer_offload)
+        compiled = {"actor": arr.actor.use_torch_compile and compilable, "ref": arr.ref.use_torch_compile and compilable}
+        self.engine, self.ref_engine = self._make_engines(remove_padding, head, compiled)
         if self.engine.master is not None and isinstance(self.rollout, HFRollout) and self.rollout.model is self.model:
             with self.engine.full_precision():  # the actor now computes in the compute dtype: not rollout.dtype
                 self.rollout = self._make_rollout(share=False)
@@ -98,8 +82,47 @@ class ActorRolloutRefWorker(Profiled):
         # (the ranks of a tensor-parallel rollout group sample together, so alike)
         self.generator = torch.Generator(device="cpu").manual_seed(
             self.rollout_cfg.seed + 1000 * (dist.rank() // self.rollout_cfg.tensor_model_parallel_size))
-        dp_rank = self.sp.dp_rank if self.sp is not None else dist.rank()
-        self.shuffle_generator = torch.Generator().manual_seed(config.trainer.seed + 1000 * dp_rank)
+        self.shuffle_generator = torch.Generator().manual_seed(config.trainer.seed + 1000 * self.engine.mesh.dp_rank)
+
+    def _make_engines(self, remove_padding: bool, head: dict, compiled: dict):
+        """The actor's training engine (``actor.strategy``) and the reference's, on the actor's mesh."""
+        arr, derived = self.config.actor_rollout_ref, self.derived
+        a = arr.actor
+        steps = dict(total_steps=derived.total_training_steps or 1, warmup_steps=derived.actor_warmup_steps or 0,
+                     grad_clip=a.grad_clip)
+        if a.strategy == "megatron":
+            from rlcamp.engines.megatron import MegatronEngine, recompute
+
+            key = "actor_rollout_ref.actor.megatron.tensor_model_parallel_size"
+            compute, tp = to_dtype(a.megatron.dtype), a.megatron.tensor_model_parallel_size
+            recompute(self.model, a.megatron)
+            engine = MegatronEngine(self.model, device=self.device, tp=tp, key=key, compute_dtype=compute,
+                                    remove_padding=remove_padding, optim=a.optim, **steps)
+            ref = None if self.ref is None else MegatronEngine(self.ref, device=self.device, tp=tp, key=key,
+                                                               compute_dtype=compute, remove_padding=remove_padding,
+                                                               like=engine)
+            return engine, ref
+        compute = to_dtype(a.fsdp_config.mixed_precision.param_dtype)
+        # data parallel and/or offload: FSDP2; Ulysses: the trained model and the reference share
+        # sequences over a group (the rollout copy does not)
+        engine = FSDPEngine(self.model, device=self.device, compute_dtype=compute, remove_padding=remove_padding,
+                            sp_size=a.ulysses_sequence_parallel_size,
+                            sp_key="actor_rollout_ref.actor.ulysses_sequence_parallel_size", fsdp_config=a.fsdp_config,
+                            optim=a.optim, compiled=compiled["actor"], **steps, **head)
+        if self.ref is None:
+            return engine, None
+        # ref.fsdp_config.param_offload: on an accelerator the reference waits in host memory between uses
+        offload = arr.ref.fsdp_config.param_offload and self.device.type != "cpu"
+        if offload:
+            self.ref.to("cpu")
+        ref = FSDPEngine(self.ref, device=self.device, compute_dtype=compute, remove_padding=remove_padding,
+                         mesh=engine.mesh, sp_key="actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+                         compiled=compiled["ref"], offload_between_uses=offload, **head)
+        return engine, ref
+
+    def placements(self) -> dict:
+        """How the worker group splits the batch of each engine method (``controller.dispatch``)."""
+        return {method: self.engine.mesh.place for method in self.ENGINE_METHODS}
 
     # ------------------------------------------------------------------------------ rollout
     def _make_rollout(self, share: bool = True):
@@ -140,22 +163,16 @@ class ActorRolloutRefWorker(Profiled):
         """Refresh the rollout engine in place (the full weights are gathered when sharded)."""
         if isinstance(self.rollout, HFRollout) and self.rollout.model is self.model:
             return
-        with torch.no_grad(), self.engine.full_precision():
-            sharded = dist.is_sharded(self.model)
-            if sharded and self.rollout_cfg.layered_summon:  # one full tensor at a time, never the whole state
-                state = _LazyState(dist.iter_full_state(self.model))
-            else:
-                state = dist.full_state_dict(self.model) if sharded else self.model.state_dict()
-            if not isinstance(self.rollout, HFRollout):
-                self.rollout.load_weights(state)
-            elif sharded:
-                targets = self.rollout.model.state_dict()
-                for name, value in state.items():
-                    if name in targets:
-                        targets[name].copy_(value)
-            else:
-                for target, source in zip(self.rollout.model.parameters(), self.model.parameters()):
-                    target.copy_(source)
+        # layered_summon: one full tensor at a time, never the whole state
+        weights = self.engine.export_weights(layered=self.rollout_cfg.layered_summon)
+        if not isinstance(self.rollout, HFRollout):
+            self.rollout.load_weights(_LazyState(weights))
+            return
+        targets = self.rollout.model.state_dict()
+        with torch.no_grad():
+            for name, value in weights:
+                if name in targets:
+                    targets[name].copy_(value)
 
     def sampling_params(self, validate: bool) -> SamplingParams:
         r = self.rollout_cfg
@@ -179,83 +196,52 @@ class ActorRolloutRefWorker(Profiled):
         return prompts.update(out)
 
     # ---------------------------------------------------------------------------- log-probs
-    def _log_probs(self, model, batch: Batch, micro: int, with_entropy: bool, dynamic: bool, max_tokens: int,
-                   compiled: bool) -> Batch:
-        log_probs, entropies = [], []
-        model_was_training = model.training
-        model.eval()
-        with torch.no_grad(), self.engine.autocast(model):
-            for rows, part in micro_batches(batch, dynamic, micro, max_tokens):
-                lp, ent, _ = actor_forward(model, self._inputs(part), self.rollout_cfg.temperature, with_entropy,
-                                           self.remove_padding, self.sp, chunked_head=self.chunked_head,
-                                           share_prefix=self.share_prefix, compiled=compiled,
-                                           head_backend=self.head_backend)
-                log_probs.append((rows, lp.cpu()))
-                if with_entropy:
-                    entropies.append((rows, ent.cpu()))
-        model.train(model_was_training)
-        out = Batch({"log_probs": in_original_order(log_probs, len(batch))})
-        if with_entropy:
-            out["entropys"] = in_original_order(entropies, len(batch))
-        return out
-
-    def _inputs(self, part: Batch):
-        return sequence_inputs(part["input_ids"].to(self.device), part["attention_mask"].to(self.device),
-                               part["responses"].to(self.device), part["response_mask"].to(self.device))
-
     def compute_log_prob(self, batch: Batch) -> Batch:
         r = self.rollout_cfg
-        out = self._log_probs(self.model, batch, self.derived.rollout_log_prob_micro_batch_per_device, True,
-                              r.log_prob_use_dynamic_bsz, r.log_prob_max_token_len_per_gpu, self.compile_actor)
-        return Batch({"old_log_probs": out["log_probs"], "entropys": out["entropys"]})
+        micro = MicroBatching(self.derived.rollout_log_prob_micro_batch_per_device, r.log_prob_use_dynamic_bsz,
+                              r.log_prob_max_token_len_per_gpu)
+        out = self.engine.forward(batch, LogProbs(r.temperature, entropy=True), micro)
+        return Batch({"old_log_probs": out["log_probs"], "entropys": out["entropy"]})
 
     def compute_ref_log_prob(self, batch: Batch) -> Batch:
-        if self.ref is None:
+        if self.ref_engine is None:
             raise RuntimeError("compute_ref_log_prob called but no reference model was built (no KL is used)")
         ref = self.config.actor_rollout_ref.ref
-        if self.ref_offload:
-            self.ref.to(self.device)
-        out = self._log_probs(self.ref, batch, self.derived.ref_log_prob_micro_batch_per_device, False,
-                              ref.log_prob_use_dynamic_bsz, ref.log_prob_max_token_len_per_gpu, self.compile_ref)
-        if self.ref_offload:
-            self.ref.to("cpu")
+        micro = MicroBatching(self.derived.ref_log_prob_micro_batch_per_device, ref.log_prob_use_dynamic_bsz,
+                              ref.log_prob_max_token_len_per_gpu)
+        out = self.ref_engine.forward(batch, LogProbs(self.rollout_cfg.temperature), micro)
         return Batch({"ref_log_probs": out["log_probs"]})
 
     # ------------------------------------------------------------------------------- update
     def update_actor(self, batch: Batch) -> dict[str, float]:
-        """PPO epochs x mini batches (one optimizer step each) x micro batches (accumulated)."""
+        """PPO epochs x mini batches (one optimizer step each) x micro batches (the engine accumulates)."""
         a, plan = self.actor_cfg, self.derived.actor
         sink = MetricSink()
         self.model.train()
-        replicas = self.sp.size if self.sp is not None else 1
+        # with bypass_mode no recomputation pass reports the entropy: the update's forward does
+        head = LogProbs(self.rollout_cfg.temperature,
+                        entropy=a.entropy_coeff != 0 or self.config.algorithm.rollout_correction.bypass_mode)
+        micro = MicroBatching(plan.micro_batch_per_device, a.use_dynamic_bsz, a.ppo_max_token_len_per_gpu)
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle,
                                  self.shuffle_generator):
-            norm = global_norm(mini["response_mask"].float(), replicas,
-                               a.loss_scale_factor or self.rollout_cfg.response_length, plan.grad_accum_steps)
-            parts = micro_batches(mini, a.use_dynamic_bsz, plan.micro_batch_per_device, a.ppo_max_token_len_per_gpu)
-            pg_loss = sum(self._actor_micro_step(micro, norm, sink) for _, micro in parts)
-            sink.add("actor/pg_loss", dist.all_reduce_sum(pg_loss) / replicas)
-            sink.add("actor/micro_batches", len(parts))
-            grad_norm = self.engine.optimizer_step()
-            sink.add("actor/grad_norm", grad_norm)
+            out = self.engine.forward_backward(mini, head, lambda o, m, n: self._policy_loss(o, m, n, sink), micro,
+                                               loss_scale_factor=a.loss_scale_factor or self.rollout_cfg.response_length,
+                                               accumulation=plan.grad_accum_steps)
+            sink.add("actor/pg_loss", out["loss"])
+            sink.add("actor/micro_batches", out["micro_batches"])
+            sink.add("actor/grad_norm", self.engine.optimizer_step())
         sink.add("actor/lr", self.engine.lr)
         sink.add("perf/actor_peak_memory_gb", dist.peak_memory_gb(self.device))
         self.engine.scheduler_step()
         self.sync_rollout_weights()
         return sink.means()
 
-    def _actor_micro_step(self, micro: Batch, norm: dict, sink: MetricSink) -> torch.Tensor:
-        """Forward + backward of one micro batch; returns its share of the mini batch's policy loss."""
+    def _policy_loss(self, outputs: dict, micro: Batch, norm: dict, sink: MetricSink):
+        """The actor's loss of one micro batch (PPO clip, entropy bonus, KL loss, MoE aux loss), and its
+        share of the mini batch's policy loss to report."""
         a = self.actor_cfg
+        log_probs, entropy, aux_loss = outputs["log_probs"], outputs["entropy"], outputs["aux_loss"]
         mask = micro["response_mask"].to(self.device).float()
-        # with bypass_mode no recomputation pass reports the entropy: the update's forward does
-        need_entropy = a.entropy_coeff != 0 or self.config.algorithm.rollout_correction.bypass_mode
-        with self.engine.autocast():
-            log_probs, entropy, aux_loss = actor_forward(self.model, self._inputs(micro), self.rollout_cfg.temperature,
-                                                         need_entropy, self.remove_padding, self.sp,
-                                                         chunked_head=self.chunked_head,
-                                                         share_prefix=self.share_prefix, compiled=self.compile_actor,
-                                                         head_backend=self.head_backend)
         old_log_probs = micro["old_log_probs"].to(self.device)
         is_weights = None
         if a.tis_imp_ratio_cap > 0:  # correct for the rollout engine's numerics (see algos.tis_weights)
@@ -265,7 +251,7 @@ class ActorRolloutRefWorker(Profiled):
                          a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c, a.loss_agg_mode, is_weights=is_weights,
                          **norm)
         loss = pg.loss
-        if need_entropy:
+        if entropy is not None:
             if a.entropy_coeff != 0:
                 entropy_loss = agg_loss(entropy, mask, a.loss_agg_mode, **norm)
                 loss = loss - a.entropy_coeff * entropy_loss
@@ -276,15 +262,13 @@ class ActorRolloutRefWorker(Profiled):
             loss = loss + a.kl_loss_coef * kl_loss
             sink.add("actor/kl_loss", masked_mean(kl.detach(), mask))
         if aux_loss is not None:  # MoE router balance loss, weighted as the model's config says
-            share = mask.sum() / norm["global_tokens"] / (self.sp.size if self.sp is not None else 1)
+            share = mask.sum() / norm["global_tokens"] / self.engine.mesh.sp_size
             loss = loss + getattr(self.model.config, "router_aux_loss_coef", 0.0) * aux_loss * share
             sink.add("actor/moe_aux_loss", aux_loss.detach())
-        # divided by the mini batch's global counts; FSDP then averages over ranks (see dist.shard)
-        (loss * dist.grad_scale(self.model)).backward()
         sink.add("actor/pg_clipfrac", pg.clipfrac)
         sink.add("actor/ppo_kl", pg.ppo_kl)
         sink.add("actor/pg_clipfrac_lower", pg.clipfrac_lower)
-        return pg.loss.detach()
+        return loss, pg.loss
 
     def shutdown(self) -> None:
         """Stop the rollout engine's own process, if it has one (vLLM, SGLang)."""
@@ -300,12 +284,8 @@ class ActorRolloutRefWorker(Profiled):
         return {"sampling": self.generator, "shuffle": self.shuffle_generator}
 
     def save_checkpoint(self, folder: Path) -> None:
-        with self.engine.full_precision():
-            save_model_state(folder, self.model, self.engine, self._generators(), self.actor_cfg.checkpoint.save_contents,
-                             self.tokenizer)
+        self.engine.save(folder, self.actor_cfg.checkpoint.save_contents, self._generators(), self.tokenizer)
 
     def load_checkpoint(self, folder: Path) -> None:
-        with self.engine.full_precision():
-            load_model_state(folder, self.model, self.engine, self._generators(), self.actor_cfg.checkpoint.load_contents,
-                             "actor")
+        self.engine.load(folder, self.actor_cfg.checkpoint.load_contents, self._generators(), "actor")
         self.sync_rollout_weights()

@@ -10,20 +10,20 @@ from rlcamp.algos import masked_mean, value_loss
 from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
-from rlcamp.engines.local import LocalEngine
-from rlcamp.models import ulysses
-from rlcamp.models.forward import critic_forward, sequence_inputs
+from rlcamp.engines.base import MicroBatching, Values
+from rlcamp.engines.fsdp import FSDPEngine, prepare
+from rlcamp.models.forward import critic_forward
 from rlcamp.models.loading import import_external_lib, load_critic, load_tokenizer
 from rlcamp.trainer.profiling import Profiled
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype
-from rlcamp.workers.common import (MetricSink, global_norm, in_original_order, load_model_state, micro_batches,
-                                   mini_batches, prepare_trained_model, save_model_state, seed_everything,
-                                   shard_trained_model)
+from rlcamp.workers.common import MetricSink, mini_batches, seed_everything
 
 
 class CriticWorker(Profiled):
-    SEQUENCE_PARALLEL = frozenset({"compute_values", "update_critic"})  # see the actor
+    """The critic as a role adapter of a training engine: the value head and the clipped value loss."""
+
+    ENGINE_METHODS = frozenset({"compute_values", "update_critic"})  # see the actor
 
     def __init__(self, config: RLConfig, derived: Derived, device: str = "cpu"):
         c = config.critic
@@ -36,55 +36,55 @@ class CriticWorker(Profiled):
         # saved with each checkpoint, so that <step>/critic/huggingface is a complete transformers folder
         self.tokenizer = load_tokenizer(c.model.tokenizer_path, trust_remote_code=c.model.trust_remote_code,
                                         key="critic.model.tokenizer_path")
-        self.remove_padding = prepare_trained_model(self.model, c.model, critic_forward, "critic.model.use_remove_padding")
-        self.share_prefix = c.model.share_prompt_prefix
-        fsdp = c.model.fsdp_config
-        shard_trained_model(self.model, fsdp, self.device)
-        self.sp = ulysses.setup(c.ulysses_sequence_parallel_size)  # None at degree 1
-        if self.sp is not None:
-            ulysses.install(self.model, self.sp, "critic.ulysses_sequence_parallel_size")
-        self.engine = LocalEngine(self.model, c.optim, total_steps=derived.total_training_steps or 1,
-                                  warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip,
-                                  compute_dtype=to_dtype(c.model.fsdp_config.mixed_precision.param_dtype),
-                                  device=self.device, optimizer_offload=fsdp.optimizer_offload)
+        remove_padding = prepare(self.model, c.model, critic_forward, "critic.model.use_remove_padding")
+        steps = dict(optim=c.optim, total_steps=derived.total_training_steps or 1,
+                     warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip)
+        if (c.strategy or config.actor_rollout_ref.actor.strategy) == "megatron":
+            from rlcamp.engines.megatron import MegatronEngine, recompute
+
+            recompute(self.model, c.megatron)
+            self.engine = MegatronEngine(self.model, device=self.device, tp=c.megatron.tensor_model_parallel_size,
+                                         key="critic.megatron.tensor_model_parallel_size",
+                                         compute_dtype=to_dtype(c.megatron.dtype), remove_padding=remove_padding,
+                                         **steps)
+        else:
+            self.engine = FSDPEngine(self.model, device=self.device,
+                                     compute_dtype=to_dtype(c.model.fsdp_config.mixed_precision.param_dtype),
+                                     remove_padding=remove_padding, share_prefix=c.model.share_prompt_prefix,
+                                     sp_size=c.ulysses_sequence_parallel_size,
+                                     sp_key="critic.ulysses_sequence_parallel_size", fsdp_config=c.model.fsdp_config,
+                                     **steps)
         self.generator = torch.Generator().manual_seed(config.trainer.seed + 2)  # the same on every rank
 
-    def _inputs(self, part: Batch):
-        return sequence_inputs(part["input_ids"].to(self.device), part["attention_mask"].to(self.device),
-                               part["responses"].to(self.device), part["response_mask"].to(self.device))
+    def placements(self) -> dict:
+        return {method: self.engine.mesh.place for method in self.ENGINE_METHODS}
 
     def compute_values(self, batch: Batch) -> Batch:
-        values = []
-        self.model.eval()
-        size = self.derived.critic_forward_micro_batch_per_device
-        with torch.no_grad(), self.engine.autocast():
-            for rows, part in micro_batches(batch, self.cfg.use_dynamic_bsz, size, self.cfg.forward_max_token_len_per_gpu):
-                values.append((rows, critic_forward(self.model, self._inputs(part), self.remove_padding, self.sp,
-                                                    self.share_prefix).cpu() * part["response_mask"]))
+        micro = MicroBatching(self.derived.critic_forward_micro_batch_per_device, self.cfg.use_dynamic_bsz,
+                              self.cfg.forward_max_token_len_per_gpu)
+        values = self.engine.forward(batch, Values(), micro)["values"]
         self.model.train()
-        return Batch({"values": in_original_order(values, len(batch))})
+        return Batch({"values": values * batch["response_mask"]})
 
     def update_critic(self, batch: Batch) -> dict[str, float]:
         c, plan = self.cfg, self.derived.critic
         sink = MetricSink()
         self.model.train()
+        micro = MicroBatching(plan.micro_batch_per_device, c.use_dynamic_bsz, c.ppo_max_token_len_per_gpu)
+
+        def loss_fn(outputs: dict, part: Batch, norm: dict):
+            values, mask = outputs["values"], part["response_mask"].to(self.device).float()
+            out = value_loss(values, part["values"].to(self.device), part["returns"].to(self.device), mask,
+                             c.cliprange_value, c.loss_agg_mode, **norm)
+            sink.add("critic/vf_clipfrac", out.clipfrac)
+            sink.add("critic/vpred_mean", masked_mean(values.detach(), mask))
+            return out.loss, out.loss
+
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, c.ppo_epochs, c.shuffle, self.generator):
-            norm = global_norm(mini["response_mask"].float(), self.sp.size if self.sp else 1,
-                               c.loss_scale_factor or self.config.actor_rollout_ref.rollout.response_length,
-                               plan.grad_accum_steps)
-            total = torch.zeros(())
-            for _, micro in micro_batches(mini, c.use_dynamic_bsz, plan.micro_batch_per_device, c.ppo_max_token_len_per_gpu):
-                micro_mask = micro["response_mask"].to(self.device).float()
-                with self.engine.autocast():
-                    values = critic_forward(self.model, self._inputs(micro), self.remove_padding, self.sp,
-                                            self.share_prefix)
-                out = value_loss(values, micro["values"].to(self.device), micro["returns"].to(self.device), micro_mask,
-                                 c.cliprange_value, c.loss_agg_mode, **norm)
-                (out.loss * dist.grad_scale(self.model)).backward()  # see the actor
-                total = total + out.loss.detach().cpu()
-                sink.add("critic/vf_clipfrac", out.clipfrac)
-                sink.add("critic/vpred_mean", masked_mean(values.detach(), micro_mask))
-            sink.add("critic/vf_loss", dist.all_reduce_sum(total) / (self.sp.size if self.sp else 1))
+            out = self.engine.forward_backward(
+                mini, Values(), loss_fn, micro, accumulation=plan.grad_accum_steps,
+                loss_scale_factor=c.loss_scale_factor or self.config.actor_rollout_ref.rollout.response_length)
+            sink.add("critic/vf_loss", out["loss"])
             sink.add("critic/grad_norm", self.engine.optimizer_step())
         sink.add("critic/lr", self.engine.lr)
         sink.add("perf/critic_peak_memory_gb", dist.peak_memory_gb(self.device))
@@ -92,11 +92,7 @@ class CriticWorker(Profiled):
         return sink.means()
 
     def save_checkpoint(self, folder: Path) -> None:
-        with self.engine.full_precision():
-            save_model_state(folder, self.model, self.engine, {"shuffle": self.generator}, self.cfg.checkpoint.save_contents,
-                             self.tokenizer)
+        self.engine.save(folder, self.cfg.checkpoint.save_contents, {"shuffle": self.generator}, self.tokenizer)
 
     def load_checkpoint(self, folder: Path) -> None:
-        with self.engine.full_precision():
-            load_model_state(folder, self.model, self.engine, {"shuffle": self.generator}, self.cfg.checkpoint.load_contents,
-                             "critic")
+        self.engine.load(folder, self.cfg.checkpoint.load_contents, {"shuffle": self.generator}, "critic")

@@ -105,9 +105,15 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
     megatron = "--config-name=ppo_megatron_trainer" in flags or any(
         values.get(k) == "megatron" for k in ("actor_rollout_ref.actor.strategy", "critic.strategy"))
     result = SmokePlan(line, [], dict(line.env))
-    if megatron:
-        result.waits_for = ("the Megatron engine (issue 'Training engines as one seam; Megatron-style parallelism'); "
-                            "its smoke runs land with it")
+    if megatron:  # what the line asks of the Megatron engine beyond tensor and data parallelism
+        from rlcamp.config.blockers import ENGINES_ISSUE
+
+        later = sorted({key.rsplit(".", 1)[-1] for key, value in values.items() if ".megatron." in key and (
+            (key.endswith(("pipeline_model_parallel_size", "context_parallel_size", "expert_model_parallel_size"))
+             and int(value) > 1) or (key.endswith("use_dist_checkpointing") and value == "True"))})
+        if later:
+            result.waits_for = (f"the Megatron engine's {', '.join(later)}, not built yet (tensor and data "
+                                f"parallelism are; {ENGINES_ISSUE}); its smoke run lands with them")
 
     # -- hardware: 1 or 2 CPU processes, the line's layout at degree 2
     ulysses = max(int(values.get(k, 1)) for k in ("actor_rollout_ref.actor.ulysses_sequence_parallel_size",

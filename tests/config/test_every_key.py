@@ -43,7 +43,7 @@ def test_the_reader_is_not_fooled_by_a_shared_leaf_name():
     ("actor_rollout_ref.rollout.gpu_memory_utilization=0.4",
      "gpu_memory_utilization=0.4 has no effect: rlcamp's own engine (rollout.name=hf) has no such setting"),
     ("actor_rollout_ref.actor.megatron.tensor_model_parallel_size=4",
-     "only read with strategy=megatron, which rlcamp does not run yet"),
+     "it is only read with the role's strategy=megatron"),
     ("actor_rollout_ref.actor.fsdp_config.forward_prefetch=True", "one device without offload: nothing is sharded"),
     ("ray_init.timeline_json_file=/tmp/t.json", "this run uses no Ray"),
 ])

@@ -98,9 +98,11 @@ def test_what_rlcamp_or_this_machine_lacks_is_a_blocker_not_a_config_problem():
             "trainer.n_gpus_per_node=2").blockers
     assert any("tensor_model_parallel_size=2 with rollout.name=sglang: rlcamp runs one SGLang engine per device" in b
                for b in tp)
-    megatron = ok("actor_rollout_ref.actor.strategy=megatron").blockers
-    assert any("actor_rollout_ref.actor.strategy, actor_rollout_ref.ref.strategy, critic.strategy=megatron: rlcamp "
-               "does not run the Megatron engine yet" in b for b in megatron)
+    megatron = ok("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2",
+                  "trainer.n_gpus_per_node=2").blockers
+    assert any("actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2: rlcamp's Megatron engine splits by "
+               "tensor and data parallelism so far" in b for b in megatron)
+    assert not ok("actor_rollout_ref.actor.strategy=megatron").blockers  # tensor parallel (1 here) runs
     assert not ok().blockers
     assert any("unknown logger 'tensorbored'" in p for p in problems("trainer.logger=[tensorbored]"))
 

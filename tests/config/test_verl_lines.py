@@ -43,7 +43,8 @@ def test_a_run_stops_on_what_the_dry_run_warned_about(stand_ins, monkeypatch, ca
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert main(args) == 2  # before any model loads
     err = capsys.readouterr().err
-    assert "rlcamp does not run the Megatron engine yet" in err and "trainer.logger 'wandb'" in err
+    assert "pipeline_model_parallel_size=2: rlcamp's Megatron engine splits by tensor and data parallelism so far" \
+        in err and "trainer.logger 'wandb'" in err
 
 
 def test_the_megatron_named_config_selects_megatron_for_every_role(tmp_path):

@@ -141,8 +141,7 @@ def test_ulysses_two_ranks_equal_one(tmp_path, ray_local, remove_padding):
     batch["returns"] = batch["advantages"] * 0.5
     group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
                            {"config": two.config, "derived": two.derived, "device": "cpu"}, device="cpu",
-                           backend="gloo", stage_timeout_s=120, name="actor", sp_size=2,
-                           sp_methods=ActorRolloutRefWorker.SEQUENCE_PARALLEL)
+                           backend="gloo", stage_timeout_s=120, name="actor")
     out = group.call("compute_log_prob", batch)
     mask = batch["response_mask"].bool()
     assert torch.allclose(out["old_log_probs"][mask], batch["old_log_probs"][mask], atol=1e-5)
@@ -156,8 +155,7 @@ def test_ulysses_two_ranks_equal_one(tmp_path, ray_local, remove_padding):
 
     critic_group = RayWorkerGroup("rlcamp.workers.critic:CriticWorker", 2,
                                   {"config": two.config, "derived": two.derived, "device": "cpu"}, device="cpu",
-                                  backend="gloo", stage_timeout_s=120, name="critic", sp_size=2,
-                                  sp_methods=CriticWorker.SEQUENCE_PARALLEL)
+                                  backend="gloo", stage_timeout_s=120, name="critic")
     critic = CriticWorker(one.config, one.derived)
     c2, c1 = critic_group.call("update_critic", batch), critic.update_critic(batch)
     for key in ("critic/vf_loss", "critic/grad_norm"):
@@ -234,3 +232,63 @@ def test_ray_timeline_is_written(tmp_path, ray_local):
 
     events = json.loads((tmp_path / "trace" / "timeline.json").read_text())
     assert any("execute" in e.get("name", "") for e in events)
+
+
+@pytest.mark.parametrize("remove_padding", [False, True], ids=["padded", "packed"])
+def test_megatron_tensor_parallel_two_ranks_equal_one_fsdp_process(tmp_path, ray_local, remove_padding):
+    """strategy=megatron with TP=2 (one data-parallel rank split over 2 processes; the group hands both
+    the same part and keeps rank 0's result) against the FSDP engine in one process: the same
+    log-probs, entropies, values, losses and gradient norms, actor (with a KL loss on the reference)
+    and critic, and the same log-probs after the step."""
+    common = {"actor_rollout_ref.model.use_remove_padding": remove_padding,
+              "critic.model.use_remove_padding": remove_padding, "actor_rollout_ref.actor.entropy_coeff": 0.01,
+              "actor_rollout_ref.actor.use_kl_loss": True, "actor_rollout_ref.actor.kl_loss_coef": 0.1,
+              "actor_rollout_ref.model.use_fused_kernels": False}
+    one = resolved_for(tmp_path, 1, **common)
+    megatron = {f"{role}.megatron.tensor_model_parallel_size": 2
+                for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")}
+    two = resolved_for(tmp_path, 2, **common, **megatron, **{"actor_rollout_ref.actor.strategy": "megatron",
+                                                             "actor_rollout_ref.ref.strategy": "megatron",
+                                                             "critic.strategy": "megatron",
+                                                             "actor_rollout_ref.actor.megatron.dtype": "fp32",
+                                                             "critic.megatron.dtype": "fp32"})
+    assert two.derived.dp_size == 1 and not two.blockers
+    single = ActorRolloutRefWorker(one.config, one.derived)
+    batch = rollout_batch(single, single.tokenizer, n_prompts=8)
+    batch["values"] = torch.zeros(batch["responses"].shape)
+    batch["returns"] = batch["advantages"] * 0.5
+    group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
+                           {"config": two.config, "derived": two.derived, "device": "cpu"}, device="cpu",
+                           backend="gloo", stage_timeout_s=120, name="actor")
+    mask = batch["response_mask"].bool()
+    out = group.call("compute_log_prob", batch)
+    assert torch.allclose(out["old_log_probs"][mask], batch["old_log_probs"][mask], atol=1e-5)
+    assert torch.allclose(out["entropys"][mask], batch["entropys"][mask], atol=1e-5)
+    ref = group.call("compute_ref_log_prob", batch)["ref_log_probs"]
+    assert torch.allclose(ref[mask], batch["ref_log_probs"][mask], atol=1e-5)
+    m2, m1 = group.call("update_actor", batch), single.update_actor(batch)
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "actor/kl_loss", "actor/pg_clipfrac"):
+        assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
+    after_two = group.call("compute_log_prob", batch)["old_log_probs"][mask]
+    assert torch.allclose(after_two, single.compute_log_prob(batch)["old_log_probs"][mask], atol=1e-4)
+    # the rollout copy was refreshed from the split weights: it samples with the log-probs the trained
+    # (split) model gives its samples, not those of the weights before the step
+    from rlcamp.batch import Batch
+
+    prompts = Batch({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    sampled = group.call("generate", prompts)
+    recomputed = group.call("compute_log_prob", sampled)["old_log_probs"]
+    real = sampled["response_mask"].bool()
+    assert torch.allclose(sampled["rollout_log_probs"][real], recomputed[real], atol=1e-4)
+    group.shutdown()
+
+    critic_group = RayWorkerGroup("rlcamp.workers.critic:CriticWorker", 2,
+                                  {"config": two.config, "derived": two.derived, "device": "cpu"}, device="cpu",
+                                  backend="gloo", stage_timeout_s=120, name="critic")
+    critic = CriticWorker(one.config, one.derived)
+    values_two = critic_group.call("compute_values", batch)["values"]
+    assert torch.allclose(values_two, critic.compute_values(batch)["values"], atol=1e-5)
+    c2, c1 = critic_group.call("update_critic", batch), critic.update_critic(batch)
+    for key in ("critic/vf_loss", "critic/grad_norm", "critic/vpred_mean"):
+        assert c2[key] == pytest.approx(c1[key], rel=1e-4, abs=1e-6), key
+    critic_group.shutdown()

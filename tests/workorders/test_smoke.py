@@ -61,7 +61,8 @@ def test_a_smoke_plan_drops_no_key_silently(name, tmp_path):
             continue
         key = arg.split("=", 1)[0].lstrip("+")
         assert key in kept or key in changed, f"{key} vanished without a word"
-    assert (p.waits_for is not None) == ("megatron" in name or name == "run_deepseek_full_hh_rlhf.sh")
+    # every Megatron line of verl's folder splits by pipeline stages (or experts), which is not built yet
+    assert (p.waits_for is not None) == ("megatron" in name)
 
 
 @pytest.mark.slow
@@ -72,8 +73,8 @@ def test_every_work_order_passes_smoke(name, tmp_path):
                          capture_output=True, text=True, timeout=1500, cwd=ROOT)
     out = run.stdout + run.stderr
     if run.returncode == MEGATRON_WAIT:
-        assert "needs the Megatron engine" in out
-        pytest.skip("waits for the Megatron engine (issue 'Training engines as one seam')")
+        assert "needs the Megatron engine's" in out
+        pytest.skip("waits for the Megatron engine's pipeline / expert parallelism")
     assert run.returncode == 0, out[-6000:]
     assert "rlcamp smoke: passed" in out
 

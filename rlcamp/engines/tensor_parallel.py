@@ -1,0 +1,116 @@
+"""Megatron-style tensor parallelism of an HF decoder on PyTorch's DTensor (``parallelize_module``).
+
+Within each decoder layer q/k/v and gate/up are column-parallel (each rank holds a slice of the
+heads and of the MLP's width), o and down row-parallel (their outputs are summed over the group),
+so one layer costs two all-reduces forward and two backward. The token embedding is split over
+the vocabulary (each rank looks up the ids it holds; the rows are summed). Norms and the value
+head stay whole on every rank and see the same activations, so their gradients agree without
+communication.
+
+The output layer is split over the vocabulary too and its logits are never gathered:
+``vocab_parallel_log_probs`` takes the log-softmax at the label and the entropy from each rank's
+slice with three all-reduces of one number per token (max, sum of exponentials, label logit) and one
+more for the entropy. Gradients follow Megatron's two region functions: ``_ReduceFromGroup``
+(all-reduce forward, identity backward) and ``_CopyToGroup`` (identity forward, all-reduce backward).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+# module names (inside each decoder layer) of the families whose layers are Llama-shaped
+COLUMN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
+ROW = ("self_attn.o_proj", "mlp.down_proj")
+FAMILIES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+
+
+class _ReduceFromGroup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _CopyToGroup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def tp_problems(config, tp: int, key: str) -> list[str]:
+    """Why a model cannot be split ``tp`` ways (empty if it can)."""
+    problems = []
+    if config.model_type not in FAMILIES:
+        problems.append(f"{key}={tp}: tensor parallelism covers the Llama-shaped families {sorted(FAMILIES)}, "
+                        f"not model_type '{config.model_type}'")
+        return problems
+    heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    for name, value in (("num_attention_heads", heads), ("num_key_value_heads", kv),
+                        ("intermediate_size", config.intermediate_size), ("vocab_size", config.vocab_size)):
+        if value % tp:
+            problems.append(f"{key}={tp} does not divide the model's {name}={value}; choose a divisor of it")
+    return problems
+
+
+def parallelize(model, tp_mesh) -> None:
+    """Split ``model`` (an HF causal LM or token classifier of a Llama-shaped family) over ``tp_mesh`` in place."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    from rlcamp.utils.dist import decoder_layers
+
+    for layer in decoder_layers(model):
+        plan = {name: ColwiseParallel() for name in COLUMN} | {name: RowwiseParallel() for name in ROW}
+        parallelize_module(layer, tp_mesh, plan)
+    embed = model.get_input_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = head is not None and head.weight is embed.weight
+    parallelize_module(embed, tp_mesh, RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()))
+    if head is not None:
+        if tied:  # one split weight for both uses
+            head.weight = embed.weight
+        else:
+            head.weight = torch.nn.Parameter(distribute_tensor(head.weight.data, tp_mesh, [Shard(0)]),
+                                             requires_grad=head.weight.requires_grad)
+
+
+def vocab_parallel_log_probs(hidden: torch.Tensor, weight, labels: torch.Tensor, temperature: float,
+                             with_entropy: bool, group) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(hidden @ W.T / T)[labels] (fp32, [n]) and the entropy, where ``weight`` is this rank's
+    slice of the vocabulary (a DTensor sharded on dim 0, or its local rows) and ``hidden`` [n, d]
+    is the same on every rank of ``group``."""
+    local = weight.to_local() if hasattr(weight, "to_local") else weight
+    rank = dist.get_rank(group)
+    start = rank * local.shape[0]  # equal slices: tp_problems requires vocab_size % tp == 0
+    hidden = _CopyToGroup.apply(hidden, group)
+    logits = (hidden @ local.t()).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    with torch.no_grad():  # the log-softmax does not depend on the shift
+        shift = logits.max(-1).values
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX, group=group)
+    shifted = logits - shift[:, None]
+    exp = shifted.exp()
+    sum_exp = _ReduceFromGroup.apply(exp.sum(-1), group)
+    index = labels - start
+    mine = (index >= 0) & (index < local.shape[0])
+    picked = shifted.gather(1, index.clamp(0, local.shape[0] - 1)[:, None])[:, 0] * mine
+    log_z = sum_exp.log()
+    log_probs = _ReduceFromGroup.apply(picked, group) - log_z
+    entropy = None
+    if with_entropy:  # H = log Z - sum_v p_v * shifted_v
+        entropy = log_z - _ReduceFromGroup.apply((exp * shifted).sum(-1), group) / sum_exp
+    return log_probs, entropy

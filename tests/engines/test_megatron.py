@@ -1,0 +1,152 @@
+"""strategy=megatron's engine split over 2 tensor-parallel ranks (2 spawned gloo processes) against one
+process: log-probs, entropy and values, the loss, the full gradient and its norm, the step, and a
+checkpoint written at TP=2 that resumes at TP=1 and takes the same next step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from rlcamp.batch import Batch
+from rlcamp.config.schema import OptimConfig
+from rlcamp.engines.base import LogProbs, MicroBatching, Values
+from tests.conftest import free_port
+
+FAMILIES = ("qwen2", "llama")
+MICRO = MicroBatching(size=2)
+
+
+def _batch(vocab: int) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    prompt_mask = torch.ones(4, 5, dtype=torch.long)
+    prompt_mask[::2, :2] = 0
+    response_mask = torch.ones(4, 4, dtype=torch.long)
+    response_mask[1, 2:] = 0
+    return Batch({"input_ids": torch.randint(3, vocab, (4, 5), generator=g), "attention_mask": prompt_mask,
+                  "responses": torch.randint(3, vocab, (4, 4), generator=g), "response_mask": response_mask,
+                  "advantages": torch.randn(4, 4, generator=g) * response_mask})
+
+
+def _loss(outputs, part, norm):
+    mask = part["response_mask"].float()
+    loss = -(outputs["log_probs"] * part["advantages"] * mask).sum() / norm["global_tokens"]
+    if outputs.get("entropy") is not None:
+        loss = loss - 0.01 * (outputs["entropy"] * mask).sum() / norm["global_tokens"]
+    return loss, loss
+
+
+def _value_loss(outputs, part, norm):
+    loss = ((outputs["values"] - part["advantages"]) ** 2 * part["response_mask"]).sum() / norm["global_tokens"]
+    return loss, loss
+
+
+def _full_grads(model) -> dict[str, torch.Tensor]:
+    return {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+            for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _steps(model, critic, tp: int, folder=None, resume=None) -> dict:
+    """What both layouts must agree on: outputs, loss, gradients and norm of one step, outputs after it,
+    and (saving or resuming at ``folder`` / ``resume``) the next step."""
+    from rlcamp.engines.megatron import MegatronEngine
+
+    out = {}
+    actor = MegatronEngine(model, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
+                           grad_clip=1e9)
+    batch = _batch(model.config.vocab_size)
+    if resume is not None:
+        actor.load(resume, ["model", "optimizer", "extra"], {}, "actor")
+    else:
+        first = actor.forward(batch, LogProbs(0.8, entropy=True), MICRO)
+        out["log_probs"], out["entropy"] = first["log_probs"], first["entropy"]
+        step = actor.forward_backward(batch, LogProbs(0.8, entropy=True), _loss, MICRO, loss_scale_factor=4,
+                                      accumulation=2)
+        out["loss"] = step["loss"]
+        out["grads"] = _full_grads(model)
+        out["grad_norm"] = actor.optimizer_step()
+        actor.scheduler_step()
+        out["after"] = actor.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
+        if folder is not None:
+            actor.save(folder, ["model", "optimizer", "extra", "hf_model"], {}, None)
+    actor.forward_backward(batch, LogProbs(0.8), _loss, MICRO, loss_scale_factor=4, accumulation=2)
+    out["next_grad_norm"] = actor.optimizer_step()
+    out["next"] = actor.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
+    if critic is not None:
+        engine = MegatronEngine(critic, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2))
+        out["values"] = engine.forward(batch, Values(), MICRO)["values"]
+        engine.forward_backward(batch, Values(), _value_loss, MICRO, loss_scale_factor=4, accumulation=1)
+        out["critic_grads"] = _full_grads(critic)
+    return out
+
+
+def _run(rank: int, world: int, port: int, paths: dict, root: str) -> None:
+    from rlcamp.models.loading import load_causal_lm, load_critic
+    from rlcamp.utils.dist import init_distributed
+
+    init_distributed(rank, world, "127.0.0.1", port, "gloo", 120)
+    from pathlib import Path
+
+    for family, path in paths.items():
+        out = _steps(load_causal_lm(path), load_critic(path), tp=2, folder=Path(root) / f"ckpt_{family}")
+        if rank == 0:
+            torch.save(out, Path(root) / f"tp2_{family}.pt")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from rlcamp.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("megatron")
+    paths = {f: str(build_tiny_model(root / f, f)) for f in FAMILIES}
+    mp.spawn(_run, args=(2, free_port(), paths, str(root)), nprocs=2, join=True)
+    return root, paths
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_tensor_parallel_ranks_train_as_one_process(runs, family):
+    from rlcamp.models.loading import load_causal_lm, load_critic
+
+    root, paths = runs
+    two = torch.load(root / f"tp2_{family}.pt", weights_only=False)
+    one = _steps(load_causal_lm(paths[family]), load_critic(paths[family]), tp=1)
+    mask = _batch(10)["response_mask"].bool()
+    for key in ("log_probs", "entropy", "after", "next", "values"):
+        assert torch.allclose(two[key][mask], one[key][mask], atol=1e-5), key
+    assert float(two["loss"]) == pytest.approx(float(one["loss"]), abs=1e-6)
+    assert float(two["grad_norm"]) == pytest.approx(float(one["grad_norm"]), rel=1e-5)
+    for grads in ("grads", "critic_grads"):
+        assert two[grads].keys() == one[grads].keys()
+        for name, g in one[grads].items():
+            assert torch.allclose(two[grads][name], g, atol=1e-6, rtol=1e-4), (grads, name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_tp2_checkpoint_resumes_at_tp1_with_the_same_next_step(runs, family):
+    from rlcamp.models.loading import load_causal_lm
+
+    root, paths = runs
+    two = torch.load(root / f"tp2_{family}.pt", weights_only=False)
+    with pytest.warns(UserWarning, match="random generators start afresh"):
+        resumed = _steps(load_causal_lm(paths[family]), None, tp=1, resume=root / f"ckpt_{family}")
+    mask = _batch(10)["response_mask"].bool()
+    assert float(resumed["next_grad_norm"]) == pytest.approx(float(two["next_grad_norm"]), rel=1e-5)
+    assert torch.allclose(resumed["next"][mask], two["next"][mask], atol=1e-5)
+    # the transformers folder holds the full weights: it loads as the model the TP=2 run had after its step
+    hf = load_causal_lm(str(root / f"ckpt_{family}" / "huggingface"))
+    from rlcamp.engines.megatron import MegatronEngine
+
+    after = MegatronEngine(hf, device=torch.device("cpu"), tp=1, key="tp").forward(_batch(hf.config.vocab_size),
+                                                                                  LogProbs(0.8), MICRO)["log_probs"]
+    assert torch.allclose(after[mask], two["after"][mask], atol=1e-5)
+
+
+def test_what_cannot_be_split_is_named():
+    from rlcamp.engines.tensor_parallel import tp_problems
+    from rlcamp.models.tiny import _family_config
+
+    config = _family_config("qwen2", 301, 0, 1)
+    problems = tp_problems(config, 2, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size")
+    assert problems == ["actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2 does not divide the "
+                        "model's vocab_size=301; choose a divisor of it"]
+    assert "not model_type 'gemma2'" in tp_problems(_family_config("gemma2", 300, 0, 1), 2, "k")[0]
