@@ -154,6 +154,9 @@ SMOKE_SECONDS: dict[str, int] = {
     "run_gemma.sh": 71,
     "run_qwen2-7b_rm.sh": 260,
     "run_deepseek_full_hh_rlhf.sh": 191,
+    "run_deepseek_math_gsm8k_megatron.sh": 106,
+    "run_deepseek_math_gsm8k_megatron_nsys.sh": 103,
+    "run_qwen2-7b_math_gsm8k_megatron.sh": 118,
     "run_qwen2-7b_rm_legacy.sh": 161,
     "run_qwen2-7b_rm_reward_loop_colocate.sh": 250,
     "run_qwen2-7b_rm_seq_balance.sh": 153,
@@ -198,7 +201,8 @@ def guide_rows(lang: str) -> list[str]:
         if name in SMOKE_SECONDS:
             smoke = f"{SMOKE_SECONDS[name]} s"
         elif "--config-name=ppo_megatron_trainer" in lines.get(name, {}).get("args", []):
-            smoke = "waits for Megatron PP/EP" if lang == "en" else "待 Megatron 流水线/专家并行"
+            smoke = ("waits for Megatron EP / dist checkpointing" if lang == "en"
+                     else "待 Megatron 专家并行/分布式检查点")
         else:
             smoke = "-"
         rows.append(f"| `{name}` | {model} | {data} | {hardware} | {rollout} | {special} | {smoke} |")
@@ -272,7 +276,7 @@ def memory_line(name: str, line: dict) -> str:
     from rlcamp.workorders.plan import Hardware, summary
 
     if "--config-name=ppo_megatron_trainer" in line["args"]:
-        return "rlcamp plan sizes FSDP runs; Megatron work orders are sized when that engine lands"
+        return "rlcamp plan sizes FSDP runs; it does not size Megatron layouts yet"
     args = []
     for arg in line["args"]:
         key = arg.split("=", 1)[0]
@@ -326,9 +330,13 @@ def render(name: str, line: dict) -> str:
         f"# Source:   verl's examples/ppo_trainer/{name} at b178a3c: the same keys and values, only the",
         "#           module name differs (python3 -m rlcamp.trainer.main_ppo).",
     ]
-    if megatron:
-        header += ["# Status:   needs the Megatron engine (issue 'Training engines as one seam'); until it lands",
-                   "#           a run stops before any model loads and says so; --dry-run checks the line."]
+    if megatron and name in SMOKE_SECONDS:
+        header += ["# Status:   runs on rlcamp's Megatron engine (tensor, pipeline and data parallel; see README.md,",
+                   "#           'Training engines'); its smoke run keeps each parallel degree at 2."]
+    elif megatron:
+        header += ["# Status:   needs the Megatron engine's expert parallelism / distributed checkpoints (issue",
+                   "#           'Training engines as one seam'); until they land a run stops before any model",
+                   "#           loads and says so; --dry-run checks the line."]
     header += ["#", "# Prepare the data (from local copies; see examples/ppo_trainer/README.md):"]
     header += [f"#   {cmd}" for cmd in prep]
     header += [f"# Try it scaled down on a CPU first:  rlcamp smoke examples/ppo_trainer/{name}",

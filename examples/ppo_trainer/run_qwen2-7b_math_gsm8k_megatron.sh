@@ -5,11 +5,11 @@
 # Data:     ['gsm8k/train.parquet', 'math/train.parquet']
 # Hardware: 1 node(s) x 8 GPUs; Megatron; rollout vllm, tensor parallel 4
 # Special:  Megatron engine (tensor / pipeline parallel)
-# Memory:   rlcamp plan sizes FSDP runs; Megatron work orders are sized when that engine lands
+# Memory:   rlcamp plan sizes FSDP runs; it does not size Megatron layouts yet
 # Source:   verl's examples/ppo_trainer/run_qwen2-7b_math_gsm8k_megatron.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
-# Status:   needs the Megatron engine (issue 'Training engines as one seam'); until it lands
-#           a run stops before any model loads and says so; --dry-run checks the line.
+# Status:   runs on rlcamp's Megatron engine (tensor, pipeline and data parallel; see README.md,
+#           'Training engines'); its smoke run keeps each parallel degree at 2.
 #
 # Prepare the data (from local copies; see examples/ppo_trainer/README.md):
 #   python examples/data_preprocess/gsm8k.py --local_dataset_path ../shared/data/gsm8k --local_dir $DATA_DIR/gsm8k

@@ -70,12 +70,13 @@ def _engine_blockers(cfg: RLConfig) -> list[str]:
 
 
 # the Megatron sizes rlcamp's engine (rlcamp.engines.megatron) does not split by yet, and the values it needs
-_MEGATRON_NOT_YET = {"pipeline_model_parallel_size": (1,), "virtual_pipeline_model_parallel_size": (None,),
-                     "context_parallel_size": (1,), "expert_model_parallel_size": (1,),
+_MEGATRON_NOT_YET = {"context_parallel_size": (1,), "expert_model_parallel_size": (1,),
                      "expert_tensor_parallel_size": (None, 1)}
 _MEGATRON_OFF = ("param_offload", "grad_offload", "optimizer_offload", "use_dist_checkpointing")
 # override_transformer_config entries with a meaning here; any other must keep verl's default
 _RECOMPUTE = ("recompute_granularity", "recompute_method", "recompute_num_layers", "recompute_modules")
+# ... and the pipeline's cut (rlcamp.engines.pipeline.layer_bounds)
+_PIPELINE_CUT = ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")
 
 
 def _megatron_blockers(cfg: RLConfig) -> list[str]:
@@ -95,8 +96,8 @@ def _megatron_blockers(cfg: RLConfig) -> list[str]:
         for key, allowed in _MEGATRON_NOT_YET.items():
             value = getattr(megatron, key)
             if value not in allowed:
-                out.append(f"{role}.megatron.{key}={value}: rlcamp's Megatron engine splits by tensor and data "
-                           f"parallelism so far ({ENGINES_ISSUE}); a run needs {key}={allowed[-1]} (or strategy=fsdp "
+                out.append(f"{role}.megatron.{key}={value}: rlcamp's Megatron engine splits by tensor, pipeline and "
+                           f"data parallelism so far ({ENGINES_ISSUE}); a run needs {key}={allowed[-1]} (or strategy=fsdp "
                            "with ulysses_sequence_parallel_size)")
         for key in _MEGATRON_OFF:
             if getattr(megatron, key):
@@ -107,11 +108,11 @@ def _megatron_blockers(cfg: RLConfig) -> list[str]:
                 out.append(f"{role}.megatron.{name}={getattr(megatron, name)!r}: rlcamp's Megatron engine is not "
                            "megatron-core and has no such config; remove it")
         for key, value in megatron.override_transformer_config.items():
-            if key in _RECOMPUTE or key == "attention_backend" or value == defaults.get(key, object()):
+            if key in _RECOMPUTE + _PIPELINE_CUT or key == "attention_backend" or value == defaults.get(key, object()):
                 continue
             out.append(f"{role}.megatron.override_transformer_config.{key}={value!r} has no counterpart in rlcamp's "
                        f"Megatron engine yet ({ENGINES_ISSUE}; it reads recompute_granularity=full|selective as "
-                       "activation checkpointing); remove it")
+                       "activation checkpointing and num_layers_in_{first,last}_pipeline_stage as the pipeline's cut); remove it")
         granularity = megatron.override_transformer_config.get("recompute_granularity")
         if granularity not in (None, "full", "selective"):
             out.append(f"{role}.megatron.override_transformer_config.recompute_granularity={granularity!r}: use "

@@ -150,14 +150,24 @@ def _ulysses_degree(problems: list[str], n_devices: int, value: int, role: str) 
 
 
 def _megatron_degree(problems: list[str], n_devices: int, megatron, role: str) -> int:
-    """The model-parallel degree of a ``strategy=megatron`` role: its tensor-parallel size (what the
+    """The model-parallel degree of a ``strategy=megatron`` role: tensor x pipeline parallel sizes (what the
     engine cannot split by yet is a blocker: ``config.blockers``)."""
-    tp = max(megatron.tensor_model_parallel_size, 1)
-    if n_devices % tp:
+    tp, pp = max(megatron.tensor_model_parallel_size, 1), max(megatron.pipeline_model_parallel_size, 1)
+    vpp = megatron.virtual_pipeline_model_parallel_size
+    if vpp is not None and (vpp < 1 or (vpp > 1 and pp == 1)):
+        problems.append(f"{role}.megatron.virtual_pipeline_model_parallel_size={vpp}: interleaved stages need "
+                        "pipeline_model_parallel_size > 1 and a size >= 1 (null: one stage per rank)")
+    cut = {k: megatron.override_transformer_config.get(k) for k in ("num_layers_in_first_pipeline_stage",
+                                                                     "num_layers_in_last_pipeline_stage")}
+    for key, value in cut.items():
+        if value is not None and (not isinstance(value, int) or value < 1):
+            problems.append(f"{role}.megatron.override_transformer_config.{key}={value!r} must be a positive "
+                            "number of layers (or null)")
+    if n_devices % (tp * pp):
         problems.append(f"{n_devices} devices (trainer.nnodes x trainer.n_gpus_per_node) are not divisible by "
-                        f"{role}.megatron.tensor_model_parallel_size={tp}")
+                        f"{role}.megatron.tensor_model_parallel_size={tp} x pipeline_model_parallel_size={pp}")
         return 1
-    return tp
+    return tp * pp
 
 
 def model_parallel_degree(problems: list[str], n_devices: int, role_cfg, role: str) -> int:
@@ -403,11 +413,11 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
     if (ref.strategy or actor.strategy) != actor.strategy:
         problems.append(f"actor_rollout_ref.ref.strategy={ref.strategy} differs from actor.strategy={actor.strategy}: "
                         "the reference runs in the actor's workers, on its engine's mesh; set them alike")
-    elif actor.strategy == "megatron" and (actor.use_kl_loss or algo.use_kl_in_reward) and \
-            ref.megatron.tensor_model_parallel_size != actor.megatron.tensor_model_parallel_size:
-        problems.append(f"actor_rollout_ref.ref.megatron.tensor_model_parallel_size="
-                        f"{ref.megatron.tensor_model_parallel_size} differs from the actor's "
-                        f"{actor.megatron.tensor_model_parallel_size}: the reference is split on the actor's mesh")
+    elif actor.strategy == "megatron" and (actor.use_kl_loss or algo.use_kl_in_reward):
+        for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+            if getattr(ref.megatron, key) != getattr(actor.megatron, key):
+                problems.append(f"actor_rollout_ref.ref.megatron.{key}={getattr(ref.megatron, key)} differs from "
+                                f"the actor's {getattr(actor.megatron, key)}: the reference is split on the actor's mesh")
     responses = cfg.data.train_batch_size * rollout.n
     if responses % dp:
         problems.append(f"a step's {responses} responses (data.train_batch_size={cfg.data.train_batch_size} x "

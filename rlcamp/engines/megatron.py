@@ -1,17 +1,19 @@
 """``strategy=megatron``: Megatron-style parallelism on PyTorch's own distributed engine (protocol: ``engines.base``).
 
-The ranks of a role form a data-parallel x tensor-parallel mesh, tensor parallel inner (ranks
-0..TP-1 hold one copy of the model split TP ways, as Megatron places them), data parallel outer.
-Tensor parallelism is ``engines.tensor_parallel`` (DTensor); the data-parallel ranks sum their
-gradients with one all-reduce per parameter before each optimizer step, as Megatron's DDP does.
-Every rank of a tensor-parallel group sees the same micro batches; the first returns the outputs.
+The ranks of a role form a pipeline x data-parallel x tensor-parallel mesh in Megatron's order
+(tensor parallel inner, then data, then pipeline): ranks 0..TP-1 hold one copy of a stage split TP
+ways. Tensor parallelism is ``engines.tensor_parallel`` (DTensor), pipeline parallelism
+``engines.pipeline`` (``torch.distributed.pipelining``); the data-parallel ranks sum their gradients
+with one all-reduce per parameter before each optimizer step, as Megatron's DDP does. Every rank of
+a tensor- and pipeline-parallel group sees the same micro batches; tensor-parallel rank 0 of the
+last stage returns the outputs.
 
 What differs from megatron-core: the model is the HF module itself (no conversion to mcore
 layers, so checkpoints are HF-named and any HF-loadable weights of a supported family work); the
 optimizer is torch's AdamW over each rank's slices (``use_distributed_optimizer`` has no effect:
-with TP alone every slice is held once per data-parallel rank); the attention kernel is the one
-the HF model would use. Pipeline, expert and context parallelism and sequence parallelism are
-refused by name until they exist (``rlcamp.config``).
+every slice is held once per data-parallel rank); the attention kernel is the one the HF model
+would use. Expert and context parallelism and sequence parallelism are refused by name until they
+exist (``rlcamp.config``).
 """
 
 from __future__ import annotations
@@ -46,33 +48,42 @@ class MegatronEngine:
 
     def __init__(self, model, *, device: torch.device, tp: int, key: str, compute_dtype: torch.dtype | None = None,
                  remove_padding: bool = False, optim: OptimConfig | None = None, total_steps: int = 1,
-                 warmup_steps: int = 0, grad_clip: float = 1.0, like: MegatronEngine | None = None):
+                 warmup_steps: int = 0, grad_clip: float = 1.0, like: MegatronEngine | None = None, pp: int = 1,
+                 vpp: int = 1, layers_first: int | None = None, layers_last: int | None = None,
+                 schedule: str = "1f1b", pp_key: str = "pipeline_model_parallel_size"):
         self.model, self.device, self.compute_dtype, self.remove_padding = model, device, compute_dtype, remove_padding
         self.grad_clip = grad_clip
         world = dist.world_size()
-        if world % tp:
-            raise ValueError(f"{key}={tp} does not divide the role's {world} devices")
+        if world % (tp * pp):
+            raise ValueError(f"{key}={tp} x {pp_key}={pp} does not divide the role's {world} devices")
         problems = tp_problems(model.config, tp, key) if tp > 1 else []
         if problems:
             raise ValueError("; ".join(problems))
-        self.tp, self.dp = tp, world // tp
-        self.device_mesh, self.tp_group, self.dp_group = None, None, None
+        self.tp, self.pp, self.dp = tp, pp, world // (tp * pp)
+        self.device_mesh = self.tp_group = self.dp_group = self.pp_group = None
         if like is not None:
-            self.device_mesh, self.tp_group, self.dp_group = like.device_mesh, like.tp_group, like.dp_group
-        elif world > 1:
+            self.device_mesh, self.tp_group, self.dp_group, self.pp_group = (like.device_mesh, like.tp_group,
+                                                                             like.dp_group, like.pp_group)
+        elif world > 1:  # Megatron's rank order: tensor parallel inner, then data, then pipeline
             from torch.distributed.device_mesh import init_device_mesh
 
-            self.device_mesh = init_device_mesh(device.type, (self.dp, tp), mesh_dim_names=("dp", "tp"))
-            self.tp_group = self.device_mesh.get_group("tp")
-            self.dp_group = self.device_mesh.get_group("dp")
+            self.device_mesh = init_device_mesh(device.type, (pp, self.dp, tp), mesh_dim_names=("pp", "dp", "tp"))
+            self.tp_group, self.dp_group, self.pp_group = (self.device_mesh.get_group(d) for d in ("tp", "dp", "pp"))
         rank = dist.rank()
-        self.mesh = Mesh(dp_rank=rank // tp, dp_size=self.dp, dp_group=self.dp_group, tp_size=tp,
-                         returns_outputs=rank % tp == 0)
+        self.pp_rank = rank // (tp * self.dp)
+        self.mesh = Mesh(dp_rank=(rank // tp) % self.dp, dp_size=self.dp, dp_group=self.dp_group, tp_size=tp,
+                         pp_size=pp, returns_outputs=rank % tp == 0 and self.pp_rank == pp - 1)
         if tp > 1:
             parallelize(model, self.device_mesh["tp"])
+        # parameter names (tied weights under their first name), before any stage drops modules
+        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.pipeline, self.tied = None, None
+        if pp > 1:
+            self._split(vpp, layers_first, layers_last, schedule, pp_key, trains=optim is not None)
         self.optimizer = self.scheduler = None
         if optim is not None:
-            self.params = [p for p in model.parameters() if p.requires_grad]
+            modules = self.pipeline.chunks if self.pipeline is not None else [model]
+            self.params = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
             # the optimizer steps each rank's slices as plain tensors (views of the DTensors' storage)
             self.locals = [p.to_local().detach() if _is_dtensor(p) else p for p in self.params]
             fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
@@ -83,6 +94,52 @@ class MegatronEngine:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer,
                 lambda s: lr_lambda(s, warmup_steps, total, optim.warmup_style, min_lr, optim.num_cycles))
+
+    def _split(self, vpp: int, first: int | None, last: int | None, schedule: str, key: str, trains: bool) -> None:
+        """Keep this rank's pipeline stages of the model (``engines.pipeline``) and drop the other layers.
+        Checkpoints and exports stay by HF name: each name belongs to the stage that holds it."""
+        import re
+
+        from rlcamp.engines.pipeline import Pipeline, layer_bounds
+
+        model, pp = self.model, self.pp
+        decoder = model.get_decoder()
+        prefix = next(n for n, m in model.named_modules() if m is decoder)
+        stages = pp * vpp
+        bounds = layer_bounds(len(decoder.layers), stages, first, last, key)
+        head = _head_module(model)
+        embed = decoder.embed_tokens
+        tied = head is not None and getattr(head, "weight", None) is embed.weight
+        state = model.state_dict(keep_vars=True)
+        layer = re.compile(re.escape(prefix) + r"\.layers\.(\d+)\.")
+
+        def stage_of(name: str) -> int:
+            if name.startswith(f"{prefix}.embed_tokens."):
+                return 0
+            if m := layer.match(name):
+                return next(s for s, (a, b) in enumerate(bounds) if a <= int(m.group(1)) < b)
+            return stages - 1  # the final norm, the head, the rotary tables
+
+        self.key_owner = {name: stage_of(name) % pp for name in state}
+        self.key_meta = {name: (tuple(v.shape), v.dtype) for name, v in state.items()}
+        self.owned = {name: v.detach() for name, v in state.items() if self.key_owner[name] == self.pp_rank}
+        self.pipeline = Pipeline(model, pp_rank=self.pp_rank, pp=pp, vpp=vpp, group=self.pp_group, device=self.device,
+                                 bounds=bounds, head=head, schedule=schedule)
+        keep = [i for s in self.pipeline.stage_ids for i in range(*bounds[s])]
+        decoder.layers = torch.nn.ModuleList([decoder.layers[i] for i in keep])
+        if not self.pipeline.holds_first:
+            decoder.embed_tokens = None
+        if not self.pipeline.holds_last:
+            _drop_head(model)
+        if tied and trains:  # the first and last stages hold one weight twice: their gradients are summed
+            self.tied = embed.weight if (self.pipeline.holds_first or self.pipeline.holds_last) else None
+            self.tied_group = None
+            for dp in range(self.dp):  # every rank creates every pair's group, in one order
+                for tp in range(self.tp):
+                    ranks = [s * self.dp * self.tp + dp * self.tp + tp for s in (0, pp - 1)]
+                    group = tdist.new_group(ranks)
+                    if dist.rank() in ranks:
+                        self.tied_group = group
 
     # ------------------------------------------------------------------------------ passes
     def _autocast(self):
@@ -97,18 +154,38 @@ class MegatronEngine:
         if isinstance(head, Values):  # the value head is whole on every rank: the model's own forward
             return {"values": critic_forward(self.model, inputs, self.remove_padding)}
         hidden, labels, finish = decoder_hidden(self.model, inputs, self.remove_padding)
-        weight = self.model.get_output_embeddings().weight
-        if self.tp > 1:
-            log_probs, entropy = vocab_parallel_log_probs(hidden, weight, labels, head.temperature, head.entropy,
-                                                          self.tp_group)
-        else:
-            from rlcamp.models.head import chunked_log_probs
-
-            log_probs, entropy = chunked_log_probs(hidden, weight, labels, head.temperature, head.entropy)
+        log_probs, entropy = self._log_probs(hidden, labels, head)
         return {"log_probs": finish(log_probs), "entropy": finish(entropy) if entropy is not None else None,
                 "aux_loss": None}
 
+    def _log_probs(self, hidden: torch.Tensor, labels: torch.Tensor, head: LogProbs):
+        weight = (self.model.get_output_embeddings() if self.pipeline is None else self.pipeline.head).weight
+        if self.tp > 1:
+            return vocab_parallel_log_probs(hidden, weight, labels, head.temperature, head.entropy, self.tp_group)
+        from rlcamp.models.head import chunked_log_probs
+
+        return chunked_log_probs(hidden, weight, labels, head.temperature, head.entropy)
+
+    def _stage_head(self, head: LogProbs | Values):
+        """(what the last pipeline stage computes from hidden states and labels [n, k], and how [rows, r, k]
+        outputs read back as the head's outputs)."""
+        if isinstance(head, Values):
+            module, dropout = self.pipeline.head, getattr(self.model, "dropout", None)
+            fn = lambda h, labels: module(dropout(h) if dropout is not None else h).float()[:, :1]  # noqa: E731
+            return fn, 1, lambda out: {"values": out[..., 0]}
+
+        def fn(h, labels):
+            log_probs, entropy = self._log_probs(h, labels, head)
+            return torch.stack([log_probs, entropy], -1) if entropy is not None else log_probs[:, None]
+
+        def read(out):
+            return {"log_probs": out[..., 0], "entropy": out[..., 1] if head.entropy else None, "aux_loss": None}
+
+        return fn, 2 if head.entropy else 1, read
+
     def forward(self, batch: Batch, head: LogProbs | Values, micro: MicroBatching) -> Batch:
+        if self.pipeline is not None:
+            return self._pipeline_forward(batch, head, micro)
         was_training = self.model.training
         self.model.eval()
         parts = defaultdict(list)
@@ -119,6 +196,26 @@ class MegatronEngine:
                         parts[key].append((rows, value.cpu()))
         self.model.train(was_training)
         return Batch({key: in_original_order(values, len(batch)) for key, values in parts.items()})
+
+    def _pipeline_forward(self, batch: Batch, head: LogProbs | Values, micro: MicroBatching) -> Batch:
+        """The last stage's outputs in batch order (zeros on the other stages, whose results are not kept)."""
+        fn, k, read = self._stage_head(head)
+        parts = micro_batches(batch, micro.dynamic, micro.size, micro.max_tokens)
+        was_training = self.model.training
+        self.model.eval()
+        with self._autocast():
+            outs = self.pipeline.run(batch, parts, fn, k, self.remove_padding)
+        self.model.train(was_training)
+        if not self.pipeline.holds_last:  # placeholders of the outputs' shapes: dispatch keeps the last stage's
+            zeros = torch.zeros((len(batch), batch["responses"].shape[1], k))
+            return Batch({key: v for key, v in read(zeros).items() if v is not None and key != "aux_loss"})
+        values = defaultdict(list)
+        for i, out in outs.items():
+            rows = parts[i][0]
+            for key, value in read(out[:len(rows)]).items():
+                if value is not None and key != "aux_loss":
+                    values[key].append((rows, value.cpu()))
+        return Batch({key: in_original_order(v, len(batch)) for key, v in values.items()})
 
     def _dp_sum(self, x: torch.Tensor) -> torch.Tensor:
         if self.dp == 1:
@@ -136,6 +233,20 @@ class MegatronEngine:
         norm = self.loss_norm(mini_batch["response_mask"].float(), loss_scale_factor, accumulation)
         parts = micro_batches(mini_batch, micro.dynamic, micro.size, micro.max_tokens)
         reported = torch.zeros((), device=self.device)
+        if self.pipeline is not None:
+            fn, k, read = self._stage_head(head)
+            reports = []
+
+            def stage_loss(out, i):
+                rows, part = parts[i]
+                loss, report = loss_fn(read(out[:len(rows)]), part, norm)
+                reports.append(report.detach().to(reported.device))
+                return loss
+
+            with self._autocast():
+                self.pipeline.run(mini_batch, parts, fn, k, self.remove_padding, loss_fn=stage_loss)
+            reported = reported + sum(reports) if reports else reported
+            return {"loss": self._dp_sum(reported), "micro_batches": len(parts)}
         for _, part in parts:
             with self._autocast():
                 outputs = self._head(head, part)
@@ -151,10 +262,10 @@ class MegatronEngine:
         sharded_sq = torch.zeros((), device=self.device)
         whole_sq = torch.zeros((), device=self.device)
         for param, local in zip(self.params, self.locals):
-            if param.grad is None:
+            if param.grad is None and param is not self.tied:
                 local.grad = None
                 continue
-            grad = param.grad
+            grad = param.grad if param.grad is not None else torch.zeros_like(param)
             if _is_dtensor(grad):
                 if grad.placements != param.placements:  # e.g. the embedding's: partial sums, reduced to the slice
                     grad = grad.redistribute(param.device_mesh, param.placements)
@@ -162,13 +273,20 @@ class MegatronEngine:
             if self.dp > 1:
                 tdist.all_reduce(grad, group=self.dp_group)
             local.grad = grad
+            if param is self.tied:
+                tdist.all_reduce(grad, group=self.tied_group)
+                if not self.pipeline.holds_first:  # counted once, on the first stage
+                    continue
             if _is_dtensor(param):
                 sharded_sq = sharded_sq + grad.float().pow(2).sum()
             else:
                 whole_sq = whole_sq + grad.float().pow(2).sum()
         if self.tp > 1:  # each rank holds 1/TP of the split weights' gradient; the rest is alike on all
             tdist.all_reduce(sharded_sq, group=self.tp_group)
-        norm = (sharded_sq + whole_sq).sqrt()
+        total = sharded_sq + whole_sq
+        if self.pp > 1:  # each stage holds its own layers
+            tdist.all_reduce(total, group=self.pp_group)
+        norm = total.sqrt()
         if torch.isfinite(norm):
             scale = self.grad_clip / (norm + 1e-6)
             if scale < 1:
@@ -199,8 +317,23 @@ class MegatronEngine:
         """(HF name, full tensor), one tensor gathered at a time (so ``layered`` changes nothing);
         collective: every rank consumes it to the end."""
         with torch.no_grad():
-            for name, value in self.model.state_dict().items():
-                yield name, value.full_tensor() if _is_dtensor(value) else value
+            if self.pipeline is None:
+                for name, value in self.model.state_dict().items():
+                    yield name, value.full_tensor() if _is_dtensor(value) else value
+                return
+            for name, (shape, dtype) in self.key_meta.items():  # each from the stage that holds it
+                owner = self.key_owner[name]
+                if owner == self.pp_rank:
+                    value = self.owned[name]
+                    value = (value.full_tensor() if _is_dtensor(value) else value).contiguous()
+                else:
+                    value = torch.empty(shape, dtype=dtype, device=self.device)
+                tdist.broadcast(value, group=self.pp_group, group_src=owner)
+                yield name, value
+
+    def _model_state(self) -> dict:
+        """This rank's weights by HF name (its stages' under pipeline parallelism)."""
+        return self.model.state_dict() if self.pipeline is None else dict(self.owned)
 
     # ------------------------------------------------------------------------- checkpoints
     def _optimizer_state(self, create: bool) -> dict:
@@ -208,7 +341,7 @@ class MegatronEngine:
         (so a checkpoint loads into another tensor-parallel size). ``create``: zeros where none exist yet."""
         from torch.distributed.tensor import DTensor
 
-        names = {id(p): n for n, p in self.model.named_parameters()}
+        names = self.param_names
         out = {}
         for param, local in zip(self.params, self.locals):
             state = self.optimizer.state[local]
@@ -233,7 +366,7 @@ class MegatronEngine:
         folder.mkdir(parents=True, exist_ok=True)
         state = {}
         if "model" in contents:
-            state["model"] = self.model.state_dict()
+            state["model"] = self._model_state()
         if "optimizer" in contents:
             state["optimizer"] = self._optimizer_state(create=True)
         if state:
@@ -246,7 +379,7 @@ class MegatronEngine:
                     tokenizer.save_pretrained(folder / "huggingface")
         if rank == 0:
             meta = {"world_size": dist.world_size(), "contents": sorted(contents), "engine": "megatron",
-                    "tensor_model_parallel_size": self.tp}
+                    "tensor_model_parallel_size": self.tp, "pipeline_model_parallel_size": self.pp}
             if "extra" in contents:
                 meta["scheduler"] = self.scheduler.state_dict()
             torch.save(meta, folder / "state.pt")
@@ -269,7 +402,7 @@ class MegatronEngine:
                                    f"'{part}' from the role's checkpoint.load_contents to resume without it")
         state = {}
         if "model" in contents:
-            state["model"] = self.model.state_dict()
+            state["model"] = self._model_state()
         if "optimizer" in contents:
             state["optimizer"] = self._optimizer_state(create=True)
         if state:  # read into this layout's tensors in place, resharded from whatever layout wrote them
@@ -286,6 +419,29 @@ class MegatronEngine:
                               f"{dist.world_size()}: weights and optimizer are resharded, the random generators "
                               "start afresh", stacklevel=2)
 
+
+def _head_module(model):
+    """The module the last stage applies to the final hidden states: the output layer, or a critic's value head."""
+    from rlcamp.models.loading import value_head
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return head if head is not None else value_head(model)
+
+
+def _drop_head(model) -> None:
+    for name in ("lm_head", "score", "classifier"):
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            setattr(model, name, None)
+
+
+def layout(megatron_cfg, role: str) -> dict:
+    """A role's ``megatron.*`` parallel layout as MegatronEngine arguments (``role``: its key prefix)."""
+    cut = megatron_cfg.override_transformer_config
+    return dict(tp=megatron_cfg.tensor_model_parallel_size, key=f"{role}.megatron.tensor_model_parallel_size",
+                pp=megatron_cfg.pipeline_model_parallel_size, vpp=megatron_cfg.virtual_pipeline_model_parallel_size or 1,
+                layers_first=cut.get("num_layers_in_first_pipeline_stage"),
+                layers_last=cut.get("num_layers_in_last_pipeline_stage"),
+                pp_key=f"{role}.megatron.pipeline_model_parallel_size")
 
 
 def recompute(model, megatron_cfg) -> None:

@@ -91,6 +91,9 @@ def build_tiny_model(save_dir: str | Path, family: str = "qwen2", seed: int = 0,
     config = _family_config(family, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     for key, value in config_overrides.items():
         setattr(config, key, value)
+    n_layers, types = config.num_hidden_layers, getattr(config, "layer_types", None)
+    if types and len(types) != n_layers and "layer_types" not in config_overrides:  # the pattern, to the new depth
+        config.layer_types = [types[i % len(types)] for i in range(n_layers)]
     torch.manual_seed(seed)
     if reward_model:
         config.num_labels = 1

@@ -91,16 +91,15 @@ class ActorRolloutRefWorker(Profiled):
         steps = dict(total_steps=derived.total_training_steps or 1, warmup_steps=derived.actor_warmup_steps or 0,
                      grad_clip=a.grad_clip)
         if a.strategy == "megatron":
-            from rlcamp.engines.megatron import MegatronEngine, recompute
+            from rlcamp.engines.megatron import MegatronEngine, layout, recompute
 
-            key = "actor_rollout_ref.actor.megatron.tensor_model_parallel_size"
-            compute, tp = to_dtype(a.megatron.dtype), a.megatron.tensor_model_parallel_size
+            compute = to_dtype(a.megatron.dtype)
             recompute(self.model, a.megatron)
-            engine = MegatronEngine(self.model, device=self.device, tp=tp, key=key, compute_dtype=compute,
-                                    remove_padding=remove_padding, optim=a.optim, **steps)
-            ref = None if self.ref is None else MegatronEngine(self.ref, device=self.device, tp=tp, key=key,
-                                                               compute_dtype=compute, remove_padding=remove_padding,
-                                                               like=engine)
+            engine = MegatronEngine(self.model, device=self.device, compute_dtype=compute, remove_padding=remove_padding,
+                                    optim=a.optim, **layout(a.megatron, "actor_rollout_ref.actor"), **steps)
+            ref = None if self.ref is None else MegatronEngine(
+                self.ref, device=self.device, compute_dtype=compute, remove_padding=remove_padding, like=engine,
+                **layout(arr.ref.megatron, "actor_rollout_ref.ref"))
             return engine, ref
         compute = to_dtype(a.fsdp_config.mixed_precision.param_dtype)
         # data parallel and/or offload: FSDP2; Ulysses: the trained model and the reference share
@@ -151,8 +150,11 @@ class ActorRolloutRefWorker(Profiled):
             rollout.load_weights(self.model.state_dict())
             return rollout
         module = self.model
-        # a separate copy when its dtype differs, or when the actor is sharded (generation is not lockstep)
-        if not share or dtype != next(self.model.parameters()).dtype or dist.needs_sharding(self.actor_cfg.fsdp_config):
+        # a separate copy when its dtype differs, when the actor is sharded (generation is not lockstep), or
+        # split into pipeline stages (each rank keeps only its own layers)
+        staged = self.actor_cfg.strategy == "megatron" and self.actor_cfg.megatron.pipeline_model_parallel_size > 1
+        if not share or staged or dtype != next(self.model.parameters()).dtype or \
+                dist.needs_sharding(self.actor_cfg.fsdp_config):
             module = copy.deepcopy(self.model).to(dtype)  # no requires_grad_(False): see the ref above
             if getattr(module, "is_gradient_checkpointing", False):
                 module.gradient_checkpointing_disable()

@@ -40,13 +40,11 @@ class CriticWorker(Profiled):
         steps = dict(optim=c.optim, total_steps=derived.total_training_steps or 1,
                      warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip)
         if (c.strategy or config.actor_rollout_ref.actor.strategy) == "megatron":
-            from rlcamp.engines.megatron import MegatronEngine, recompute
+            from rlcamp.engines.megatron import MegatronEngine, layout, recompute
 
             recompute(self.model, c.megatron)
-            self.engine = MegatronEngine(self.model, device=self.device, tp=c.megatron.tensor_model_parallel_size,
-                                         key="critic.megatron.tensor_model_parallel_size",
-                                         compute_dtype=to_dtype(c.megatron.dtype), remove_padding=remove_padding,
-                                         **steps)
+            self.engine = MegatronEngine(self.model, device=self.device, compute_dtype=to_dtype(c.megatron.dtype),
+                                         remove_padding=remove_padding, **layout(c.megatron, "critic"), **steps)
         else:
             self.engine = FSDPEngine(self.model, device=self.device,
                                      compute_dtype=to_dtype(c.model.fsdp_config.mixed_precision.param_dtype),

@@ -109,27 +109,42 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
         from rlcamp.config.blockers import ENGINES_ISSUE
 
         later = sorted({key.rsplit(".", 1)[-1] for key, value in values.items() if ".megatron." in key and (
-            (key.endswith(("pipeline_model_parallel_size", "context_parallel_size", "expert_model_parallel_size"))
-             and int(value) > 1) or (key.endswith("use_dist_checkpointing") and value == "True"))})
+            (key.endswith(("context_parallel_size", "expert_model_parallel_size")) and int(value) > 1)
+            or (key.endswith("use_dist_checkpointing") and value == "True"))})
         if later:
-            result.waits_for = (f"the Megatron engine's {', '.join(later)}, not built yet (tensor and data "
-                                f"parallelism are; {ENGINES_ISSUE}); its smoke run lands with them")
+            result.waits_for = (f"the Megatron engine's {', '.join(later)}, not built yet (tensor, pipeline and "
+                                f"data parallelism are; {ENGINES_ISSUE}); its smoke run lands with them")
 
-    # -- hardware: 1 or 2 CPU processes, the line's layout at degree 2
+    # -- hardware: 1 or 2 CPU processes, the line's layout at degree 2 (Megatron: each of its degrees at 2,
+    # so tensor x pipeline parallel takes 4)
     ulysses = max(int(values.get(k, 1)) for k in ("actor_rollout_ref.actor.ulysses_sequence_parallel_size",
                                                   "critic.ulysses_sequence_parallel_size"))
     tp = int(values.get("actor_rollout_ref.rollout.tensor_model_parallel_size", 1))
     devices = int(values.get("trainer.n_gpus_per_node", 8)) * int(values.get("trainer.nnodes", 1))
     n = 2 if (ulysses > 1 or tp > 1 or devices > 1) else 1
+    model_parallel = 1
+    for key in [k for k in values if k.endswith((".megatron.tensor_model_parallel_size",
+                                                 ".megatron.pipeline_model_parallel_size"))]:
+        if int(values[key]) > 2:
+            change(key, 2, "the line's layout at degree 2")
+    for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic"):
+        degree = 1
+        for dim in ("tensor", "pipeline"):
+            degree *= min(int(values.get(f"{role}.megatron.{dim}_model_parallel_size", 1)), 2)
+        model_parallel = max(model_parallel, degree)
+    if megatron and model_parallel > n:
+        n = model_parallel
     result.processes = n
     change("trainer.nnodes", 1, "this machine is one node")
-    change("trainer.n_gpus_per_node", n, f"{n} CPU process(es) keep the line's layout at degree {n}")
+    change("trainer.n_gpus_per_node", n, "4 CPU processes: the line's Megatron tensor x pipeline parallel layout at "
+           "2 x 2" if megatron and model_parallel == 4 else f"{n} CPU process(es) keep the line's layout at degree {n}")
     for key in ("actor_rollout_ref.actor.ulysses_sequence_parallel_size", "critic.ulysses_sequence_parallel_size",
                 "actor_rollout_ref.ref.ulysses_sequence_parallel_size"):
         if int(values.get(key, 1)) > n:
             change(key, n, f"Ulysses over the {n} processes")
-    if tp > n:
-        change("actor_rollout_ref.rollout.tensor_model_parallel_size", n, f"rollout tensor parallel over the {n} processes")
+    if tp > min(n, 2):
+        change("actor_rollout_ref.rollout.tensor_model_parallel_size", min(n, 2),
+               f"rollout tensor parallel at degree {min(n, 2)}")
     rm_tp = int(values.get("reward_model.rollout.tensor_model_parallel_size", 1))
     if rm_tp > 1:
         change("reward_model.rollout.tensor_model_parallel_size", 1, "one CPU engine serves the tiny reward model")
@@ -179,7 +194,11 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
                              "at a local folder with a config.json, or pass the key to smoke with a known name")
         reward = key == "reward_model.model.path" and is_reward_model(original)
         sized = uses_vllm and family not in ("deepseek_v3", "qwen2_moe")
-        folder = root / "models" / f"{family}{'-rm' if reward else ''}{'-vllm' if sized else ''}"
+        # Megatron tensor parallelism splits the KV heads: two of them
+        split_kv = sized and megatron and model_parallel > 1 and any(
+            int(values.get(f"{role}.megatron.tensor_model_parallel_size", 1)) > 1
+            for role in ("actor_rollout_ref.actor", "critic"))
+        folder = root / "models" / f"{family}{'-rm' if reward else ''}{'-vllm' if sized else ''}{'-kv2' if split_kv else ''}"
         if not (folder / "config.json").exists():
             from rlcamp.models.tiny import build_tiny_model
             from rlcamp.trainer.run import quiet_libraries
@@ -187,6 +206,8 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
             quiet_libraries()
 
             overrides = dict(VLLM_SIZED) if sized else {}
+            if split_kv:
+                overrides["num_key_value_heads"] = 2
             if sized and family == "gemma2":
                 overrides["query_pre_attn_scalar"] = 64
             build_tiny_model(folder, family, reward_model=reward, **overrides)
@@ -212,9 +233,12 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
     n_samples = int(values.get("actor_rollout_ref.rollout.n", 1))
     if n_samples > 2:
         change("actor_rollout_ref.rollout.n", 2, "2 samples a prompt keep the group estimators' groups")
+    wide = n // 2 if n > 2 else 1  # 4 processes: a role that is all data parallel splits a mini batch 4 ways
     for key, value in SIZES.items():
         if key in values:
-            change(key, value, "scaled down")
+            batch_size = key.endswith(("batch_size", "mini_batch_size"))
+            change(key, value * wide if batch_size else value,
+                   "scaled down" + (f" ({n} data-parallel ranks share each mini batch)" if batch_size and wide > 1 else ""))
     for key in list(values):
         if key.endswith(MICRO_SUFFIXES) and values[key] not in ("null", "None"):
             change(key, MICRO, "scaled down (1 divides every mini batch)")

@@ -98,13 +98,35 @@ def test_what_rlcamp_or_this_machine_lacks_is_a_blocker_not_a_config_problem():
             "trainer.n_gpus_per_node=2").blockers
     assert any("tensor_model_parallel_size=2 with rollout.name=sglang: rlcamp runs one SGLang engine per device" in b
                for b in tp)
-    megatron = ok("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2",
+    megatron = ok("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron.expert_model_parallel_size=2",
                   "trainer.n_gpus_per_node=2").blockers
-    assert any("actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2: rlcamp's Megatron engine splits by "
-               "tensor and data parallelism so far" in b for b in megatron)
+    assert any("actor_rollout_ref.actor.megatron.expert_model_parallel_size=2: rlcamp's Megatron engine splits by "
+               "tensor, pipeline and data parallelism so far" in b for b in megatron)
     assert not ok("actor_rollout_ref.actor.strategy=megatron").blockers  # tensor parallel (1 here) runs
+    assert not ok("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2",
+                  "actor_rollout_ref.actor.megatron.override_transformer_config.num_layers_in_last_pipeline_stage=1",
+                  "trainer.n_gpus_per_node=2").blockers
     assert not ok().blockers
     assert any("unknown logger 'tensorbored'" in p for p in problems("trainer.logger=[tensorbored]"))
+
+
+def test_megatron_layouts_are_checked_against_devices_and_the_reference():
+    megatron = ("actor_rollout_ref.actor.strategy=megatron", "trainer.n_gpus_per_node=4", "data.train_batch_size=8",
+                "actor_rollout_ref.actor.ppo_mini_batch_size=4")
+    derived = ok(*megatron, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2",
+                 "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2").derived
+    assert derived.dp_size == 1  # 2 x 2 model-parallel ranks hold one copy
+    text = "\n".join(problems(*megatron, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2",
+                              "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=3"))
+    assert "not divisible by actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2 x " \
+           "pipeline_model_parallel_size=3" in text
+    text = "\n".join(problems(*megatron, "actor_rollout_ref.actor.megatron.virtual_pipeline_model_parallel_size=2",
+                              "actor_rollout_ref.actor.use_kl_loss=True",
+                              "actor_rollout_ref.ref.megatron.pipeline_model_parallel_size=2",
+                              "actor_rollout_ref.actor.megatron.override_transformer_config.num_layers_in_first_pipeline_stage=0"))
+    assert "virtual_pipeline_model_parallel_size=2: interleaved stages need pipeline_model_parallel_size > 1" in text
+    assert "ref.megatron.pipeline_model_parallel_size=2 differs from the actor's 1" in text
+    assert "num_layers_in_first_pipeline_stage=0 must be a positive number of layers" in text
 
 
 def test_ulysses_degrees_are_checked_against_devices_and_each_other():
