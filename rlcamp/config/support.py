@@ -93,8 +93,8 @@ _MEGATRON_WITHOUT_EFFECT = {
     "use_distributed_optimizer": "each rank's optimizer steps only its own tensor-parallel slices; they are not "
                                  "split further over the data-parallel ranks",
     "seed": "trainer.seed seeds every worker (and dropout) with rlcamp's engines",
-    "dist_checkpointing_path": "it is read with use_dist_checkpointing=True, which is not built yet",
-    "dist_checkpointing_prefix": "it is read with use_dist_checkpointing=True, which is not built yet",
+    "dist_checkpointing_prefix": "the checkpoint at dist_checkpointing_path is rlcamp's own, by HF names, with no "
+                                 "key prefix",
     "use_mbridge": "the engine trains the HF module itself: there is no HF <-> megatron-core conversion",
     "vanilla_mbridge": "the engine trains the HF module itself: there is no HF <-> megatron-core conversion",
     "use_remove_padding": "the role's model.use_remove_padding decides packing, as with strategy=fsdp",
@@ -110,6 +110,13 @@ def _megatron_role(role: str) -> Callable[[Any], bool]:
             return cfg.critic.strategy or arr.actor.strategy
         return (arr.ref.strategy or arr.actor.strategy) if role.endswith(".ref") else arr.actor.strategy
     return lambda cfg: strategy(cfg) == "megatron"
+
+
+def _megatron_without_dist_checkpointing(role: str) -> Callable[[Any], bool]:
+    from rlcamp.config.loader import get_key
+
+    megatron = _megatron_role(role)
+    return lambda cfg: megatron(cfg) and not get_key(cfg, f"{role}.megatron.use_dist_checkpointing")
 
 
 def _not_megatron(role: str) -> Callable[[Any], bool]:
@@ -220,6 +227,9 @@ NO_EFFECT: list[NoEffect] = [
     *[NoEffect(f"{role}.megatron.{k}", _MEGATRON_ONLY, _not_megatron(role)) for k in _MEGATRON_KEYS
       for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
     *[NoEffect(f"{role}.megatron.{k}", why, _megatron_role(role)) for k, why in _MEGATRON_WITHOUT_EFFECT.items()
+      for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
+    *[NoEffect(f"{role}.megatron.dist_checkpointing_path", "it is read with use_dist_checkpointing=True",
+               _megatron_without_dist_checkpointing(role))
       for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
     *[NoEffect(f"actor_rollout_ref.rollout.{k}", _ENGINE_ONLY, lambda cfg: cfg.actor_rollout_ref.rollout.name == "hf")
       for k in ("gpu_memory_utilization", "enforce_eager", "free_cache_engine", "load_format", "max_num_batched_tokens",

@@ -163,6 +163,10 @@ def _megatron_degree(problems: list[str], n_devices: int, megatron, role: str) -
         if value is not None and (not isinstance(value, int) or value < 1):
             problems.append(f"{role}.megatron.override_transformer_config.{key}={value!r} must be a positive "
                             "number of layers (or null)")
+    if megatron.use_dist_checkpointing and not megatron.dist_checkpointing_path:
+        problems.append(f"{role}.megatron.use_dist_checkpointing=True needs {role}.megatron.dist_checkpointing_path: "
+                        "the folder where rlcamp keeps the sharded initial weights (written from model.path on "
+                        "first use)")
     if n_devices % (tp * pp):
         problems.append(f"{n_devices} devices (trainer.nnodes x trainer.n_gpus_per_node) are not divisible by "
                         f"{role}.megatron.tensor_model_parallel_size={tp} x pipeline_model_parallel_size={pp}")
@@ -414,6 +418,9 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
         problems.append(f"actor_rollout_ref.ref.strategy={ref.strategy} differs from actor.strategy={actor.strategy}: "
                         "the reference runs in the actor's workers, on its engine's mesh; set them alike")
     elif actor.strategy == "megatron" and (actor.use_kl_loss or algo.use_kl_in_reward):
+        if ref.megatron.use_dist_checkpointing and not ref.megatron.dist_checkpointing_path:
+            problems.append("actor_rollout_ref.ref.megatron.use_dist_checkpointing=True needs "
+                            "actor_rollout_ref.ref.megatron.dist_checkpointing_path")
         for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
             if getattr(ref.megatron, key) != getattr(actor.megatron, key):
                 problems.append(f"actor_rollout_ref.ref.megatron.{key}={getattr(ref.megatron, key)} differs from "

@@ -50,13 +50,15 @@ class MegatronEngine:
                  remove_padding: bool = False, optim: OptimConfig | None = None, total_steps: int = 1,
                  warmup_steps: int = 0, grad_clip: float = 1.0, like: MegatronEngine | None = None, pp: int = 1,
                  vpp: int = 1, layers_first: int | None = None, layers_last: int | None = None,
-                 schedule: str = "1f1b", pp_key: str = "pipeline_model_parallel_size"):
+                 schedule: str = "1f1b", pp_key: str = "pipeline_model_parallel_size",
+                 dist_checkpoint: str | None = None):
         self.model, self.device, self.compute_dtype, self.remove_padding = model, device, compute_dtype, remove_padding
         self.grad_clip = grad_clip
         world = dist.world_size()
         if world % (tp * pp):
             raise ValueError(f"{key}={tp} x {pp_key}={pp} does not divide the role's {world} devices")
-        problems = tp_problems(model.config, tp, key) if tp > 1 else []
+        problems = moe_problems(model.config, key.rsplit(".megatron.", 1)[0])
+        problems += tp_problems(model.config, tp, key) if tp > 1 else []
         if problems:
             raise ValueError("; ".join(problems))
         self.tp, self.pp, self.dp = tp, pp, world // (tp * pp)
@@ -80,6 +82,8 @@ class MegatronEngine:
         self.pipeline, self.tied = None, None
         if pp > 1:
             self._split(vpp, layers_first, layers_last, schedule, pp_key, trains=optim is not None)
+        if dist_checkpoint is not None:
+            self._dist_checkpoint(Path(dist_checkpoint), key.rsplit(".megatron.", 1)[0])
         self.optimizer = self.scheduler = None
         if optim is not None:
             modules = self.pipeline.chunks if self.pipeline is not None else [model]
@@ -140,6 +144,35 @@ class MegatronEngine:
                     group = tdist.new_group(ranks)
                     if dist.rank() in ranks:
                         self.tied_group = group
+
+    def _dist_checkpoint(self, root: Path, role: str) -> None:
+        """``use_dist_checkpointing``: the initial weights come from rlcamp's sharded checkpoint under ``root``
+        (``<root>/rlcamp-<model class>/``, HF names, readable at any layout); on first use it is written
+        there from the weights loaded from the HF folder, so later starts read it. Collective."""
+        import json
+
+        import torch.distributed.checkpoint as dcp
+
+        folder = root / f"rlcamp-{type(self.model).__name__}"
+        marker = folder / "rlcamp.json"
+        if marker.exists():
+            dcp.load({"model": self._model_state()}, checkpoint_id=str(folder / "sharded"))
+            return
+        mcore = ("metadata.json", "common.pt", "latest_checkpointed_iteration.txt")
+        if root.is_dir() and any((root / name).exists() for name in mcore):
+            raise RuntimeError(f"{role}.megatron.dist_checkpointing_path={root} holds a megatron-core checkpoint "
+                               "(mcore names); rlcamp's Megatron engine trains the HF modules and keeps its own "
+                               "HF-named checkpoint there: point the key at another folder (rlcamp writes it from "
+                               f"{role}'s model.path on first use) or set use_dist_checkpointing=False")
+        dcp.save({"model": self._model_state()}, checkpoint_id=str(folder / "sharded"))
+        if dist.rank() == 0:
+            marker.write_text(json.dumps({"source": getattr(self.model.config, "_name_or_path", None),
+                                          "model_class": type(self.model).__name__, "format":
+                                          "torch.distributed.checkpoint of the HF state dict (rlcamp)",
+                                          "written_at": {"tensor_model_parallel_size": self.tp,
+                                                         "pipeline_model_parallel_size": self.pp}}, indent=1))
+        if dist.world_size() > 1:
+            tdist.barrier()
 
     # ------------------------------------------------------------------------------ passes
     def _autocast(self):
@@ -420,6 +453,20 @@ class MegatronEngine:
                               "start afresh", stacklevel=2)
 
 
+def moe_problems(config, role: str) -> list[str]:
+    """A mixture-of-experts model under strategy=megatron: its expert layers are not built into the engine
+    yet (their router loss and expert parallelism); strategy=fsdp trains it."""
+    experts = next((getattr(config, k) for k in ("num_experts", "n_routed_experts", "num_local_experts")
+                    if getattr(config, k, None)), None)
+    if not experts:
+        return []
+    from rlcamp.config.blockers import ENGINES_ISSUE
+
+    return [f"{role}.strategy=megatron with a mixture-of-experts model (model_type '{config.model_type}', {experts} "
+            f"experts): rlcamp's Megatron engine has no expert layers yet ({ENGINES_ISSUE}: expert parallelism and "
+            "the router's loss); strategy=fsdp trains this model"]
+
+
 def _head_module(model):
     """The module the last stage applies to the final hidden states: the output layer, or a critic's value head."""
     from rlcamp.models.loading import value_head
@@ -441,7 +488,8 @@ def layout(megatron_cfg, role: str) -> dict:
                 pp=megatron_cfg.pipeline_model_parallel_size, vpp=megatron_cfg.virtual_pipeline_model_parallel_size or 1,
                 layers_first=cut.get("num_layers_in_first_pipeline_stage"),
                 layers_last=cut.get("num_layers_in_last_pipeline_stage"),
-                pp_key=f"{role}.megatron.pipeline_model_parallel_size")
+                pp_key=f"{role}.megatron.pipeline_model_parallel_size",
+                dist_checkpoint=megatron_cfg.dist_checkpointing_path if megatron_cfg.use_dist_checkpointing else None)
 
 
 def recompute(model, megatron_cfg) -> None:

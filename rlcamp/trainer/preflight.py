@@ -195,6 +195,43 @@ def rollout_problems(cfg: RLConfig) -> list[str]:
     return tp_problems(config, tp)
 
 
+def megatron_model_checks(cfg: RLConfig, problems: list[str], blockers: list[str]) -> None:
+    """strategy=megatron roles against their models' config.json, before any weights load: a MoE model is a
+    blocker (no expert layers yet), heads / widths that the tensor-parallel size does not divide and
+    too few layers for the pipeline are problems."""
+    from rlcamp.config.blockers import _uses_critic
+
+    arr = cfg.actor_rollout_ref
+    roles = [("actor_rollout_ref.actor", arr.actor.strategy, arr.actor.megatron, arr.model)]
+    if _uses_critic(cfg):
+        roles.append(("critic", cfg.critic.strategy or arr.actor.strategy, cfg.critic.megatron, cfg.critic.model))
+    for role, strategy, megatron, model in roles:
+        path = Path(model.path).expanduser()
+        if strategy != "megatron" or not (path / "config.json").is_file():
+            continue
+        from transformers import AutoConfig
+
+        from rlcamp.engines.megatron import moe_problems
+        from rlcamp.engines.pipeline import layer_bounds
+        from rlcamp.engines.tensor_parallel import tp_problems
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=model.trust_remote_code)
+        if moe_problems(config, role):  # blocked: its layout is checked when the engine has expert layers
+            blockers += moe_problems(config, role)
+            continue
+        if megatron.tensor_model_parallel_size > 1:
+            problems += tp_problems(config, megatron.tensor_model_parallel_size,
+                                    f"{role}.megatron.tensor_model_parallel_size")
+        stages = megatron.pipeline_model_parallel_size * (megatron.virtual_pipeline_model_parallel_size or 1)
+        if stages > 1:
+            cut = megatron.override_transformer_config
+            try:
+                layer_bounds(config.num_hidden_layers, stages, cut.get("num_layers_in_first_pipeline_stage"),
+                             cut.get("num_layers_in_last_pipeline_stage"), f"{role}.megatron.pipeline_model_parallel_size")
+            except ValueError as exc:
+                problems.append(str(exc))
+
+
 def reward_problems(cfg: RLConfig) -> list[str]:
     from rlcamp.rewards import RewardError
     from rlcamp.rewards.registry import load_custom_reward_function
@@ -251,6 +288,7 @@ def preflight(cfg: RLConfig) -> Checks:
     out = Checks()
     out.problems = data_problems(cfg) + model_problems(cfg, out.warnings, out.blockers) + reward_problems(cfg)
     out.problems += rollout_problems(cfg)
+    megatron_model_checks(cfg, out.problems, out.blockers)
     out.warnings += reward_model_warnings(cfg)
     if not data_problems(cfg):  # the sandbox check reads the data files
         out.blockers += sandbox_problems(cfg)

@@ -109,8 +109,10 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
         from rlcamp.config.blockers import ENGINES_ISSUE
 
         later = sorted({key.rsplit(".", 1)[-1] for key, value in values.items() if ".megatron." in key and (
-            (key.endswith(("context_parallel_size", "expert_model_parallel_size")) and int(value) > 1)
-            or (key.endswith("use_dist_checkpointing") and value == "True"))})
+            key.endswith(("context_parallel_size", "expert_model_parallel_size")) and int(value) > 1)})
+        if any(family_of(values.get(k, "")) in ("qwen2_moe", "deepseek_v3")
+               for k in ("actor_rollout_ref.model.path", "critic.model.path")):
+            later.insert(0, "expert layers (MoE)")
         if later:
             result.waits_for = (f"the Megatron engine's {', '.join(later)}, not built yet (tensor, pipeline and "
                                 f"data parallelism are; {ENGINES_ISSUE}); its smoke run lands with them")
@@ -228,6 +230,10 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
             result.sandbox |= kind == "code"
         change(key, files[0] if len(files) == 1 else "[" + ",".join(files) + "]",
                "tiny data of the same kind (" + ", ".join(sorted({data_kind(f) for f in _list_value(values[key])})) + ")")
+
+    for key in [k for k in values if k.endswith(".megatron.dist_checkpointing_path")]:
+        change(key, root / "dist_checkpoint", "rlcamp keeps the sharded initial weights here (written from the "
+               "stand-in model on first use)")
 
     # -- sizes, scaled together
     n_samples = int(values.get("actor_rollout_ref.rollout.n", 1))

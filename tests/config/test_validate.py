@@ -127,6 +127,14 @@ def test_megatron_layouts_are_checked_against_devices_and_the_reference():
     assert "virtual_pipeline_model_parallel_size=2: interleaved stages need pipeline_model_parallel_size > 1" in text
     assert "ref.megatron.pipeline_model_parallel_size=2 differs from the actor's 1" in text
     assert "num_layers_in_first_pipeline_stage=0 must be a positive number of layers" in text
+    # use_dist_checkpointing reads dist_checkpointing_path: without it the path means nothing, and vice versa
+    assert any("use_dist_checkpointing=True needs actor_rollout_ref.actor.megatron.dist_checkpointing_path" in p
+               for p in problems(*megatron, "actor_rollout_ref.actor.megatron.use_dist_checkpointing=True"))
+    idle = ok(*megatron, "actor_rollout_ref.actor.megatron.dist_checkpointing_path=/ckpt").warnings
+    assert any("dist_checkpointing_path" in w and "read with use_dist_checkpointing=True" in w for w in idle)
+    used = ok(*megatron, "actor_rollout_ref.actor.megatron.dist_checkpointing_path=/ckpt",
+              "actor_rollout_ref.actor.megatron.use_dist_checkpointing=True")
+    assert not used.blockers and not any("actor.megatron.dist_checkpointing_path" in w for w in used.warnings)
 
 
 def test_ulysses_degrees_are_checked_against_devices_and_each_other():

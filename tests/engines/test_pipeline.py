@@ -82,6 +82,12 @@ def _run(rank: int, world: int, port: int, paths: dict, cases: dict, root: str) 
     for name, case in cases.items():
         out = _steps(paths, case, case[2], folder=Path(root) / f"ckpt_{name}")
         torch.save(out, Path(root) / f"{name}_rank{rank}.pt")
+    if "1f1b" in cases:  # use_dist_checkpointing: the first start writes the HF weights as a PP=2 checkpoint
+        from rlcamp.engines.megatron import MegatronEngine
+        from rlcamp.models.loading import load_causal_lm
+
+        MegatronEngine(load_causal_lm(paths[("qwen2", True)]), device=torch.device("cpu"), tp=1, pp=2, key="tp",
+                       dist_checkpoint=str(Path(root) / "dist"))
 
 
 def _paths(root: Path, cases: dict) -> dict:
@@ -169,6 +175,38 @@ def test_a_pp2_checkpoint_resumes_in_one_process_with_the_same_next_step(runs, n
     after = MegatronEngine(hf, device=torch.device("cpu"), tp=1, key="tp").forward(
         _batch(hf.config.vocab_size), LogProbs(0.8), MicroBatching(size=2))["log_probs"]
     assert torch.allclose(after[mask], two["after"][mask], atol=1e-5)
+
+
+def test_dist_checkpointing_writes_the_hf_weights_once_and_later_starts_read_them_at_any_layout(runs, tmp_path):
+    from rlcamp.engines.megatron import MegatronEngine
+    from rlcamp.models.loading import load_causal_lm
+    from rlcamp.models.tiny import build_tiny_model
+
+    root, paths = runs
+    folder = root / "dist" / "rlcamp-Qwen2ForCausalLM"
+    assert (folder / "rlcamp.json").exists() and (folder / "sharded" / ".metadata").exists()
+    batch, micro = _batch(10), MicroBatching(size=2)
+    want = MegatronEngine(load_causal_lm(paths[("qwen2", True)]), device=torch.device("cpu"), tp=1,
+                          key="tp").forward(batch, LogProbs(0.8), micro)["log_probs"]
+    # another model of the same shape (other random weights, in bf16 like a reference) starts from it
+    other = build_tiny_model(tmp_path / "other", "qwen2", seed=1, num_hidden_layers=4)
+    model = load_causal_lm(str(other))
+    before = MegatronEngine(model, device=torch.device("cpu"), tp=1, key="tp").forward(batch, LogProbs(0.8), micro)
+    assert not torch.allclose(before["log_probs"], want, atol=1e-3)
+    got = MegatronEngine(load_causal_lm(str(other)), device=torch.device("cpu"), tp=1, key="tp",
+                         dist_checkpoint=str(root / "dist")).forward(batch, LogProbs(0.8), micro)["log_probs"]
+    mask = batch["response_mask"].bool()
+    assert torch.allclose(got[mask], want[mask], atol=1e-5)
+    ref = MegatronEngine(load_causal_lm(str(other), dtype=torch.bfloat16), device=torch.device("cpu"), tp=1,
+                         key="tp", dist_checkpoint=str(root / "dist"))
+    assert torch.allclose(ref.forward(batch, LogProbs(0.8), micro)["log_probs"][mask], want[mask], atol=0.1)
+    # a megatron-core checkpoint (verl's converter writes one) is not read as rlcamp's
+    mcore = tmp_path / "mcore"
+    mcore.mkdir()
+    (mcore / "latest_checkpointed_iteration.txt").write_text("0")
+    with pytest.raises(RuntimeError, match="holds a megatron-core checkpoint"):
+        MegatronEngine(load_causal_lm(str(other)), device=torch.device("cpu"), tp=1,
+                       key="actor_rollout_ref.actor.megatron.tensor_model_parallel_size", dist_checkpoint=str(mcore))
 
 
 def test_layers_are_cut_as_megatron_cuts_them():

@@ -66,6 +66,20 @@ def test_hub_names_are_refused_offline_unless_cached(valid, monkeypatch, capsys)
     assert "no such folder and HF_HUB_OFFLINE=1 forbids downloading it" in capsys.readouterr().err
 
 
+def test_a_megatron_layout_is_checked_against_the_models_config_before_weights_load(valid, capsys):
+    # the tiny model: 2 layers, 4 heads, 2 KV heads
+    megatron = ["actor_rollout_ref.actor.strategy=megatron", "critic.strategy=megatron", "trainer.n_gpus_per_node=4",
+                "actor_rollout_ref.actor.ppo_mini_batch_size=8"]
+    assert main(["--dry-run", *valid, *megatron, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=4",
+                 "critic.megatron.pipeline_model_parallel_size=4"]) == 2
+    err = capsys.readouterr().err
+    assert "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=4 does not divide the model's " \
+           "num_key_value_heads=2" in err
+    assert "critic.megatron.pipeline_model_parallel_size: 2 decoder layers cannot be cut into 4 stages" in err
+    assert main(["--dry-run", *valid, *megatron, "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2",
+                 "critic.megatron.pipeline_model_parallel_size=2"]) == 0
+
+
 def test_reward_function_file_and_name_are_checked(valid, tmp_path, capsys):
     fn = tmp_path / "my_reward.py"
     fn.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n    return 1.0\n")
