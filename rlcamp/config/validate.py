@@ -171,6 +171,13 @@ def _megatron_degree(problems: list[str], n_devices: int, megatron, role: str) -
         problems.append(f"{n_devices} devices (trainer.nnodes x trainer.n_gpus_per_node) are not divisible by "
                         f"{role}.megatron.tensor_model_parallel_size={tp} x pipeline_model_parallel_size={pp}")
         return 1
+    # Megatron folds the expert layers' own mesh into each pipeline stage's ranks: expert tensor x expert
+    # parallel must divide them (expert_tensor_parallel_size null: the tensor-parallel size)
+    ep, etp = max(megatron.expert_model_parallel_size, 1), megatron.expert_tensor_parallel_size or tp
+    if (n_devices // pp) % (ep * etp):
+        problems.append(f"{role}.megatron.expert_model_parallel_size={ep} x expert_tensor_parallel_size={etp} does "
+                        f"not divide the {n_devices // pp} ranks of a pipeline stage (devices / "
+                        "pipeline_model_parallel_size) that the experts are split over")
     return tp * pp
 
 

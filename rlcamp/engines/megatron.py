@@ -12,8 +12,9 @@ What differs from megatron-core: the model is the HF module itself (no conversio
 layers, so checkpoints are HF-named and any HF-loadable weights of a supported family work); the
 optimizer is torch's AdamW over each rank's slices (``use_distributed_optimizer`` has no effect:
 every slice is held once per data-parallel rank); the attention kernel is the one the HF model
-would use. Expert and context parallelism and sequence parallelism are refused by name until they
-exist (``rlcamp.config``).
+would use. Expert parallelism (``engines.experts``) splits MoE layers over data-parallel ranks.
+Context parallelism, sequence parallelism and MoE models under TP / PP are refused by name until
+they exist (``rlcamp.config``, ``moe_problems``).
 """
 
 from __future__ import annotations
@@ -51,32 +52,51 @@ class MegatronEngine:
                  warmup_steps: int = 0, grad_clip: float = 1.0, like: MegatronEngine | None = None, pp: int = 1,
                  vpp: int = 1, layers_first: int | None = None, layers_last: int | None = None,
                  schedule: str = "1f1b", pp_key: str = "pipeline_model_parallel_size",
-                 dist_checkpoint: str | None = None):
+                 dist_checkpoint: str | None = None, ep: int = 1, ep_key: str = "expert_model_parallel_size"):
         self.model, self.device, self.compute_dtype, self.remove_padding = model, device, compute_dtype, remove_padding
         self.grad_clip = grad_clip
         world = dist.world_size()
         if world % (tp * pp):
             raise ValueError(f"{key}={tp} x {pp_key}={pp} does not divide the role's {world} devices")
-        problems = moe_problems(model.config, key.rsplit(".megatron.", 1)[0])
+        self.tp, self.pp, self.dp, self.ep = tp, pp, world // (tp * pp), ep
+        problems = moe_problems(model.config, key.rsplit(".megatron.", 1)[0], tp, pp)
         problems += tp_problems(model.config, tp, key) if tp > 1 else []
+        if ep > 1:
+            from rlcamp.engines.experts import ep_problems
+
+            problems += ep_problems(model.config, ep, self.dp, ep_key)
         if problems:
             raise ValueError("; ".join(problems))
-        self.tp, self.pp, self.dp = tp, pp, world // (tp * pp)
         self.device_mesh = self.tp_group = self.dp_group = self.pp_group = None
+        self.ep_mesh = self.ep_group = self.edp_group = None
         if like is not None:
             self.device_mesh, self.tp_group, self.dp_group, self.pp_group = (like.device_mesh, like.tp_group,
                                                                              like.dp_group, like.pp_group)
+            self.ep_mesh, self.ep_group, self.edp_group = like.ep_mesh, like.ep_group, like.edp_group
         elif world > 1:  # Megatron's rank order: tensor parallel inner, then data, then pipeline
             from torch.distributed.device_mesh import init_device_mesh
 
             self.device_mesh = init_device_mesh(device.type, (pp, self.dp, tp), mesh_dim_names=("pp", "dp", "tp"))
             self.tp_group, self.dp_group, self.pp_group = (self.device_mesh.get_group(d) for d in ("tp", "dp", "pp"))
+            if ep > 1:  # the expert-parallel group: consecutive data-parallel ranks (Megatron's order)
+                self.ep_mesh = init_device_mesh(device.type, (pp, self.dp // ep, ep, tp),
+                                                mesh_dim_names=("pp", "edp", "ep", "tp"))
+                self.ep_group, self.edp_group = self.ep_mesh.get_group("ep"), self.ep_mesh.get_group("edp")
         rank = dist.rank()
         self.pp_rank = rank // (tp * self.dp)
         self.mesh = Mesh(dp_rank=(rank // tp) % self.dp, dp_size=self.dp, dp_group=self.dp_group, tp_size=tp,
-                         pp_size=pp, returns_outputs=rank % tp == 0 and self.pp_rank == pp - 1)
+                         pp_size=pp, ep_size=ep, returns_outputs=rank % tp == 0 and self.pp_rank == pp - 1)
+        from rlcamp.engines.experts import expert_modules
+
+        # MoE models: the router's load-balancing loss, as the HF model computes it (None when it has none)
+        self.aux_loss = _aux_loss_fn(model) if expert_modules(model) else None
         if tp > 1:
             parallelize(model, self.device_mesh["tp"])
+        self.expert_params: set[int] = set()
+        if ep > 1:
+            from rlcamp.engines.experts import parallelize_experts
+
+            self.expert_params = {id(p) for p in parallelize_experts(model, self.ep_mesh["ep"])}
         # parameter names (tied weights under their first name), before any stage drops modules
         self.param_names = {id(p): n for n, p in model.named_parameters()}
         self.pipeline, self.tied = None, None
@@ -186,10 +206,14 @@ class MegatronEngine:
                                  part["responses"].to(self.device), part["response_mask"].to(self.device))
         if isinstance(head, Values):  # the value head is whole on every rank: the model's own forward
             return {"values": critic_forward(self.model, inputs, self.remove_padding)}
-        hidden, labels, finish = decoder_hidden(self.model, inputs, self.remove_padding)
+        record = {} if self.aux_loss is not None else None
+        hidden, labels, finish = decoder_hidden(self.model, inputs, self.remove_padding, record=record)
         log_probs, entropy = self._log_probs(hidden, labels, head)
+        aux = None
+        if record is not None:
+            aux = self.aux_loss(record["router_logits"], None if self.remove_padding else inputs.attention_mask)
         return {"log_probs": finish(log_probs), "entropy": finish(entropy) if entropy is not None else None,
-                "aux_loss": None}
+                "aux_loss": aux}
 
     def _log_probs(self, hidden: torch.Tensor, labels: torch.Tensor, head: LogProbs):
         weight = (self.model.get_output_embeddings() if self.pipeline is None else self.pipeline.head).weight
@@ -294,6 +318,7 @@ class MegatronEngine:
         step (skipped when it is not finite), zero. Returns the norm before clipping."""
         sharded_sq = torch.zeros((), device=self.device)
         whole_sq = torch.zeros((), device=self.device)
+        expert_sq = torch.zeros((), device=self.device)
         for param, local in zip(self.params, self.locals):
             if param.grad is None and param is not self.tied:
                 local.grad = None
@@ -303,20 +328,27 @@ class MegatronEngine:
                 if grad.placements != param.placements:  # e.g. the embedding's: partial sums, reduced to the slice
                     grad = grad.redistribute(param.device_mesh, param.placements)
                 grad = grad.to_local()
-            if self.dp > 1:
+            expert = id(param) in self.expert_params
+            if expert and self.dp // self.ep > 1:  # the ranks that hold the same experts
+                tdist.all_reduce(grad, group=self.edp_group)
+            elif not expert and self.dp > 1:
                 tdist.all_reduce(grad, group=self.dp_group)
             local.grad = grad
             if param is self.tied:
                 tdist.all_reduce(grad, group=self.tied_group)
                 if not self.pipeline.holds_first:  # counted once, on the first stage
                     continue
-            if _is_dtensor(param):
+            if expert:
+                expert_sq = expert_sq + grad.float().pow(2).sum()
+            elif _is_dtensor(param):
                 sharded_sq = sharded_sq + grad.float().pow(2).sum()
             else:
                 whole_sq = whole_sq + grad.float().pow(2).sum()
         if self.tp > 1:  # each rank holds 1/TP of the split weights' gradient; the rest is alike on all
             tdist.all_reduce(sharded_sq, group=self.tp_group)
-        total = sharded_sq + whole_sq
+        if self.ep > 1:  # each rank holds 1/EP of the experts
+            tdist.all_reduce(expert_sq, group=self.ep_group)
+        total = sharded_sq + whole_sq + expert_sq
         if self.pp > 1:  # each stage holds its own layers
             tdist.all_reduce(total, group=self.pp_group)
         norm = total.sqrt()
@@ -453,18 +485,33 @@ class MegatronEngine:
                               "start afresh", stacklevel=2)
 
 
-def moe_problems(config, role: str) -> list[str]:
-    """A mixture-of-experts model under strategy=megatron: its expert layers are not built into the engine
-    yet (their router loss and expert parallelism); strategy=fsdp trains it."""
-    experts = next((getattr(config, k) for k in ("num_experts", "n_routed_experts", "num_local_experts")
-                    if getattr(config, k, None)), None)
-    if not experts:
+def moe_problems(config, role: str, tp: int = 1, pp: int = 1) -> list[str]:
+    """A mixture-of-experts model under strategy=megatron with tensor or pipeline parallelism: expert layers
+    split by TP and the router's loss across pipeline stages are not built yet; EP x DP trains it."""
+    from rlcamp.engines.experts import num_experts
+
+    experts = num_experts(config)
+    if not experts or (tp == 1 and pp == 1):
         return []
     from rlcamp.config.blockers import ENGINES_ISSUE
 
     return [f"{role}.strategy=megatron with a mixture-of-experts model (model_type '{config.model_type}', {experts} "
-            f"experts): rlcamp's Megatron engine has no expert layers yet ({ENGINES_ISSUE}: expert parallelism and "
-            "the router's loss); strategy=fsdp trains this model"]
+            f"experts) at tensor_model_parallel_size={tp}, pipeline_model_parallel_size={pp}: rlcamp's Megatron "
+            f"engine splits MoE models by expert and data parallelism only so far ({ENGINES_ISSUE}: experts under "
+            "tensor parallelism, the router's loss across pipeline stages); set both to 1 and use "
+            "expert_model_parallel_size, or strategy=fsdp"]
+
+
+def _aux_loss_fn(model):
+    """(router logits per layer, attention mask or None) -> the model's load-balancing loss, from the HF
+    modeling module's own ``load_balancing_loss_func``; None for a model whose forward computes none."""
+    import sys
+
+    fn = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
+    if fn is None or not getattr(model.config, "output_router_logits", False):
+        return None
+    experts, top_k = model.config.num_experts, model.config.num_experts_per_tok
+    return lambda logits, mask: fn(logits, experts, top_k, mask)
 
 
 def _head_module(model):
@@ -489,7 +536,8 @@ def layout(megatron_cfg, role: str) -> dict:
                 layers_first=cut.get("num_layers_in_first_pipeline_stage"),
                 layers_last=cut.get("num_layers_in_last_pipeline_stage"),
                 pp_key=f"{role}.megatron.pipeline_model_parallel_size",
-                dist_checkpoint=megatron_cfg.dist_checkpointing_path if megatron_cfg.use_dist_checkpointing else None)
+                dist_checkpoint=megatron_cfg.dist_checkpointing_path if megatron_cfg.use_dist_checkpointing else None,
+                ep=megatron_cfg.expert_model_parallel_size, ep_key=f"{role}.megatron.expert_model_parallel_size")
 
 
 def recompute(model, megatron_cfg) -> None:

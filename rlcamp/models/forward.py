@@ -125,10 +125,19 @@ def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_en
     return finish(values[..., 0]), entropy, getattr(out, "aux_loss", None)
 
 
-def decoder_hidden(model, inputs: SequenceInputs, remove_padding: bool, shared: SharedLayout | None = None):
+def decoder_hidden(model, inputs: SequenceInputs, remove_padding: bool, shared: SharedLayout | None = None,
+                   record: dict | None = None):
     """The decoder's last hidden states at the positions that predict response tokens [n, hidden], their
-    labels [n], and how values at those positions go back to [batch, response_len]."""
+    labels [n], and how values at those positions go back to [batch, response_len]. ``record``: a dict
+    that receives the MoE router logits of every layer (``router_logits``)."""
     decoder = model.get_decoder()
+    if record is not None:
+        inner = decoder
+
+        def decoder(**kwargs):  # noqa: F811  the same call, keeping the router logits
+            out = inner(**kwargs, output_router_logits=True)
+            record["router_logits"] = out.router_logits
+            return out
     r = inputs.response_len
     labels = inputs.input_ids[:, -r:]
     finish = lambda x: _pad_back(x.view(labels.shape), inputs)  # noqa: E731

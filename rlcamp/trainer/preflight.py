@@ -216,9 +216,16 @@ def megatron_model_checks(cfg: RLConfig, problems: list[str], blockers: list[str
         from rlcamp.engines.tensor_parallel import tp_problems
 
         config = AutoConfig.from_pretrained(path, trust_remote_code=model.trust_remote_code)
-        if moe_problems(config, role):  # blocked: its layout is checked when the engine has expert layers
-            blockers += moe_problems(config, role)
+        tp, pp, ep = (megatron.tensor_model_parallel_size, megatron.pipeline_model_parallel_size,
+                      megatron.expert_model_parallel_size)
+        if moe_problems(config, role, tp, pp):  # blocked: its layout is checked when the engine can split it
+            blockers += moe_problems(config, role, tp, pp)
             continue
+        if ep > 1:
+            from rlcamp.engines.experts import ep_problems
+
+            dp = max(cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node, 1) // (tp * pp)
+            problems += ep_problems(config, ep, max(dp, 1), f"{role}.megatron.expert_model_parallel_size")
         if megatron.tensor_model_parallel_size > 1:
             problems += tp_problems(config, megatron.tensor_model_parallel_size,
                                     f"{role}.megatron.tensor_model_parallel_size")

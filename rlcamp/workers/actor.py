@@ -152,7 +152,10 @@ class ActorRolloutRefWorker(Profiled):
         module = self.model
         # a separate copy when its dtype differs, when the actor is sharded (generation is not lockstep), or
         # split into pipeline stages (each rank keeps only its own layers)
-        staged = self.actor_cfg.strategy == "megatron" and self.actor_cfg.megatron.pipeline_model_parallel_size > 1
+        # or split by experts (their exchange would make the ranks' generation lockstep)
+        m = self.actor_cfg.megatron
+        staged = self.actor_cfg.strategy == "megatron" and (m.pipeline_model_parallel_size > 1 or
+                                                            m.expert_model_parallel_size > 1)
         if not share or staged or dtype != next(self.model.parameters()).dtype or \
                 dist.needs_sharding(self.actor_cfg.fsdp_config):
             module = copy.deepcopy(self.model).to(dtype)  # no requires_grad_(False): see the ref above

@@ -98,10 +98,10 @@ def test_what_rlcamp_or_this_machine_lacks_is_a_blocker_not_a_config_problem():
             "trainer.n_gpus_per_node=2").blockers
     assert any("tensor_model_parallel_size=2 with rollout.name=sglang: rlcamp runs one SGLang engine per device" in b
                for b in tp)
-    megatron = ok("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron.expert_model_parallel_size=2",
+    megatron = ok("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron.context_parallel_size=2",
                   "trainer.n_gpus_per_node=2").blockers
-    assert any("actor_rollout_ref.actor.megatron.expert_model_parallel_size=2: rlcamp's Megatron engine splits by "
-               "tensor, pipeline and data parallelism so far" in b for b in megatron)
+    assert any("actor_rollout_ref.actor.megatron.context_parallel_size=2: rlcamp's Megatron engine splits by "
+               "tensor, pipeline, expert and data parallelism so far" in b for b in megatron)
     assert not ok("actor_rollout_ref.actor.strategy=megatron").blockers  # tensor parallel (1 here) runs
     assert not ok("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2",
                   "actor_rollout_ref.actor.megatron.override_transformer_config.num_layers_in_last_pipeline_stage=1",
@@ -127,6 +127,8 @@ def test_megatron_layouts_are_checked_against_devices_and_the_reference():
     assert "virtual_pipeline_model_parallel_size=2: interleaved stages need pipeline_model_parallel_size > 1" in text
     assert "ref.megatron.pipeline_model_parallel_size=2 differs from the actor's 1" in text
     assert "num_layers_in_first_pipeline_stage=0 must be a positive number of layers" in text
+    assert any("expert_model_parallel_size=3 x expert_tensor_parallel_size=1 does not divide the 4 ranks" in p
+               for p in problems(*megatron, "actor_rollout_ref.actor.megatron.expert_model_parallel_size=3"))
     # use_dist_checkpointing reads dist_checkpointing_path: without it the path means nothing, and vice versa
     assert any("use_dist_checkpointing=True needs actor_rollout_ref.actor.megatron.dist_checkpointing_path" in p
                for p in problems(*megatron, "actor_rollout_ref.actor.megatron.use_dist_checkpointing=True"))

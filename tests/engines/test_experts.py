@@ -1,0 +1,148 @@
+"""strategy=megatron's expert parallelism (``engines.experts``): a Qwen2-MoE and a DeepSeek-V3 tiny model
+with their experts split over 2 spawned gloo ranks (each rank its own half of the batch, as data
+parallelism hands it out) against one process: log-probs, the loss with the router's load-balancing
+loss, every gradient, the norm, the step, and an EP=2 checkpoint that resumes in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from rlcamp.config.schema import OptimConfig
+from rlcamp.engines.base import LogProbs, MicroBatching
+from tests.conftest import free_port
+from tests.engines.test_megatron import _batch
+
+FAMILIES = ("qwen2_moe", "deepseek_v3")
+MICRO = MicroBatching(size=1)  # one row a micro batch: the router loss is per micro batch, as in one process
+
+
+def _loss(outputs, part, norm):
+    mask = part["response_mask"].float()
+    loss = -(outputs["log_probs"] * part["advantages"] * mask).sum() / norm["global_tokens"]
+    if outputs["aux_loss"] is not None:  # weighted by the micro batch's share of tokens, as the actor does
+        loss = loss + 0.5 * outputs["aux_loss"] * mask.sum() / norm["global_tokens"]
+    return loss, loss
+
+
+def _steps(path: str, ep: int, folder: Path | None = None, resume: Path | None = None) -> dict:
+    from rlcamp.engines.experts import expert_modules
+    from rlcamp.engines.megatron import MegatronEngine
+    from rlcamp.models.loading import load_causal_lm
+
+    engine = MegatronEngine(load_causal_lm(path), device=torch.device("cpu"), tp=1, ep=ep, key="tp",
+                            optim=OptimConfig(lr=1e-2), grad_clip=1e9)
+    batch = _batch(engine.model.config.vocab_size)
+    if engine.mesh.dp_size > 1:
+        batch = batch.index(torch.arange(len(batch)).chunk(engine.mesh.dp_size)[engine.mesh.dp_rank])
+    out = {}
+    if resume is not None:
+        engine.load(resume, ["model", "optimizer", "extra"], {}, "actor")
+    else:
+        out["log_probs"] = engine.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
+        out["loss"] = engine.forward_backward(batch, LogProbs(0.8), _loss, MICRO, loss_scale_factor=4,
+                                              accumulation=1)["loss"]
+        experts = {id(p) for m in expert_modules(engine.model) for p in m.parameters()}
+        out["grads"] = {engine.param_names[id(p)]: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor")
+                                                    else p.grad).clone() for p in engine.params if p.grad is not None}
+        out["expert_names"] = {engine.param_names[i] for i in experts if i in engine.param_names}
+        out["grad_norm"] = engine.optimizer_step()
+        engine.scheduler_step()
+        out["after"] = engine.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
+        if folder is not None:
+            engine.save(folder, ["model", "optimizer", "extra", "hf_model"], {}, None)
+    engine.forward_backward(batch, LogProbs(0.8), _loss, MICRO, loss_scale_factor=4, accumulation=1)
+    out["next_grad_norm"] = engine.optimizer_step()
+    out["next"] = engine.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
+    return out
+
+
+def _run(rank: int, world: int, port: int, paths: dict, root: str) -> None:
+    from rlcamp.utils.dist import init_distributed
+
+    init_distributed(rank, world, "127.0.0.1", port, "gloo", 120)
+    for family, path in paths.items():
+        torch.save(_steps(path, ep=2, folder=Path(root) / f"ckpt_{family}"), Path(root) / f"{family}_rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from rlcamp.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("experts")
+    paths = {f: str(build_tiny_model(root / f, f)) for f in FAMILIES}
+    mp.spawn(_run, args=(2, free_port(), paths, str(root)), nprocs=2, join=True)
+    return root, paths
+
+
+def _merged(root: Path, family: str) -> dict:
+    """Outputs of both data-parallel halves in order; gradients before the step's sums: the non-expert ones
+    add up over the ranks, the experts' (gathered whole) already hold every rank's tokens."""
+    ranks = [torch.load(root / f"{family}_rank{r}.pt", weights_only=False) for r in range(2)]
+    out = dict(ranks[0])
+    for key in ("log_probs", "after", "next"):
+        out[key] = torch.cat([r[key] for r in ranks])
+    out["grads"] = {n: g if n in ranks[0]["expert_names"] else g + ranks[1]["grads"][n]
+                    for n, g in ranks[0]["grads"].items()}
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_expert_parallel_ranks_train_as_one_process(runs, family):
+    root, paths = runs
+    two, one = _merged(root, family), _steps(paths[family], ep=1)
+    assert two["expert_names"], "the model has split experts"
+    mask = _batch(10)["response_mask"].bool()
+    for key in ("log_probs", "after", "next"):
+        assert torch.allclose(two[key][mask], one[key][mask], atol=1e-5), key
+    assert float(two["loss"]) == pytest.approx(float(one["loss"]), abs=1e-6)
+    assert float(two["grad_norm"]) == pytest.approx(float(one["grad_norm"]), rel=1e-5)
+    assert float(two["next_grad_norm"]) == pytest.approx(float(one["next_grad_norm"]), rel=1e-5)
+    assert two["grads"].keys() == one["grads"].keys()
+    for name, g in one["grads"].items():
+        assert torch.allclose(two["grads"][name], g, atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_ep2_checkpoint_resumes_in_one_process(runs, family):
+    root, paths = runs
+    two = _merged(root, family)
+    with pytest.warns(UserWarning, match="random generators start afresh"):
+        resumed = _steps(paths[family], ep=1, resume=root / f"ckpt_{family}")
+    mask = _batch(10)["response_mask"].bool()
+    assert float(resumed["next_grad_norm"]) == pytest.approx(float(two["next_grad_norm"]), rel=1e-5)
+    assert torch.allclose(resumed["next"][mask], two["next"][mask], atol=1e-5)
+
+
+def test_the_router_loss_is_the_hf_models_own(tmp_path):
+    """The engine's load-balancing loss of a micro batch equals the one transformers' forward returns."""
+    from rlcamp.engines.megatron import MegatronEngine
+    from rlcamp.models.forward import sequence_inputs
+    from rlcamp.models.loading import load_causal_lm
+    from rlcamp.models.tiny import build_tiny_model
+
+    model = load_causal_lm(str(build_tiny_model(tmp_path / "m", "qwen2_moe")))
+    batch = _batch(model.config.vocab_size)
+    seen = []
+    engine = MegatronEngine(model, device=torch.device("cpu"), tp=1, key="tp", optim=OptimConfig(lr=0.0))
+    engine.forward_backward(batch, LogProbs(), lambda o, p, n: (seen.append(o["aux_loss"]) or o["log_probs"].sum(),
+                                                                 torch.zeros(())),
+                            MicroBatching(size=4), loss_scale_factor=1, accumulation=1)
+    inputs = sequence_inputs(batch["input_ids"], batch["attention_mask"], batch["responses"], batch["response_mask"])
+    want = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
+                 use_cache=False).aux_loss
+    assert want is not None and float(seen[0]) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_what_cannot_be_split_by_experts_is_named():
+    from rlcamp.engines.experts import ep_problems
+    from rlcamp.models.tiny import _family_config
+
+    config = _family_config("qwen2_moe", 300, 0, 1)
+    assert ep_problems(config, 3, 3, "k") == ["k=3 does not divide the model's 4 experts; choose a divisor of it"]
+    assert ep_problems(config, 2, 3, "k") == ["k=2 does not divide the 3 data-parallel ranks the experts are "
+                                              "split over"]
+    assert "has no experts" in ep_problems(_family_config("qwen2", 300, 0, 1), 2, 2, "k")[0]
