@@ -88,8 +88,6 @@ _MEGATRON_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", 
                   "forward_only", "override_transformer_config", "override_ddp_config", "override_mcore_model_config")
 # with strategy=megatron: keys rlcamp's engine (rlcamp.engines.megatron) reads no value from, and why
 _MEGATRON_WITHOUT_EFFECT = {
-    "sequence_parallel": "activations between tensor-parallel regions are kept whole on every tensor-parallel rank "
-                         "(sequence parallelism is not built yet): the same numbers, more activation memory",
     "use_distributed_optimizer": "each rank's optimizer steps only its own tensor-parallel slices; they are not "
                                  "split further over the data-parallel ranks",
     "seed": "trainer.seed seeds every worker (and dropout) with rlcamp's engines",
@@ -117,6 +115,15 @@ def _megatron_without_dist_checkpointing(role: str) -> Callable[[Any], bool]:
 
     megatron = _megatron_role(role)
     return lambda cfg: megatron(cfg) and not get_key(cfg, f"{role}.megatron.use_dist_checkpointing")
+
+
+def _megatron_without_sequence_parallel(role: str) -> Callable[[Any], bool]:
+    """With strategy=megatron, where sequence_parallel changes nothing: TP=1, or PP > 1."""
+    from rlcamp.config.loader import get_key
+
+    megatron = _megatron_role(role)
+    return lambda cfg: megatron(cfg) and (get_key(cfg, f"{role}.megatron.tensor_model_parallel_size") == 1 or
+                                          get_key(cfg, f"{role}.megatron.pipeline_model_parallel_size") > 1)
 
 
 def _not_megatron(role: str) -> Callable[[Any], bool]:
@@ -227,6 +234,11 @@ NO_EFFECT: list[NoEffect] = [
     *[NoEffect(f"{role}.megatron.{k}", _MEGATRON_ONLY, _not_megatron(role)) for k in _MEGATRON_KEYS
       for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
     *[NoEffect(f"{role}.megatron.{k}", why, _megatron_role(role)) for k, why in _MEGATRON_WITHOUT_EFFECT.items()
+      for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
+    *[NoEffect(f"{role}.megatron.sequence_parallel", "it splits the sequence between tensor-parallel regions: with "
+               "tensor_model_parallel_size=1 there are none, and with pipeline_model_parallel_size > 1 the "
+               "activations are kept whole (sequence parallelism across stage boundaries is not built yet): the "
+               "same numbers, more activation memory", _megatron_without_sequence_parallel(role))
       for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
     *[NoEffect(f"{role}.megatron.dist_checkpointing_path", "it is read with use_dist_checkpointing=True",
                _megatron_without_dist_checkpointing(role))

@@ -52,7 +52,8 @@ class MegatronEngine:
                  warmup_steps: int = 0, grad_clip: float = 1.0, like: MegatronEngine | None = None, pp: int = 1,
                  vpp: int = 1, layers_first: int | None = None, layers_last: int | None = None,
                  schedule: str = "1f1b", pp_key: str = "pipeline_model_parallel_size",
-                 dist_checkpoint: str | None = None, ep: int = 1, ep_key: str = "expert_model_parallel_size"):
+                 dist_checkpoint: str | None = None, ep: int = 1, ep_key: str = "expert_model_parallel_size",
+                 sequence_parallel: bool = False):
         self.model, self.device, self.compute_dtype, self.remove_padding = model, device, compute_dtype, remove_padding
         self.grad_clip = grad_clip
         world = dist.world_size()
@@ -90,8 +91,11 @@ class MegatronEngine:
 
         # MoE models: the router's load-balancing loss, as the HF model computes it (None when it has none)
         self.aux_loss = _aux_loss_fn(model) if expert_modules(model) else None
+        # sequence parallelism between TP regions, with one stage (its boundary would cut the sequence); the
+        # sequence is padded to a multiple of TP so that every rank holds an equal part
+        self.sp_multiple = tp if (sequence_parallel and tp > 1 and pp == 1) else 1
         if tp > 1:
-            parallelize(model, self.device_mesh["tp"])
+            parallelize(model, self.device_mesh["tp"], sequence_parallel=self.sp_multiple > 1)
         self.expert_params: set[int] = set()
         if ep > 1:
             from rlcamp.engines.experts import parallelize_experts
@@ -205,9 +209,10 @@ class MegatronEngine:
         inputs = sequence_inputs(part["input_ids"].to(self.device), part["attention_mask"].to(self.device),
                                  part["responses"].to(self.device), part["response_mask"].to(self.device))
         if isinstance(head, Values):  # the value head is whole on every rank: the model's own forward
-            return {"values": critic_forward(self.model, inputs, self.remove_padding)}
+            return {"values": critic_forward(self.model, inputs, self.remove_padding, multiple_of=self.sp_multiple)}
         record = {} if self.aux_loss is not None else None
-        hidden, labels, finish = decoder_hidden(self.model, inputs, self.remove_padding, record=record)
+        hidden, labels, finish = decoder_hidden(self.model, inputs, self.remove_padding, record=record,
+                                                multiple_of=self.sp_multiple)
         log_probs, entropy = self._log_probs(hidden, labels, head)
         aux = None
         if record is not None:
@@ -340,7 +345,7 @@ class MegatronEngine:
                     continue
             if expert:
                 expert_sq = expert_sq + grad.float().pow(2).sum()
-            elif _is_dtensor(param):
+            elif _is_dtensor(param) and any(p.is_shard() for p in param.placements):
                 sharded_sq = sharded_sq + grad.float().pow(2).sum()
             else:
                 whole_sq = whole_sq + grad.float().pow(2).sum()
@@ -537,7 +542,8 @@ def layout(megatron_cfg, role: str) -> dict:
                 layers_last=cut.get("num_layers_in_last_pipeline_stage"),
                 pp_key=f"{role}.megatron.pipeline_model_parallel_size",
                 dist_checkpoint=megatron_cfg.dist_checkpointing_path if megatron_cfg.use_dist_checkpointing else None,
-                ep=megatron_cfg.expert_model_parallel_size, ep_key=f"{role}.megatron.expert_model_parallel_size")
+                ep=megatron_cfg.expert_model_parallel_size, ep_key=f"{role}.megatron.expert_model_parallel_size",
+                sequence_parallel=megatron_cfg.sequence_parallel)
 
 
 def recompute(model, megatron_cfg) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from rlcamp.batch import Batch
-from rlcamp.models.forward import SequenceInputs, _pad_back, _unpack, pack, sequence_inputs
+from rlcamp.models.forward import SequenceInputs, _pad_back, _unpack, pack, sequence_inputs, to_multiple
 
 SCHEDULES = ("1f1b", "gpipe")
 
@@ -86,10 +86,8 @@ def _micro_layouts(batch: Batch, parts: list[tuple[torch.Tensor, Batch]], packed
     if packed:  # extend each packed row by a dummy sequence (its own positions from 0) to the longest
         length = max(m.input_ids.shape[1] for m in out)
         for m in out:
-            extra = length - m.input_ids.shape[1]
-            if extra:
-                m.input_ids = torch.cat([m.input_ids, m.input_ids.new_zeros((1, extra))], 1)
-                m.position_ids = torch.cat([m.position_ids, torch.arange(extra, device=device)[None]], 1)
+            if m.input_ids.shape[1] < length:
+                m.input_ids, _, m.position_ids = to_multiple(m.input_ids, None, m.position_ids, length, packed=True)
     else:  # repeat the first row up to the most rows
         rows = max(m.input_ids.shape[0] for m in out)
         for m in out:

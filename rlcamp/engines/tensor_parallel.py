@@ -7,6 +7,9 @@ the vocabulary (each rank looks up the ids it holds; the rows are summed). Norms
 head stay whole on every rank and see the same activations, so their gradients agree without
 communication.
 
+With sequence parallelism the norms and the residual stream between those regions hold 1/TP of the
+sequence (``parallelize(..., sequence_parallel=True)``).
+
 The output layer is split over the vocabulary too and its logits are never gathered:
 ``vocab_parallel_log_probs`` takes the log-softmax at the label and the entropy from each rank's
 slice with three all-reduces of one number per token (max, sum of exponentials, label logit) and one
@@ -65,16 +68,42 @@ def tp_problems(config, tp: int, key: str) -> list[str]:
     return problems
 
 
-def parallelize(model, tp_mesh) -> None:
-    """Split ``model`` (an HF causal LM or token classifier of a Llama-shaped family) over ``tp_mesh`` in place."""
+def parallelize(model, tp_mesh, sequence_parallel: bool = False) -> None:
+    """Split ``model`` (an HF causal LM or token classifier of a Llama-shaped family) over ``tp_mesh`` in place.
+
+    ``sequence_parallel``: between the tensor-parallel regions (the norms, the residual stream) each rank
+    holds 1/TP of the sequence instead of all of it, as Megatron's sequence parallelism does: the first
+    layer takes its rank's part, attention and MLP gather the sequence on entry and reduce-scatter
+    (instead of all-reduce) on exit, and the final norm's output is gathered whole for the head. The
+    same numbers; the activations between regions take 1/TP of the memory."""
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
+                                                   SequenceParallel, parallelize_module)
 
     from rlcamp.utils.dist import decoder_layers
 
-    for layer in decoder_layers(model):
+    layers = decoder_layers(model)
+    for i, layer in enumerate(layers):
         plan = {name: ColwiseParallel() for name in COLUMN} | {name: RowwiseParallel() for name in ROW}
-        parallelize_module(layer, tp_mesh, plan)
+        if sequence_parallel:
+            plan |= {name: RowwiseParallel(output_layouts=Shard(1)) for name in ROW}
+            plan |= {"input_layernorm": SequenceParallel(), "post_attention_layernorm": SequenceParallel(),
+                     "self_attn": PrepareModuleInput(input_kwarg_layouts={"hidden_states": Shard(1)},
+                                                     desired_input_kwarg_layouts={"hidden_states": Replicate()},
+                                                     use_local_output=True),
+                     "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                                               use_local_output=True)}
+            if i == 0:  # the embeddings arrive whole (the decoder builds its masks from them): take this rank's part
+                plan[""] = PrepareModuleInput(input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),),
+                                              use_local_output=True)
+        for name in [n for n in plan if n]:
+            parallelize_module(layer, tp_mesh, {name: plan[name]})
+        if "" in plan:
+            parallelize_module(layer, tp_mesh, plan[""])
+    if sequence_parallel:
+        norm = model.get_decoder().norm
+        parallelize_module(norm, tp_mesh, SequenceParallel())
+        norm.register_forward_hook(lambda module, args, out: out.redistribute(placements=[Replicate()]).to_local())
     embed = model.get_input_embeddings()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     tied = head is not None and head.weight is embed.weight

@@ -77,6 +77,21 @@ def _unpack(values: torch.Tensor, packed: Packed, inputs: SequenceInputs) -> tor
     return out
 
 
+def to_multiple(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
+                multiple: int, packed: bool):
+    """The columns padded to a multiple of ``multiple`` without changing any real token's output: packed rows
+    get a dummy sequence at the end (its own positions from 0), padded rows more left padding."""
+    extra = (-input_ids.shape[1]) % multiple
+    if not extra:
+        return input_ids, attention_mask, position_ids
+    if packed:
+        positions = torch.arange(extra, device=position_ids.device).expand(position_ids.shape[0], -1)
+        return (torch.cat([input_ids, input_ids.new_zeros((input_ids.shape[0], extra))], 1), attention_mask,
+                torch.cat([position_ids, positions], 1))
+    pad = lambda x: torch.cat([x.new_zeros((x.shape[0], extra)), x], 1)  # noqa: E731
+    return pad(input_ids), pad(attention_mask), pad(position_ids)
+
+
 def _sp_layout(inputs: SequenceInputs, remove_padding: bool):
     """What a Ulysses forward needs: ids, position ids, segments (sequence of each column, -1 for
     padding), the columns whose outputs predict response tokens, and how values at those columns
@@ -126,10 +141,11 @@ def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_en
 
 
 def decoder_hidden(model, inputs: SequenceInputs, remove_padding: bool, shared: SharedLayout | None = None,
-                   record: dict | None = None):
+                   record: dict | None = None, multiple_of: int = 1):
     """The decoder's last hidden states at the positions that predict response tokens [n, hidden], their
     labels [n], and how values at those positions go back to [batch, response_len]. ``record``: a dict
-    that receives the MoE router logits of every layer (``router_logits``)."""
+    that receives the MoE router logits of every layer (``router_logits``). ``multiple_of``: the decoder
+    sees a length that is a multiple of it (``to_multiple``; sequence parallelism splits it evenly)."""
     decoder = model.get_decoder()
     if record is not None:
         inner = decoder
@@ -148,13 +164,15 @@ def decoder_hidden(model, inputs: SequenceInputs, remove_padding: bool, shared: 
         finish = lambda x: _pad_back(x.view(labels.shape) * real, inputs)  # noqa: E731  (0 at padding, as packed)
     elif remove_padding:
         packed = pack(inputs)
-        hidden = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids,
-                         use_cache=False).last_hidden_state[0, packed.predict_at]
+        ids, _, positions = to_multiple(packed.input_ids, None, packed.position_ids, multiple_of, packed=True)
+        hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0, packed.predict_at]
         labels = packed.input_ids[0, packed.predict_at + 1]
         finish = lambda x: _unpack(x, packed, inputs)  # noqa: E731
     else:
-        hidden = decoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                         position_ids=inputs.position_ids, use_cache=False).last_hidden_state[:, -r - 1:-1]
+        ids, mask, positions = to_multiple(inputs.input_ids, inputs.attention_mask, inputs.position_ids, multiple_of,
+                                           packed=False)
+        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         use_cache=False).last_hidden_state[:, -r - 1:-1]
     return hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), finish
 
 
@@ -214,9 +232,9 @@ def actor_forward(model, inputs: SequenceInputs, temperature: float = 1.0, with_
 
 
 def critic_forward(model, inputs: SequenceInputs, remove_padding: bool = False, sp=None,
-                   share_prefix: bool = False) -> torch.Tensor:
+                   share_prefix: bool = False, multiple_of: int = 1) -> torch.Tensor:
     """Values [batch, response_len]: V of the state before each response token. ``share_prefix``:
-    as in ``actor_forward``."""
+    as in ``actor_forward``; ``multiple_of``: as in ``decoder_hidden``."""
     r = inputs.response_len
     shared = _shared_layout(model, inputs, share_prefix) if sp is None else None
     if shared is not None:
@@ -233,10 +251,12 @@ def critic_forward(model, inputs: SequenceInputs, remove_padding: bool = False, 
         return finish(values)
     if remove_padding:
         packed = pack(inputs)
-        out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)
+        ids, _, positions = to_multiple(packed.input_ids, None, packed.position_ids, multiple_of, packed=True)
+        out = model(input_ids=ids, position_ids=positions, use_cache=False)
         return _unpack(out.logits[0, packed.predict_at, 0].float(), packed, inputs)
-    out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
-                use_cache=False)
+    ids, mask, positions = to_multiple(inputs.input_ids, inputs.attention_mask, inputs.position_ids, multiple_of,
+                                       packed=False)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
     values = out.logits[:, -r - 1:-1, 0].float()
     return _pad_back(values, inputs)
 

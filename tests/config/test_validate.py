@@ -137,6 +137,13 @@ def test_megatron_layouts_are_checked_against_devices_and_the_reference():
     used = ok(*megatron, "actor_rollout_ref.actor.megatron.dist_checkpointing_path=/ckpt",
               "actor_rollout_ref.actor.megatron.use_dist_checkpointing=True")
     assert not used.blockers and not any("actor.megatron.dist_checkpointing_path" in w for w in used.warnings)
+    # sequence_parallel splits the sequence between TP regions: said to do nothing where there are none
+    # (TP=1) or where the stages keep activations whole (PP > 1)
+    sp = "actor_rollout_ref.actor.megatron.sequence_parallel=True"
+    tp2 = "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"
+    for layout, idle in (((tp2,), False), ((), True), ((tp2, "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2"), True)):
+        said = any("actor.megatron.sequence_parallel" in w for w in ok(*megatron, sp, *layout).warnings)
+        assert said == idle, layout
 
 
 def test_ulysses_degrees_are_checked_against_devices_and_each_other():

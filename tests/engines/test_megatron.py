@@ -46,15 +46,17 @@ def _full_grads(model) -> dict[str, torch.Tensor]:
             for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _steps(model, critic, tp: int, folder=None, resume=None) -> dict:
+def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False) -> dict:
     """What both layouts must agree on: outputs, loss, gradients and norm of one step, outputs after it,
     and (saving or resuming at ``folder`` / ``resume``) the next step."""
     from rlcamp.engines.megatron import MegatronEngine
 
     out = {}
     actor = MegatronEngine(model, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
-                           grad_clip=1e9)
+                           grad_clip=1e9, sequence_parallel=sp)
     batch = _batch(model.config.vocab_size)
+    # with sequence parallelism the norms are DTensors over the group (they see 1/TP of the sequence)
+    out["norm_split"] = hasattr(model.get_decoder().layers[0].input_layernorm.weight, "placements")
     if resume is not None:
         actor.load(resume, ["model", "optimizer", "extra"], {}, "actor")
     else:
@@ -73,7 +75,8 @@ def _steps(model, critic, tp: int, folder=None, resume=None) -> dict:
     out["next_grad_norm"] = actor.optimizer_step()
     out["next"] = actor.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
     if critic is not None:
-        engine = MegatronEngine(critic, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2))
+        engine = MegatronEngine(critic, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
+                                sequence_parallel=sp)
         out["values"] = engine.forward(batch, Values(), MICRO)["values"]
         engine.forward_backward(batch, Values(), _value_loss, MICRO, loss_scale_factor=4, accumulation=1)
         out["critic_grads"] = _full_grads(critic)
@@ -91,6 +94,10 @@ def _run(rank: int, world: int, port: int, paths: dict, root: str) -> None:
         out = _steps(load_causal_lm(path), load_critic(path), tp=2, folder=Path(root) / f"ckpt_{family}")
         if rank == 0:
             torch.save(out, Path(root) / f"tp2_{family}.pt")
+        # sequence parallel: the residual stream split over the ranks between TP regions (9 tokens: uneven parts)
+        out = _steps(load_causal_lm(path), load_critic(path), tp=2, sp=True)
+        if rank == 0:
+            torch.save(out, Path(root) / f"tp2sp_{family}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +110,14 @@ def runs(tmp_path_factory):
     return root, paths
 
 
+@pytest.mark.parametrize("layout", ["tp2", "tp2sp"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_two_tensor_parallel_ranks_train_as_one_process(runs, family):
+def test_two_tensor_parallel_ranks_train_as_one_process(runs, family, layout):
     from rlcamp.models.loading import load_causal_lm, load_critic
 
     root, paths = runs
-    two = torch.load(root / f"tp2_{family}.pt", weights_only=False)
+    two = torch.load(root / f"{layout}_{family}.pt", weights_only=False)
+    assert two["norm_split"] == (layout == "tp2sp")
     one = _steps(load_causal_lm(paths[family]), load_critic(paths[family]), tp=1)
     mask = _batch(10)["response_mask"].bool()
     for key in ("log_probs", "entropy", "after", "next", "values"):
