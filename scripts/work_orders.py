@@ -201,7 +201,7 @@ def guide_rows(lang: str) -> list[str]:
         if name in SMOKE_SECONDS:
             smoke = f"{SMOKE_SECONDS[name]} s"
         elif "--config-name=ppo_megatron_trainer" in lines.get(name, {}).get("args", []):
-            smoke = "waits for Megatron MoE layers (EP)" if lang == "en" else "待 Megatron MoE 层（专家并行）"
+            smoke = "waits for Megatron MoE under TP" if lang == "en" else "待 Megatron MoE 张量并行"
         else:
             smoke = "-"
         rows.append(f"| `{name}` | {model} | {data} | {hardware} | {rollout} | {special} | {smoke} |")
@@ -333,9 +333,9 @@ def render(name: str, line: dict) -> str:
         header += ["# Status:   runs on rlcamp's Megatron engine (tensor, pipeline and data parallel; see README.md,",
                    "#           'Training engines'); its smoke run keeps each parallel degree at 2."]
     elif megatron:
-        header += ["# Status:   needs the Megatron engine's MoE layers (expert parallelism, the router's loss; issue",
-                   "#           'Training engines as one seam'); until they land a run stops before any weights",
-                   "#           load and says so; --dry-run checks the line."]
+        header += ["# Status:   needs the Megatron engine's MoE layers under tensor parallelism (issue 'Training",
+                   "#           engines as one seam'; EP, PP and DP are built); until then a run stops before any",
+                   "#           weights load and says so; --dry-run checks the line."]
     header += ["#", "# Prepare the data (from local copies; see examples/ppo_trainer/README.md):"]
     header += [f"#   {cmd}" for cmd in prep]
     header += [f"# Try it scaled down on a CPU first:  rlcamp smoke examples/ppo_trainer/{name}",

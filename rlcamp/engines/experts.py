@@ -46,6 +46,35 @@ def ep_problems(config, ep: int, dp: int, key: str) -> list[str]:
     return problems
 
 
+def router_sums(router_logits, top_k: int, n_experts: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[2E + 1]: each expert's top-k assignments, its summed router probability and the rows counted, over
+    the layers' router logits ([rows, E] each): the running sums of transformers' load_balancing_loss_func
+    (``mask``: 1 for the rows that count, per row of one layer). Sums of stages add up."""
+    device = router_logits[0].device
+    tokens = torch.zeros(n_experts, dtype=torch.float32, device=device)
+    probs = torch.zeros(n_experts, dtype=torch.float32, device=device)
+    rows = torch.zeros(1, dtype=torch.float32, device=device)
+    weight = None if mask is None else mask.reshape(-1).to(device=device, dtype=torch.float32)
+    for logits in router_logits:
+        p = torch.softmax(logits, dim=-1)
+        _, chosen = torch.topk(p, top_k, dim=-1)
+        if weight is None:
+            tokens = tokens + torch.bincount(chosen.reshape(-1), minlength=n_experts).float()
+            probs = probs + p.float().sum(0)
+            rows = rows + p.shape[0]
+        else:
+            tokens = tokens + torch.zeros_like(tokens).scatter_add_(0, chosen.reshape(-1), weight.repeat_interleave(top_k))
+            probs = probs + (p.float() * weight[:, None]).sum(0)
+            rows = rows + weight.sum()
+    return torch.cat([tokens, probs, rows])
+
+
+def router_loss(sums: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """The load-balancing loss from ``router_sums`` (summed over every layer): E * sum_i f_i * P_i."""
+    tokens, probs, rows = sums[:n_experts], sums[n_experts:2 * n_experts], sums[-1]
+    return (tokens / rows * probs / rows).sum() * n_experts
+
+
 def _exchange(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group, differentiable: bool):
     out = x.new_empty((sum(out_splits), *x.shape[1:]))
     if differentiable:
@@ -79,7 +108,8 @@ class _ExpertParallelForward:
         their_expert = _exchange(expert, recv_splits, send_splits, self.group, differentiable=False) - \
             self.rank * self.local
         gate_up, down = m.gate_up_proj.to_local(), m.down_proj.to_local()
-        out = torch.zeros_like(received)
+        # from ``received`` even where no row is for this rank: every rank must take part in the backward exchange
+        out = received * 0.0
         for e in torch.unique(their_expert).tolist():
             rows = (their_expert == e).nonzero(as_tuple=True)[0]
             gate, up = nn.functional.linear(received[rows], gate_up[e]).chunk(2, dim=-1)

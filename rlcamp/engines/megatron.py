@@ -151,8 +151,11 @@ class MegatronEngine:
         self.key_owner = {name: stage_of(name) % pp for name in state}
         self.key_meta = {name: (tuple(v.shape), v.dtype) for name, v in state.items()}
         self.owned = {name: v.detach() for name, v in state.items() if self.key_owner[name] == self.pp_rank}
+        router = None
+        if self.aux_loss is not None:
+            router = (model.config.num_experts_per_tok, model.config.num_experts)
         self.pipeline = Pipeline(model, pp_rank=self.pp_rank, pp=pp, vpp=vpp, group=self.pp_group, device=self.device,
-                                 bounds=bounds, head=head, schedule=schedule)
+                                 bounds=bounds, head=head, schedule=schedule, router=router)
         keep = [i for s in self.pipeline.stage_ids for i in range(*bounds[s])]
         decoder.layers = torch.nn.ModuleList([decoder.layers[i] for i in keep])
         if not self.pipeline.holds_first:
@@ -301,7 +304,11 @@ class MegatronEngine:
 
             def stage_loss(out, i):
                 rows, part = parts[i]
-                loss, report = loss_fn(read(out[:len(rows)]), part, norm)
+                out, aux = out if isinstance(out, tuple) else (out, None)
+                outputs = read(out[:len(rows)])
+                if aux is not None:
+                    outputs["aux_loss"] = aux[0]
+                loss, report = loss_fn(outputs, part, norm)
                 reports.append(report.detach().to(reported.device))
                 return loss
 
@@ -491,32 +498,35 @@ class MegatronEngine:
 
 
 def moe_problems(config, role: str, tp: int = 1, pp: int = 1) -> list[str]:
-    """A mixture-of-experts model under strategy=megatron with tensor or pipeline parallelism: expert layers
-    split by TP and the router's loss across pipeline stages are not built yet; EP x DP trains it."""
+    """A mixture-of-experts model under strategy=megatron with tensor parallelism: expert layers split by TP
+    are not built yet; EP x PP x DP trains it."""
     from rlcamp.engines.experts import num_experts
 
     experts = num_experts(config)
-    if not experts or (tp == 1 and pp == 1):
+    if not experts or tp == 1:
         return []
     from rlcamp.config.blockers import ENGINES_ISSUE
 
     return [f"{role}.strategy=megatron with a mixture-of-experts model (model_type '{config.model_type}', {experts} "
             f"experts) at tensor_model_parallel_size={tp}, pipeline_model_parallel_size={pp}: rlcamp's Megatron "
-            f"engine splits MoE models by expert and data parallelism only so far ({ENGINES_ISSUE}: experts under "
-            "tensor parallelism, the router's loss across pipeline stages); set both to 1 and use "
-            "expert_model_parallel_size, or strategy=fsdp"]
+            f"engine splits MoE models by expert, pipeline and data parallelism so far ({ENGINES_ISSUE}: experts "
+            "under tensor parallelism); set tensor_model_parallel_size=1 and use expert_model_parallel_size, or "
+            "strategy=fsdp"]
 
 
 def _aux_loss_fn(model):
-    """(router logits per layer, attention mask or None) -> the model's load-balancing loss, from the HF
-    modeling module's own ``load_balancing_loss_func``; None for a model whose forward computes none."""
+    """(router logits per layer, attention mask or None) -> the model's load-balancing loss, as the HF
+    modeling module's ``load_balancing_loss_func`` computes it (``experts.router_sums``: the same running
+    sums, which pipeline stages carry to the last); None for a model whose forward computes none."""
     import sys
 
-    fn = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
-    if fn is None or not getattr(model.config, "output_router_logits", False):
+    from rlcamp.engines.experts import router_loss, router_sums
+
+    if not hasattr(sys.modules[type(model).__module__], "load_balancing_loss_func") or \
+            not getattr(model.config, "output_router_logits", False):
         return None
     experts, top_k = model.config.num_experts, model.config.num_experts_per_tok
-    return lambda logits, mask: fn(logits, experts, top_k, mask)
+    return lambda logits, mask: router_loss(router_sums(logits, top_k, experts, mask), experts)
 
 
 def _head_module(model):

@@ -70,6 +70,7 @@ class _Micro:
     attention_mask: torch.Tensor | None
     position_ids: torch.Tensor
     packed: object = None  # rlcamp.models.forward.Packed of the real rows (packed layout)
+    router_mask: torch.Tensor | None = None  # 1 for the tokens a router loss counts (not padding, not fillers)
 
 
 def _micro_layouts(batch: Batch, parts: list[tuple[torch.Tensor, Batch]], packed: bool, device) -> list[_Micro]:
@@ -86,8 +87,10 @@ def _micro_layouts(batch: Batch, parts: list[tuple[torch.Tensor, Batch]], packed
     if packed:  # extend each packed row by a dummy sequence (its own positions from 0) to the longest
         length = max(m.input_ids.shape[1] for m in out)
         for m in out:
-            if m.input_ids.shape[1] < length:
+            real = m.input_ids.shape[1]
+            if real < length:
                 m.input_ids, _, m.position_ids = to_multiple(m.input_ids, None, m.position_ids, length, packed=True)
+            m.router_mask = (torch.arange(length, device=device) < real).float()
     else:  # repeat the first row up to the most rows
         rows = max(m.input_ids.shape[0] for m in out)
         for m in out:
@@ -96,6 +99,7 @@ def _micro_layouts(batch: Batch, parts: list[tuple[torch.Tensor, Batch]], packed
                 pad = lambda x: torch.cat([x, x[:1].expand(extra, -1)], 0)  # noqa: E731
                 m.input_ids, m.attention_mask, m.position_ids = (pad(m.input_ids), pad(m.attention_mask),
                                                                  pad(m.position_ids))
+            m.router_mask = m.attention_mask.float() * (torch.arange(rows, device=device) < rows - extra)[:, None]
     return out
 
 
@@ -118,18 +122,30 @@ class Chunk(nn.Module):
         self.first, self.last, self.span = first, last, (start, end)
         self._runner = [runner]  # not a submodule
 
-    def forward(self, x: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args: torch.Tensor, mb: torch.Tensor):
+        """args: the token ids (first stage) or the hidden states, and with a router loss the running
+        ``experts.router_sums`` of the stages before (which the last turns into the loss)."""
         runner = self._runner[0]
         micro = runner.micros[int(mb[0])]
-        h = self.embed(x) if self.first else x
-        h = self.view(inputs_embeds=h, attention_mask=micro.attention_mask, position_ids=micro.position_ids,
-                      use_cache=False).last_hidden_state
+        h = self.embed(args[0]) if self.first else args[0]
+        carry = None if self.first or runner.router is None else args[1]
+        extra = {"output_router_logits": True} if runner.router is not None else {}
+        out = self.view(inputs_embeds=h, attention_mask=micro.attention_mask, position_ids=micro.position_ids,
+                        use_cache=False, **extra)
+        h = out.last_hidden_state
+        if runner.router is not None:
+            from rlcamp.engines.experts import router_loss, router_sums
+
+            sums = router_sums(out.router_logits, *runner.router, micro.router_mask)
+            carry = sums if carry is None else carry + sums
         if not self.last:
-            return h.to(runner.wire_dtype)
-        out = runner.head_outputs(h, micro)
+            return (h.to(runner.wire_dtype), carry) if carry is not None else h.to(runner.wire_dtype)
+        values = runner.head_outputs(h, micro)
         if not torch.is_grad_enabled():
-            runner.outputs[int(mb[0])] = out
-        return out
+            runner.outputs[int(mb[0])] = values
+        if carry is not None:
+            return values, router_loss(carry, runner.router[1])[None]
+        return values
 
 
 class Pipeline:
@@ -138,7 +154,8 @@ class Pipeline:
     passes ``head_fn(hidden [n, d], labels [n]) -> [n, k]``, what the last stage computes with it."""
 
     def __init__(self, model: nn.Module, *, pp_rank: int, pp: int, vpp: int, group, device: torch.device,
-                 bounds: list[tuple[int, int]], head: nn.Module, schedule: str = "1f1b"):
+                 bounds: list[tuple[int, int]], head: nn.Module, schedule: str = "1f1b",
+                 router: tuple[int, int] | None = None):
         if schedule not in SCHEDULES:
             raise ValueError(f"pipeline schedule {schedule!r}: choose one of {SCHEDULES}")
         self.pp_rank, self.pp, self.vpp, self.group, self.device = pp_rank, pp, vpp, group, device
@@ -155,6 +172,7 @@ class Pipeline:
         self.outputs: dict[int, torch.Tensor] = {}
         self.head_fn: Callable | None = None
         self.hidden_size = model.config.hidden_size
+        self.router = router  # (top_k, experts) of a MoE model whose router loss the stages carry, or None
 
     # --------------------------------------------------------------------------- running
     def head_outputs(self, h: torch.Tensor, micro: _Micro) -> torch.Tensor:
@@ -188,20 +206,24 @@ class Pipeline:
         k_out = self._k
         stages = []
         for chunk, s in zip(self.chunks, self.stage_ids):
+            hidden = (*m.input_ids.shape, self.hidden_size)
+            carry = [] if self.router is None else [torch.empty(2 * self.router[1] + 1, device="meta")]
             if chunk.first:
-                example_in = torch.empty(m.input_ids.shape, dtype=m.input_ids.dtype, device="meta")
+                example_in = [torch.empty(m.input_ids.shape, dtype=m.input_ids.dtype, device="meta")]
             else:
-                example_in = torch.empty((*m.input_ids.shape, self.hidden_size), dtype=self.wire_dtype, device="meta")
+                example_in = [torch.empty(hidden, dtype=self.wire_dtype, device="meta"), *carry]
             if chunk.last:
-                example_out = torch.empty((self._rows, m.inputs.full_response_len, k_out), dtype=torch.float32,
-                                          device="meta")
+                values = torch.empty((self._rows, m.inputs.full_response_len, k_out), device="meta")
+                example_out = [values, *([torch.empty(1, device="meta")] if carry else [])]
             else:
-                example_out = torch.empty((*m.input_ids.shape, self.hidden_size), dtype=self.wire_dtype, device="meta")
+                example_out = [torch.empty(hidden, dtype=self.wire_dtype, device="meta"), *carry]
             if loss_fn is not None:  # the receive buffers of hidden states and of their gradients follow these
-                example_in.requires_grad_(not chunk.first)
-                example_out.requires_grad_(True)
-            stages.append(PipelineStage(chunk, s, self.n_stages, self.device, input_args=(example_in,),
-                                        output_args=(example_out,), group=self.group))
+                for t in example_in:
+                    t.requires_grad_(not chunk.first)
+                for t in example_out:
+                    t.requires_grad_(True)
+            stages.append(PipelineStage(chunk, s, self.n_stages, self.device, input_args=tuple(example_in),
+                                        output_args=tuple(example_out), group=self.group))
         if self.vpp > 1:
             return ScheduleInterleaved1F1B(stages, n_micro, loss_fn=loss_fn, scale_grads=False)
         cls = Schedule1F1B if (self.schedule_name == "1f1b" and loss_fn is not None) else ScheduleGPipe
@@ -223,17 +245,19 @@ class Pipeline:
 
         def loss(out, target):
             i = int(target[0])
-            return out.sum() * 0.0 if i >= real else loss_fn(out, i)
+            if i >= real:
+                return sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))) * 0.0
+            return loss_fn(out, i)
 
         schedule = self._schedule(n_micro, loss if loss_fn is not None else None)
         index = torch.arange(n_micro, device=self.device)
         args = (torch.cat([m.input_ids for m in self.micros], 0),) if self.holds_first else ()
         kwargs = {"mb": index}
         if loss_fn is not None:
-            schedule.step(*args, target=index if self.holds_last else None, **kwargs)
+            schedule.step(*args, target=index if self.holds_last else None, return_outputs=False, **kwargs)
         else:
             with torch.no_grad():
-                schedule.step(*args, **kwargs)
+                schedule.step(*args, return_outputs=False, **kwargs)
         outputs = {i: v for i, v in self.outputs.items() if i < real}
         self.micros, self.outputs, self.head_fn = [], {}, None
         return outputs

@@ -110,11 +110,10 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
 
         later = sorted({key.rsplit(".", 1)[-1] for key, value in values.items() if ".megatron." in key and (
             key.endswith("context_parallel_size") and int(value) > 1)})
-        split = any(int(v) > 1 for k, v in values.items() if k.endswith((".megatron.tensor_model_parallel_size",
-                                                                         ".megatron.pipeline_model_parallel_size")))
+        split = any(int(v) > 1 for k, v in values.items() if k.endswith(".megatron.tensor_model_parallel_size"))
         if split and any(family_of(values.get(k, "")) in ("qwen2_moe", "deepseek_v3")
                          for k in ("actor_rollout_ref.model.path", "critic.model.path")):
-            later.insert(0, "MoE layers under tensor / pipeline parallelism")
+            later.insert(0, "MoE layers under tensor parallelism")
         if later:
             result.waits_for = (f"the Megatron engine's {', '.join(later)}, not built yet (tensor, pipeline and "
                                 f"data parallelism are; {ENGINES_ISSUE}); its smoke run lands with them")

@@ -17,7 +17,6 @@ from tests.conftest import free_port
 from tests.engines.test_megatron import _batch
 
 FAMILIES = ("qwen2_moe", "deepseek_v3")
-MICRO = MicroBatching(size=1)  # one row a micro batch: the router loss is per micro batch, as in one process
 
 
 def _loss(outputs, part, norm):
@@ -28,13 +27,17 @@ def _loss(outputs, part, norm):
     return loss, loss
 
 
-def _steps(path: str, ep: int, folder: Path | None = None, resume: Path | None = None) -> dict:
+def _steps(path: str, ep: int, folder: Path | None = None, resume: Path | None = None, pp: int = 1,
+           packed: bool = False, rows: int = 1) -> dict:
+    """``rows``: a micro batch's rows (1: the router loss is per row, so data-parallel halves agree with
+    one process; pipeline runs take 2, padded or packed, and so does their one-process reference)."""
     from rlcamp.engines.experts import expert_modules
     from rlcamp.engines.megatron import MegatronEngine
     from rlcamp.models.loading import load_causal_lm
 
-    engine = MegatronEngine(load_causal_lm(path), device=torch.device("cpu"), tp=1, ep=ep, key="tp",
-                            optim=OptimConfig(lr=1e-2), grad_clip=1e9)
+    engine = MegatronEngine(load_causal_lm(path), device=torch.device("cpu"), tp=1, ep=ep, pp=pp, key="tp",
+                            optim=OptimConfig(lr=1e-2), grad_clip=1e9, remove_padding=packed)
+    micro = MicroBatching(size=rows)
     batch = _batch(engine.model.config.vocab_size)
     if engine.mesh.dp_size > 1:
         batch = batch.index(torch.arange(len(batch)).chunk(engine.mesh.dp_size)[engine.mesh.dp_rank])
@@ -42,8 +45,8 @@ def _steps(path: str, ep: int, folder: Path | None = None, resume: Path | None =
     if resume is not None:
         engine.load(resume, ["model", "optimizer", "extra"], {}, "actor")
     else:
-        out["log_probs"] = engine.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
-        out["loss"] = engine.forward_backward(batch, LogProbs(0.8), _loss, MICRO, loss_scale_factor=4,
+        out["log_probs"] = engine.forward(batch, LogProbs(0.8), micro)["log_probs"]
+        out["loss"] = engine.forward_backward(batch, LogProbs(0.8), _loss, micro, loss_scale_factor=4,
                                               accumulation=1)["loss"]
         experts = {id(p) for m in expert_modules(engine.model) for p in m.parameters()}
         out["grads"] = {engine.param_names[id(p)]: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor")
@@ -51,12 +54,13 @@ def _steps(path: str, ep: int, folder: Path | None = None, resume: Path | None =
         out["expert_names"] = {engine.param_names[i] for i in experts if i in engine.param_names}
         out["grad_norm"] = engine.optimizer_step()
         engine.scheduler_step()
-        out["after"] = engine.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
+        out["after"] = engine.forward(batch, LogProbs(0.8), micro)["log_probs"]
         if folder is not None:
             engine.save(folder, ["model", "optimizer", "extra", "hf_model"], {}, None)
-    engine.forward_backward(batch, LogProbs(0.8), _loss, MICRO, loss_scale_factor=4, accumulation=1)
+    engine.forward_backward(batch, LogProbs(0.8), _loss, micro, loss_scale_factor=4, accumulation=1)
     out["next_grad_norm"] = engine.optimizer_step()
-    out["next"] = engine.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
+    out["next"] = engine.forward(batch, LogProbs(0.8), micro)["log_probs"]
+    out["returns"] = engine.mesh.returns_outputs
     return out
 
 
@@ -66,6 +70,10 @@ def _run(rank: int, world: int, port: int, paths: dict, root: str) -> None:
     init_distributed(rank, world, "127.0.0.1", port, "gloo", 120)
     for family, path in paths.items():
         torch.save(_steps(path, ep=2, folder=Path(root) / f"ckpt_{family}"), Path(root) / f"{family}_rank{rank}.pt")
+    # the router loss across pipeline stages: each stage adds its layers' sums, the last turns them into the loss
+    for layout in ("padded", "packed"):
+        out = _steps(paths["qwen2_moe_4"], ep=1, pp=2, packed=layout == "packed", rows=2)
+        torch.save(out, Path(root) / f"pp2_{layout}_rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +82,7 @@ def runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("experts")
     paths = {f: str(build_tiny_model(root / f, f)) for f in FAMILIES}
+    paths["qwen2_moe_4"] = str(build_tiny_model(root / "qwen2_moe_4", "qwen2_moe", num_hidden_layers=4))
     mp.spawn(_run, args=(2, free_port(), paths, str(root)), nprocs=2, join=True)
     return root, paths
 
@@ -90,7 +99,9 @@ def _merged(root: Path, family: str) -> dict:
     return out
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# qwen2_moe_4 (4 layers): in some layer a rank receives no token for its experts and still takes part
+# in the backward exchange (it hung before)
+@pytest.mark.parametrize("family", [*FAMILIES, "qwen2_moe_4"])
 def test_two_expert_parallel_ranks_train_as_one_process(runs, family):
     root, paths = runs
     two, one = _merged(root, family), _steps(paths[family], ep=1)
@@ -115,6 +126,28 @@ def test_an_ep2_checkpoint_resumes_in_one_process(runs, family):
     mask = _batch(10)["response_mask"].bool()
     assert float(resumed["next_grad_norm"]) == pytest.approx(float(two["next_grad_norm"]), rel=1e-5)
     assert torch.allclose(resumed["next"][mask], two["next"][mask], atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_two_pipeline_stages_carry_the_router_loss_as_one_process(runs, layout):
+    """Qwen2-MoE at PP=2: the first stage's router sums travel with the hidden states; the loss with the
+    router loss, every gradient of both stages, the norm and the step equal one process's."""
+    root, paths = runs
+    ranks = [torch.load(root / f"pp2_{layout}_rank{r}.pt", weights_only=False) for r in range(2)]
+    two = dict(next(r for r in ranks if r["returns"]))
+    two["grads"] = {}
+    for r in ranks:  # the stages' own gradients; a tied weight's two halves add up
+        for name, g in r["grads"].items():
+            two["grads"][name] = two["grads"][name] + g if name in two["grads"] else g
+    one = _steps(paths["qwen2_moe_4"], ep=1, packed=layout == "packed", rows=2)
+    mask = _batch(10)["response_mask"].bool()
+    for key in ("log_probs", "after", "next"):
+        assert torch.allclose(two[key][mask], one[key][mask], atol=1e-5), key
+    assert float(two["loss"]) == pytest.approx(float(one["loss"]), abs=1e-6)
+    assert float(two["grad_norm"]) == pytest.approx(float(one["grad_norm"]), rel=1e-5)
+    assert two["grads"].keys() == one["grads"].keys()
+    for name, g in one["grads"].items():
+        assert torch.allclose(two["grads"][name], g, atol=1e-6, rtol=1e-4), name
 
 
 def test_the_router_loss_is_the_hf_models_own(tmp_path):
