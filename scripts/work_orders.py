@@ -157,6 +157,7 @@ SMOKE_SECONDS: dict[str, int] = {
     "run_deepseek_math_gsm8k_megatron.sh": 106,
     "run_deepseek_math_gsm8k_megatron_nsys.sh": 103,
     "run_qwen2-7b_math_gsm8k_megatron.sh": 118,
+    "run_qwen1.5_moe_a2.7b-gsm8k_megatron.sh": 65,
     "run_qwen2-7b_rm_legacy.sh": 161,
     "run_qwen2-7b_rm_reward_loop_colocate.sh": 250,
     "run_qwen2-7b_rm_seq_balance.sh": 153,
@@ -201,7 +202,8 @@ def guide_rows(lang: str) -> list[str]:
         if name in SMOKE_SECONDS:
             smoke = f"{SMOKE_SECONDS[name]} s"
         elif "--config-name=ppo_megatron_trainer" in lines.get(name, {}).get("args", []):
-            smoke = "waits for Megatron MoE under TP" if lang == "en" else "待 Megatron MoE 张量并行"
+            smoke = ("waits for DeepSeek-V3 layers under Megatron TP" if lang == "en"
+                     else "待 Megatron 张量并行下的 DeepSeek-V3 层")
         else:
             smoke = "-"
         rows.append(f"| `{name}` | {model} | {data} | {hardware} | {rollout} | {special} | {smoke} |")
@@ -330,12 +332,12 @@ def render(name: str, line: dict) -> str:
         "#           module name differs (python3 -m rlcamp.trainer.main_ppo).",
     ]
     if megatron and name in SMOKE_SECONDS:
-        header += ["# Status:   runs on rlcamp's Megatron engine (tensor, pipeline and data parallel; see README.md,",
-                   "#           'Training engines'); its smoke run keeps each parallel degree at 2."]
+        header += ["# Status:   runs on rlcamp's Megatron engine (tensor, pipeline, expert and data parallel; see",
+                   "#           README.md, 'Training engines'); its smoke run keeps each parallel degree at 2."]
     elif megatron:
-        header += ["# Status:   needs the Megatron engine's MoE layers under tensor parallelism (issue 'Training",
-                   "#           engines as one seam'; EP, PP and DP are built); until then a run stops before any",
-                   "#           weights load and says so; --dry-run checks the line."]
+        header += ["# Status:   needs DeepSeek-V3 layers (MLA attention, experts) under the Megatron engine's tensor",
+                   "#           parallelism (issue 'Training engines as one seam'; EP, PP and DP are built); until",
+                   "#           then a run stops before any weights load and says so; --dry-run checks the line."]
     header += ["#", "# Prepare the data (from local copies; see examples/ppo_trainer/README.md):"]
     header += [f"#   {cmd}" for cmd in prep]
     header += [f"# Try it scaled down on a CPU first:  rlcamp smoke examples/ppo_trainer/{name}",

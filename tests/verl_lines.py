@@ -30,7 +30,9 @@ def materialize(name: str, root: Path) -> tuple[list[str], dict[str, str]]:
         folder = models / family
         if not (folder / "config.json").exists():
             base, _, kind = family.partition("-")
-            build_tiny_model(folder, base, reward_model=kind == "rm")
+            # 4 KV heads (as many as attention heads): the lines' tensor-parallel sizes (up to 4 for the
+            # models rlcamp splits) divide them, as they divide the real models'
+            build_tiny_model(folder, base, reward_model=kind == "rm", num_key_value_heads=4)
     # as many prompts as one step takes, so the line's batch sizes hold as written
     batch = int(next(a for a in line["args"] if a.startswith("data.train_batch_size=")).split("=")[1])
     for arg in line["args"]:

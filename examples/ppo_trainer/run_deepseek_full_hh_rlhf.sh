@@ -8,8 +8,8 @@
 # Memory:   rlcamp plan sizes FSDP runs; it does not size Megatron layouts yet
 # Source:   verl's examples/ppo_trainer/run_deepseek_full_hh_rlhf.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
-# Status:   runs on rlcamp's Megatron engine (tensor, pipeline and data parallel; see README.md,
-#           'Training engines'); its smoke run keeps each parallel degree at 2.
+# Status:   runs on rlcamp's Megatron engine (tensor, pipeline, expert and data parallel; see
+#           README.md, 'Training engines'); its smoke run keeps each parallel degree at 2.
 #
 # Prepare the data (from local copies; see examples/ppo_trainer/README.md):
 #   python examples/data_preprocess/hh_rlhf.py --local_dataset_path <hh-rlhf jsonl files> --local_dir $DATA_DIR/full_hh_rlhf/rl

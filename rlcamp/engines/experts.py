@@ -119,6 +119,48 @@ class _ExpertParallelForward:
         return final.index_add(0, tokens, (back * weights[:, None]).to(final.dtype))
 
 
+class _TensorParallelExpertsForward:
+    """Experts split over a tensor-parallel group by expert: every rank holds the group's tokens, runs its
+    E / TP experts on the ones routed to them, and the partial outputs are summed over the group (one
+    all-reduce). The tokens and their routing weights enter through ONE copy-to-group, whose backward
+    all-reduces both gradients in a single collective, so ranks that hit different experts cannot order
+    their backward collectives differently."""
+
+    def __init__(self, module: nn.Module, group, rank: int, size: int):
+        self.module, self.group = module, group
+        self.local = module.gate_up_proj.shape[0] // size
+        self.first = rank * self.local
+
+    def __call__(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        from rlcamp.engines.tensor_parallel import _CopyToGroup, _ReduceFromGroup
+
+        m, width = self.module, hidden_states.shape[-1]
+        both = _CopyToGroup.apply(torch.cat([hidden_states, top_k_weights.to(hidden_states.dtype)], -1), self.group)
+        x, weights = both[:, :width], both[:, width:]
+        gate_up, down = m.gate_up_proj.to_local(), m.down_proj.to_local()
+        final = both.sum() * 0.0 + torch.zeros_like(hidden_states)  # in the graph even where no expert of ours is hit
+        mine = (top_k_index >= self.first) & (top_k_index < self.first + self.local)
+        for e in torch.unique(top_k_index[mine]).tolist():
+            token, slot = torch.where(top_k_index == e)
+            gate, up = nn.functional.linear(x[token], gate_up[e - self.first]).chunk(2, dim=-1)
+            out = nn.functional.linear(m.act_fn(gate) * up, down[e - self.first]) * weights[token, slot, None]
+            final = final.index_add(0, token, out.to(final.dtype))
+        return _ReduceFromGroup.apply(final, self.group)
+
+
+def parallelize_experts_tp(model, tp_mesh) -> None:
+    """Split every experts module of ``model`` over the tensor-parallel ``tp_mesh`` by expert, in place."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    group, rank, size = tp_mesh.get_group(), tp_mesh.get_local_rank(), tp_mesh.size()
+    for module in expert_modules(model):
+        for name in ("gate_up_proj", "down_proj"):
+            full = getattr(module, name)
+            setattr(module, name, nn.Parameter(distribute_tensor(full.data, tp_mesh, [Shard(0)]),
+                                               requires_grad=full.requires_grad))
+        module.forward = _TensorParallelExpertsForward(module, group, rank, size)
+
+
 def parallelize_experts(model, ep_mesh) -> list[nn.Parameter]:
     """Split every experts module of ``model`` over ``ep_mesh`` (1-D) in place; returns the split parameters."""
     from torch.distributed.tensor import Shard, distribute_tensor

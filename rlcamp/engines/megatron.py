@@ -66,6 +66,10 @@ class MegatronEngine:
             from rlcamp.engines.experts import ep_problems
 
             problems += ep_problems(model.config, ep, self.dp, ep_key)
+            if tp > 1:
+                problems.append(f"{ep_key}={ep} with {key}={tp}: rlcamp splits a MoE model's experts over the "
+                                "tensor-parallel group (by expert) or over data-parallel ranks, not both yet; set "
+                                "one of them to 1")
         if problems:
             raise ValueError("; ".join(problems))
         self.device_mesh = self.tp_group = self.dp_group = self.pp_group = None
@@ -93,7 +97,8 @@ class MegatronEngine:
         self.aux_loss = _aux_loss_fn(model) if expert_modules(model) else None
         # sequence parallelism between TP regions, with one stage (its boundary would cut the sequence); the
         # sequence is padded to a multiple of TP so that every rank holds an equal part
-        self.sp_multiple = tp if (sequence_parallel and tp > 1 and pp == 1) else 1
+        self.sp_multiple = tp if (sequence_parallel and tp > 1 and pp == 1 and self.aux_loss is None and
+                                  not _has_experts(model)) else 1
         if tp > 1:
             parallelize(model, self.device_mesh["tp"], sequence_parallel=self.sp_multiple > 1)
         self.expert_params: set[int] = set()
@@ -498,20 +503,27 @@ class MegatronEngine:
 
 
 def moe_problems(config, role: str, tp: int = 1, pp: int = 1) -> list[str]:
-    """A mixture-of-experts model under strategy=megatron with tensor parallelism: expert layers split by TP
-    are not built yet; EP x PP x DP trains it."""
+    """A mixture-of-experts model under strategy=megatron with tensor parallelism, of a family whose MoE
+    layers the tensor-parallel plan does not cover (DeepSeek-V3 / Moonlight: MLA attention); EP x PP x DP
+    trains it."""
     from rlcamp.engines.experts import num_experts
 
     experts = num_experts(config)
-    if not experts or tp == 1:
+    if not experts or tp == 1 or config.model_type == "qwen2_moe":
         return []
     from rlcamp.config.blockers import ENGINES_ISSUE
 
     return [f"{role}.strategy=megatron with a mixture-of-experts model (model_type '{config.model_type}', {experts} "
             f"experts) at tensor_model_parallel_size={tp}, pipeline_model_parallel_size={pp}: rlcamp's Megatron "
-            f"engine splits MoE models by expert, pipeline and data parallelism so far ({ENGINES_ISSUE}: experts "
-            "under tensor parallelism); set tensor_model_parallel_size=1 and use expert_model_parallel_size, or "
-            "strategy=fsdp"]
+            f"engine splits this family by expert, pipeline and data parallelism so far ({ENGINES_ISSUE}: its "
+            "attention and experts under tensor parallelism); set tensor_model_parallel_size=1 and use "
+            "expert_model_parallel_size, or strategy=fsdp"]
+
+
+def _has_experts(model) -> bool:
+    from rlcamp.engines.experts import expert_modules
+
+    return bool(expert_modules(model))
 
 
 def _aux_loss_fn(model):

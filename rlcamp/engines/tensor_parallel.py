@@ -25,7 +25,10 @@ import torch.distributed as dist
 # module names (inside each decoder layer) of the families whose layers are Llama-shaped
 COLUMN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
 ROW = ("self_attn.o_proj", "mlp.down_proj")
-FAMILIES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+# shared experts of Qwen2-MoE layers: split like a dense MLP
+SHARED_COLUMN = ("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj")
+SHARED_ROW = ("mlp.shared_expert.down_proj",)
+FAMILIES = frozenset({"llama", "qwen2", "qwen3", "mistral", "qwen2_moe"})
 
 
 class _ReduceFromGroup(torch.autograd.Function):
@@ -61,8 +64,12 @@ def tp_problems(config, tp: int, key: str) -> list[str]:
                         f"not model_type '{config.model_type}'")
         return problems
     heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    for name, value in (("num_attention_heads", heads), ("num_key_value_heads", kv),
-                        ("intermediate_size", config.intermediate_size), ("vocab_size", config.vocab_size)):
+    sizes = [("num_attention_heads", heads), ("num_key_value_heads", kv), ("intermediate_size", config.intermediate_size),
+             ("vocab_size", config.vocab_size)]
+    if getattr(config, "num_experts", None):  # experts split by expert over the group; the shared one by width
+        sizes += [("num_experts", config.num_experts),
+                  ("shared_expert_intermediate_size", config.shared_expert_intermediate_size)]
+    for name, value in sizes:
         if value % tp:
             problems.append(f"{key}={tp} does not divide the model's {name}={value}; choose a divisor of it")
     return problems
@@ -82,11 +89,15 @@ def parallelize(model, tp_mesh, sequence_parallel: bool = False) -> None:
 
     from rlcamp.utils.dist import decoder_layers
 
+    from rlcamp.engines.experts import expert_modules, parallelize_experts_tp
+
     layers = decoder_layers(model)
     for i, layer in enumerate(layers):
-        plan = {name: ColwiseParallel() for name in COLUMN} | {name: RowwiseParallel() for name in ROW}
+        present = {name for name, _ in layer.named_modules()}
+        plan = {name: ColwiseParallel() for name in COLUMN + SHARED_COLUMN if name in present}
+        plan |= {name: RowwiseParallel() for name in ROW + SHARED_ROW if name in present}
         if sequence_parallel:
-            plan |= {name: RowwiseParallel(output_layouts=Shard(1)) for name in ROW}
+            plan |= {name: RowwiseParallel(output_layouts=Shard(1)) for name in ROW if name in present}
             plan |= {"input_layernorm": SequenceParallel(), "post_attention_layernorm": SequenceParallel(),
                      "self_attn": PrepareModuleInput(input_kwarg_layouts={"hidden_states": Shard(1)},
                                                      desired_input_kwarg_layouts={"hidden_states": Replicate()},
@@ -100,6 +111,8 @@ def parallelize(model, tp_mesh, sequence_parallel: bool = False) -> None:
             parallelize_module(layer, tp_mesh, {name: plan[name]})
         if "" in plan:
             parallelize_module(layer, tp_mesh, plan[""])
+    if expert_modules(model):
+        parallelize_experts_tp(model, tp_mesh)
     if sequence_parallel:
         norm = model.get_decoder().norm
         parallelize_module(norm, tp_mesh, SequenceParallel())

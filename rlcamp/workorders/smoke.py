@@ -111,9 +111,9 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
         later = sorted({key.rsplit(".", 1)[-1] for key, value in values.items() if ".megatron." in key and (
             key.endswith("context_parallel_size") and int(value) > 1)})
         split = any(int(v) > 1 for k, v in values.items() if k.endswith(".megatron.tensor_model_parallel_size"))
-        if split and any(family_of(values.get(k, "")) in ("qwen2_moe", "deepseek_v3")
+        if split and any(family_of(values.get(k, "")) == "deepseek_v3"
                          for k in ("actor_rollout_ref.model.path", "critic.model.path")):
-            later.insert(0, "MoE layers under tensor parallelism")
+            later.insert(0, "DeepSeek-V3 layers (MLA attention, experts) under tensor parallelism")
         if later:
             result.waits_for = (f"the Megatron engine's {', '.join(later)}, not built yet (tensor, pipeline and "
                                 f"data parallelism are; {ENGINES_ISSUE}); its smoke run lands with them")
@@ -185,6 +185,10 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
         changes.append(Change("VERL_USE_MODELSCOPE", "True", None, "the models are tiny local stand-ins"))
 
     # -- models and data
+    if values.get("actor_rollout_ref.rollout.name") == "vllm" and \
+            family_of(values.get("actor_rollout_ref.model.path", "")) in ("qwen2_moe", "deepseek_v3"):
+        change("actor_rollout_ref.rollout.name", "hf", "vLLM's CPU backend cannot refresh MoE weights in place; "
+               "rlcamp's own engine stands in")
     uses_vllm = "vllm" in (values.get("actor_rollout_ref.rollout.name"), values.get("reward_model.rollout.name"))
     for key in MODEL_KEYS:
         if key not in values or (key == "reward_model.model.path" and values.get("reward_model.enable") != "True"):

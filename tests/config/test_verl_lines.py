@@ -43,8 +43,8 @@ def test_a_run_stops_on_what_the_dry_run_warned_about(stand_ins, monkeypatch, ca
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert main(args) == 2  # before any model loads
     err = capsys.readouterr().err
-    # its stand-in is a tiny Qwen-MoE: read from its config.json before any weights load
-    assert "actor_rollout_ref.actor.strategy=megatron with a mixture-of-experts model (model_type 'qwen2_moe'" in err
+    # its stand-in is a tiny Qwen-MoE, read from its config.json before any weights load: vLLM on this CPU
+    assert "actor_rollout_ref.rollout.name=vllm on the CPU with a mixture-of-experts model" in err
     assert "trainer.logger 'wandb'" in err
 
 

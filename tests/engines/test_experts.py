@@ -28,14 +28,14 @@ def _loss(outputs, part, norm):
 
 
 def _steps(path: str, ep: int, folder: Path | None = None, resume: Path | None = None, pp: int = 1,
-           packed: bool = False, rows: int = 1) -> dict:
+           packed: bool = False, rows: int = 1, tp: int = 1) -> dict:
     """``rows``: a micro batch's rows (1: the router loss is per row, so data-parallel halves agree with
     one process; pipeline runs take 2, padded or packed, and so does their one-process reference)."""
     from rlcamp.engines.experts import expert_modules
     from rlcamp.engines.megatron import MegatronEngine
     from rlcamp.models.loading import load_causal_lm
 
-    engine = MegatronEngine(load_causal_lm(path), device=torch.device("cpu"), tp=1, ep=ep, pp=pp, key="tp",
+    engine = MegatronEngine(load_causal_lm(path), device=torch.device("cpu"), tp=tp, ep=ep, pp=pp, key="tp",
                             optim=OptimConfig(lr=1e-2), grad_clip=1e9, remove_padding=packed)
     micro = MicroBatching(size=rows)
     batch = _batch(engine.model.config.vocab_size)
@@ -74,6 +74,9 @@ def _run(rank: int, world: int, port: int, paths: dict, root: str) -> None:
     for layout in ("padded", "packed"):
         out = _steps(paths["qwen2_moe_4"], ep=1, pp=2, packed=layout == "packed", rows=2)
         torch.save(out, Path(root) / f"pp2_{layout}_rank{rank}.pt")
+        # tensor parallel: the experts split over the group by expert, the shared expert and attention by width
+        out = _steps(paths["qwen2_moe_4"], ep=1, tp=2, packed=layout == "packed", rows=2)
+        torch.save(out, Path(root) / f"tp2_{layout}_rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +148,25 @@ def test_two_pipeline_stages_carry_the_router_loss_as_one_process(runs, layout):
         assert torch.allclose(two[key][mask], one[key][mask], atol=1e-5), key
     assert float(two["loss"]) == pytest.approx(float(one["loss"]), abs=1e-6)
     assert float(two["grad_norm"]) == pytest.approx(float(one["grad_norm"]), rel=1e-5)
+    assert two["grads"].keys() == one["grads"].keys()
+    for name, g in one["grads"].items():
+        assert torch.allclose(two["grads"][name], g, atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_two_tensor_parallel_ranks_split_the_experts_as_one_process(runs, layout):
+    """Qwen2-MoE at TP=2 (Qwen1.5-MoE's work order splits it so): each rank runs half the experts for all
+    tokens; log-probs, the loss with the router loss, every (gathered) gradient, the norm and the step
+    equal one process's."""
+    root, paths = runs
+    two = torch.load(root / f"tp2_{layout}_rank0.pt", weights_only=False)
+    one = _steps(paths["qwen2_moe_4"], ep=1, packed=layout == "packed", rows=2)
+    mask = _batch(10)["response_mask"].bool()
+    for key in ("log_probs", "after", "next"):
+        assert torch.allclose(two[key][mask], one[key][mask], atol=1e-5), key
+    assert float(two["loss"]) == pytest.approx(float(one["loss"]), abs=1e-6)
+    assert float(two["grad_norm"]) == pytest.approx(float(one["grad_norm"]), rel=1e-5)
+    assert float(two["next_grad_norm"]) == pytest.approx(float(one["next_grad_norm"]), rel=1e-5)
     assert two["grads"].keys() == one["grads"].keys()
     for name, g in one["grads"].items():
         assert torch.allclose(two["grads"][name], g, atol=1e-6, rtol=1e-4), name
