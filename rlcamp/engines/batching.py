@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from typing import Iterable
+
 import torch
 
 from rlcamp.batch import Batch
@@ -33,3 +36,14 @@ def in_original_order(parts: list[tuple[list[int], torch.Tensor]], n: int) -> to
     for rows, values in parts:
         out[rows] = values
     return out
+
+
+def gather_outputs(batch_size: int, pieces: Iterable[tuple[list[int], dict]]) -> Batch:
+    """A head's per-micro-batch outputs ((rows, {name: [rows, ...]}) pairs) as one batch in the batch's order,
+    on the host; absent outputs (None) and the training-only ``aux_loss`` are left out."""
+    parts = defaultdict(list)
+    for rows, outputs in pieces:
+        for key, value in outputs.items():
+            if value is not None and key != "aux_loss":
+                parts[key].append((rows, value.cpu()))
+    return Batch({key: in_original_order(values, batch_size) for key, values in parts.items()})

@@ -11,7 +11,6 @@ The optimizer, LR schedule and mixed precision are ``engines.local.LocalEngine``
 
 from __future__ import annotations
 
-from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +21,7 @@ from rlcamp.algos.losses import sum_norm_divisor
 from rlcamp.batch import Batch
 from rlcamp.config.schema import OptimConfig
 from rlcamp.engines.base import LogProbs, LossFn, Mesh, MicroBatching, Values
-from rlcamp.engines.batching import in_original_order, micro_batches
+from rlcamp.engines.batching import gather_outputs, micro_batches
 from rlcamp.engines.local import LocalEngine
 from rlcamp.models import ulysses
 from rlcamp.models.forward import actor_forward, critic_forward, sequence_inputs
@@ -122,16 +121,13 @@ class FSDPEngine:
         self.model.eval()
         if self.offload_between_uses:
             self.model.to(self.device)
-        parts = defaultdict(list)
         with torch.no_grad(), self._autocast():
-            for rows, part in micro_batches(batch, micro.dynamic, micro.size, micro.max_tokens):
-                for key, value in self._head(head, part).items():
-                    if value is not None and key != "aux_loss":
-                        parts[key].append((rows, value.cpu()))
+            out = gather_outputs(len(batch), ((rows, self._head(head, part)) for rows, part in
+                                              micro_batches(batch, micro.dynamic, micro.size, micro.max_tokens)))
         if self.offload_between_uses:
             self.model.to("cpu")
         self.model.train(was_training)
-        return Batch({key: in_original_order(values, len(batch)) for key, values in parts.items()})
+        return out
 
     def loss_norm(self, mask: torch.Tensor, loss_scale_factor: int, accumulation: int) -> dict[str, torch.Tensor]:
         """Token and sequence counts of a mini batch over the data-parallel group, and the divisor of

@@ -20,7 +20,6 @@ they exist (``rlcamp.config``, ``moe_problems``).
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
@@ -32,7 +31,7 @@ from rlcamp.algos.losses import sum_norm_divisor
 from rlcamp.batch import Batch
 from rlcamp.config.schema import OptimConfig
 from rlcamp.engines.base import LogProbs, LossFn, Mesh, MicroBatching, Values
-from rlcamp.engines.batching import in_original_order, micro_batches
+from rlcamp.engines.batching import gather_outputs, micro_batches
 from rlcamp.engines.local import lr_lambda
 from rlcamp.engines.tensor_parallel import parallelize, tp_problems, vocab_parallel_log_probs
 from rlcamp.models.forward import critic_forward, decoder_hidden, sequence_inputs
@@ -258,14 +257,11 @@ class MegatronEngine:
             return self._pipeline_forward(batch, head, micro)
         was_training = self.model.training
         self.model.eval()
-        parts = defaultdict(list)
         with torch.no_grad(), self._autocast():
-            for rows, part in micro_batches(batch, micro.dynamic, micro.size, micro.max_tokens):
-                for key, value in self._head(head, part).items():
-                    if value is not None and key != "aux_loss":
-                        parts[key].append((rows, value.cpu()))
+            out = gather_outputs(len(batch), ((rows, self._head(head, part)) for rows, part in
+                                              micro_batches(batch, micro.dynamic, micro.size, micro.max_tokens)))
         self.model.train(was_training)
-        return Batch({key: in_original_order(values, len(batch)) for key, values in parts.items()})
+        return out
 
     def _pipeline_forward(self, batch: Batch, head: LogProbs | Values, micro: MicroBatching) -> Batch:
         """The last stage's outputs in batch order (zeros on the other stages, whose results are not kept)."""
@@ -278,14 +274,8 @@ class MegatronEngine:
         self.model.train(was_training)
         if not self.pipeline.holds_last:  # placeholders of the outputs' shapes: dispatch keeps the last stage's
             zeros = torch.zeros((len(batch), batch["responses"].shape[1], k))
-            return Batch({key: v for key, v in read(zeros).items() if v is not None and key != "aux_loss"})
-        values = defaultdict(list)
-        for i, out in outs.items():
-            rows = parts[i][0]
-            for key, value in read(out[:len(rows)]).items():
-                if value is not None and key != "aux_loss":
-                    values[key].append((rows, value.cpu()))
-        return Batch({key: in_original_order(v, len(batch)) for key, v in values.items()})
+            return gather_outputs(len(batch), [(list(range(len(batch))), read(zeros))])
+        return gather_outputs(len(batch), ((parts[i][0], read(out[:len(parts[i][0])])) for i, out in outs.items()))
 
     def _dp_sum(self, x: torch.Tensor) -> torch.Tensor:
         if self.dp == 1:

@@ -31,12 +31,19 @@ def resolved_for(tmp_path, devices, **extra):
 
 def one_and_two(tmp_path, **options):
     """A one-process actor, a batch it rolled out, and a 2-rank Ray actor group with ``options``."""
-    one, two = resolved_for(tmp_path, 1), resolved_for(tmp_path, 2, **options)
+    return _one_and_two_actors(resolved_for(tmp_path, 1), resolved_for(tmp_path, 2, **options))
+
+
+def _one_and_two_actors(one, two):
+    """The one-process actor worker, a rollout batch of 8 prompts from it (with values and returns for a
+    critic), and the 2-rank Ray actor group of layout ``two``."""
     single = ActorRolloutRefWorker(one.config, one.derived)
     batch = rollout_batch(single, single.tokenizer, n_prompts=8)
+    batch["values"] = torch.zeros(batch["responses"].shape)
+    batch["returns"] = batch["advantages"] * 0.5
     group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
-                           {"config": two.config, "derived": two.derived, "device": "cpu"},
-                           device="cpu", backend="gloo", stage_timeout_s=120, name="actor")
+                           {"config": two.config, "derived": two.derived, "device": "cpu"}, device="cpu",
+                           backend="gloo", stage_timeout_s=120, name="actor")
     return single, batch, group
 
 
@@ -135,13 +142,7 @@ def test_ulysses_two_ranks_equal_one(tmp_path, ray_local, remove_padding):
     two = resolved_for(tmp_path, 2, **common, **{"actor_rollout_ref.actor.ulysses_sequence_parallel_size": 2,
                                                  "critic.ulysses_sequence_parallel_size": 2})
     assert two.derived.dp_size == 1
-    single = ActorRolloutRefWorker(one.config, one.derived)
-    batch = rollout_batch(single, single.tokenizer, n_prompts=8)
-    batch["values"] = torch.zeros(batch["responses"].shape)
-    batch["returns"] = batch["advantages"] * 0.5
-    group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
-                           {"config": two.config, "derived": two.derived, "device": "cpu"}, device="cpu",
-                           backend="gloo", stage_timeout_s=120, name="actor")
+    single, batch, group = _one_and_two_actors(one, two)
     out = group.call("compute_log_prob", batch)
     mask = batch["response_mask"].bool()
     assert torch.allclose(out["old_log_probs"][mask], batch["old_log_probs"][mask], atol=1e-5)
@@ -254,13 +255,7 @@ def test_megatron_two_ranks_equal_one_fsdp_process(tmp_path, ray_local, remove_p
                                                              "actor_rollout_ref.actor.megatron.dtype": "fp32",
                                                              "critic.megatron.dtype": "fp32"})
     assert two.derived.dp_size == 1 and not two.blockers
-    single = ActorRolloutRefWorker(one.config, one.derived)
-    batch = rollout_batch(single, single.tokenizer, n_prompts=8)
-    batch["values"] = torch.zeros(batch["responses"].shape)
-    batch["returns"] = batch["advantages"] * 0.5
-    group = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", 2,
-                           {"config": two.config, "derived": two.derived, "device": "cpu"}, device="cpu",
-                           backend="gloo", stage_timeout_s=120, name="actor")
+    single, batch, group = _one_and_two_actors(one, two)
     mask = batch["response_mask"].bool()
     out = group.call("compute_log_prob", batch)
     assert torch.allclose(out["old_log_probs"][mask], batch["old_log_probs"][mask], atol=1e-5)
