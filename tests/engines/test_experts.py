@@ -163,6 +163,35 @@ def test_two_tensor_parallel_ranks_split_the_experts_as_one_process(runs, layout
     _same_steps(two, one)
 
 
+def _run_ep_pp(rank: int, world: int, port: int, path: str, root: str) -> None:
+    from rlcamp.utils.dist import init_distributed
+
+    init_distributed(rank, world, "127.0.0.1", port, "gloo", 120)
+    torch.save(_steps(path, ep=2, pp=2), Path(root) / f"ep2pp2_rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_four_processes_expert_x_pipeline_parallel_train_as_one(runs, tmp_path):
+    """EP=2 x PP=2 on 4 processes (each stage's experts split over its 2 data-parallel ranks) against one
+    process: outputs of both data-parallel halves, the loss with the router loss, every gradient, the norm."""
+    _, paths = runs
+    mp.spawn(_run_ep_pp, args=(4, free_port(), paths["qwen2_moe_4"], str(tmp_path)), nprocs=4, join=True)
+    ranks = [torch.load(tmp_path / f"ep2pp2_rank{r}.pt", weights_only=False) for r in range(4)]
+    returning = [r for r in ranks if r["returns"]]  # the last stage's two data-parallel ranks, in order
+    two = dict(returning[0])
+    for key in ("log_probs", "after", "next"):
+        two[key] = torch.cat([r[key] for r in returning])
+    # before the step's sums: dense gradients add up over data-parallel halves and stages (a tied weight's
+    # two halves too); experts come gathered whole from each stage's ranks, so once per stage (dp rank 0)
+    two["grads"] = {}
+    for rank, r in enumerate(ranks):
+        for name, g in r["grads"].items():
+            if name in r["expert_names"] and rank % 2:
+                continue
+            two["grads"][name] = two["grads"][name] + g if name in two["grads"] else g
+    _same_steps(two, _steps(paths["qwen2_moe_4"], ep=1))
+
+
 def test_the_router_loss_is_the_hf_models_own(tmp_path):
     """The engine's load-balancing loss of a micro batch equals the one transformers' forward returns."""
     from rlcamp.engines.megatron import MegatronEngine
