@@ -23,7 +23,7 @@ hidden states cross between ranks (in the model's parameter dtype).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -239,9 +239,7 @@ class Pipeline:
         self._rows = max(m.inputs.input_ids.shape[0] for m in self.micros)
         real = len(self.micros)
         n_micro = self._n_micro(real)
-        self.micros += [_Micro(self.micros[0].rows, None, self.micros[0].inputs, self.micros[0].input_ids,
-                               self.micros[0].attention_mask, self.micros[0].position_ids, self.micros[0].packed)
-                        for _ in range(n_micro - real)]
+        self.micros += [replace(self.micros[0], part=None) for _ in range(n_micro - real)]  # fillers
 
         def loss(out, target):
             i = int(target[0])
