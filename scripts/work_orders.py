@@ -158,6 +158,7 @@ SMOKE_SECONDS: dict[str, int] = {
     "run_deepseek_math_gsm8k_megatron_nsys.sh": 103,
     "run_qwen2-7b_math_gsm8k_megatron.sh": 118,
     "run_qwen1.5_moe_a2.7b-gsm8k_megatron.sh": 65,
+    "run_moonlight16b_a3b_gsm8k_megatron.sh": 95,
     "run_qwen2-7b_rm_legacy.sh": 161,
     "run_qwen2-7b_rm_reward_loop_colocate.sh": 250,
     "run_qwen2-7b_rm_seq_balance.sh": 153,
@@ -199,13 +200,7 @@ def guide_rows(lang: str) -> list[str]:
                        f"{flat.get('actor_rollout_ref.rollout.tensor_model_parallel_size', '2')}")
             special_en, special_zh = NOTES[name][1], SPECIAL_ZH[name]
         special = special_en if lang == "en" else special_zh
-        if name in SMOKE_SECONDS:
-            smoke = f"{SMOKE_SECONDS[name]} s"
-        elif "--config-name=ppo_megatron_trainer" in lines.get(name, {}).get("args", []):
-            smoke = ("waits for DeepSeek-V3 layers under Megatron TP" if lang == "en"
-                     else "待 Megatron 张量并行下的 DeepSeek-V3 层")
-        else:
-            smoke = "-"
+        smoke = f"{SMOKE_SECONDS[name]} s" if name in SMOKE_SECONDS else "-"
         rows.append(f"| `{name}` | {model} | {data} | {hardware} | {rollout} | {special} | {smoke} |")
     return rows
 
@@ -331,13 +326,9 @@ def render(name: str, line: dict) -> str:
         f"# Source:   verl's examples/ppo_trainer/{name} at b178a3c: the same keys and values, only the",
         "#           module name differs (python3 -m rlcamp.trainer.main_ppo).",
     ]
-    if megatron and name in SMOKE_SECONDS:
+    if megatron:
         header += ["# Status:   runs on rlcamp's Megatron engine (tensor, pipeline, expert and data parallel; see",
                    "#           README.md, 'Training engines'); its smoke run keeps each parallel degree at 2."]
-    elif megatron:
-        header += ["# Status:   needs DeepSeek-V3 layers (MLA attention, experts) under the Megatron engine's tensor",
-                   "#           parallelism (issue 'Training engines as one seam'; EP, PP and DP are built); until",
-                   "#           then a run stops before any weights load and says so; --dry-run checks the line."]
     header += ["#", "# Prepare the data (from local copies; see examples/ppo_trainer/README.md):"]
     header += [f"#   {cmd}" for cmd in prep]
     header += [f"# Try it scaled down on a CPU first:  rlcamp smoke examples/ppo_trainer/{name}",

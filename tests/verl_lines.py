@@ -32,7 +32,11 @@ def materialize(name: str, root: Path) -> tuple[list[str], dict[str, str]]:
             base, _, kind = family.partition("-")
             # 4 KV heads (as many as attention heads): the lines' tensor-parallel sizes (up to 4 for the
             # models rlcamp splits) divide them, as they divide the real models'
-            build_tiny_model(folder, base, reward_model=kind == "rm", num_key_value_heads=4)
+            # Moonlight's line (DeepSeek-V3 layers) splits heads and experts 8 ways and cuts 13 of its 27 layers
+            # into the last pipeline stage: its stand-in has as many
+            sizes = dict(num_attention_heads=8, num_key_value_heads=8, n_routed_experts=8, n_group=2,
+                         num_hidden_layers=27) if base == "deepseek_v3" else dict(num_key_value_heads=4)
+            build_tiny_model(folder, base, reward_model=kind == "rm", **sizes)
     # as many prompts as one step takes, so the line's batch sizes hold as written
     batch = int(next(a for a in line["args"] if a.startswith("data.train_batch_size=")).split("=")[1])
     for arg in line["args"]:

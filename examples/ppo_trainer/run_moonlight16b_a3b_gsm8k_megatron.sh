@@ -8,9 +8,8 @@
 # Memory:   rlcamp plan sizes FSDP runs; it does not size Megatron layouts yet
 # Source:   verl's examples/ppo_trainer/run_moonlight16b_a3b_gsm8k_megatron.sh at b178a3c: the same keys and values, only the
 #           module name differs (python3 -m rlcamp.trainer.main_ppo).
-# Status:   needs DeepSeek-V3 layers (MLA attention, experts) under the Megatron engine's tensor
-#           parallelism (issue 'Training engines as one seam'; EP, PP and DP are built); until
-#           then a run stops before any weights load and says so; --dry-run checks the line.
+# Status:   runs on rlcamp's Megatron engine (tensor, pipeline, expert and data parallel; see
+#           README.md, 'Training engines'); its smoke run keeps each parallel degree at 2.
 #
 # Prepare the data (from local copies; see examples/ppo_trainer/README.md):
 #   python examples/data_preprocess/gsm8k.py --local_dataset_path ../shared/data/gsm8k --local_dir $DATA_DIR/gsm8k

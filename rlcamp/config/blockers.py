@@ -70,8 +70,7 @@ def _engine_blockers(cfg: RLConfig) -> list[str]:
 
 
 # the Megatron sizes rlcamp's engine (rlcamp.engines.megatron) does not split by yet, and the values it needs
-_MEGATRON_NOT_YET = {"context_parallel_size": (1,),
-                     "expert_tensor_parallel_size": (None, 1)}
+_MEGATRON_NOT_YET = {"context_parallel_size": (1,)}
 _MEGATRON_OFF = ("param_offload", "grad_offload", "optimizer_offload")
 # override_transformer_config entries with a meaning here; any other must keep verl's default
 _RECOMPUTE = ("recompute_granularity", "recompute_method", "recompute_num_layers", "recompute_modules")

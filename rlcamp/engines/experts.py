@@ -1,13 +1,17 @@
-"""Expert parallelism of an HF mixture-of-experts decoder (``expert_model_parallel_size``).
+"""Expert parallelism of an HF mixture-of-experts decoder (``expert_model_parallel_size`` x
+``expert_tensor_parallel_size``).
 
 The experts of every MoE layer (HF's fused ``*Experts`` modules: ``gate_up_proj`` [E, 2I, H],
-``down_proj`` [E, H, I], as Qwen2-MoE and DeepSeek-V3 / Moonlight hold them) are split over an
-expert-parallel group carved out of the data-parallel ranks, E / EP consecutive experts per rank,
-as Megatron places them. The router, the shared experts and everything else stay whole on every
-rank. Each rank routes its own tokens, then one ``all_to_all_single`` (uneven splits, differentiable:
-its backward is the reverse exchange) sends every (token, expert) pair to the rank that holds the
-expert, the experts run on what they received, and a second exchange brings the results back to
-be weighted and summed per token, exactly as the HF module sums them.
+``down_proj`` [E, H, I], as Qwen2-MoE and DeepSeek-V3 / Moonlight hold them) are split over an expert
+group of EP x ETP consecutive ranks of a pipeline stage (tensor parallel inner, then data parallel, as
+Megatron folds its expert mesh into those ranks), E / (EP x ETP) whole experts per rank: where
+megatron-core splits each expert's width ETP ways, rlcamp splits by expert, the same numbers and the same
+share of the weights per rank. The router, the shared experts and everything else stay as the rest of
+the layer is split. Each rank routes its own tokens (under tensor parallelism, its share of the group's
+rows), then one ``all_to_all_single`` (uneven splits, differentiable: its backward is the reverse
+exchange) sends every (token, expert) pair to the rank that holds the expert, the experts run on what
+they received, and a second exchange brings the results back to be weighted and summed per token,
+exactly as the HF module sums them.
 
 The split weights are DTensors sharded over the group on the expert dimension, so checkpoints
 reshard (EP=2 -> EP=1) and ``full_tensor()`` exports them whole. Their gradients are summed over
@@ -33,16 +37,25 @@ def num_experts(config) -> int | None:
                  if getattr(config, k, None)), None)
 
 
-def ep_problems(config, ep: int, dp: int, key: str) -> list[str]:
-    """Why ``config``'s experts cannot be split ``ep`` ways over ``dp`` data-parallel ranks (empty if they can)."""
+def expert_group(tp: int, ep: int, etp: int | None) -> int:
+    """The ranks one copy of the experts is split over: expert parallel x expert tensor parallel (Megatron's
+    ``expert_tensor_parallel_size`` null: the tensor-parallel size)."""
+    return max(ep, 1) * (tp if etp is None else etp)
+
+
+def ep_problems(config, group: int, ranks: int, key: str) -> list[str]:
+    """Why ``config``'s experts cannot be split over an expert group of ``group`` ranks out of a stage's
+    ``ranks`` (tensor x data parallel) ranks (empty if they can). ``key``: what sets the group's size."""
     experts = num_experts(config)
     if experts is None:
-        return [f"{key}={ep}: the model (model_type '{config.model_type}') has no experts to split"]
+        return [f"{key}: the model (model_type '{config.model_type}') has no experts to split"]
     problems = []
-    if experts % ep:
-        problems.append(f"{key}={ep} does not divide the model's {experts} experts; choose a divisor of it")
-    if dp % ep:
-        problems.append(f"{key}={ep} does not divide the {dp} data-parallel ranks the experts are split over")
+    if experts % group:
+        problems.append(f"{key} splits the model's {experts} experts {group} ways; choose sizes whose product "
+                        "divides the expert count")
+    if ranks % group:
+        problems.append(f"{key}: an expert group of {group} ranks does not divide the {ranks} ranks (tensor x data "
+                        "parallel) of a pipeline stage the experts are split over")
     return problems
 
 
@@ -85,15 +98,53 @@ def _exchange(x: torch.Tensor, out_splits: list[int], in_splits: list[int], grou
     return out
 
 
-class _ExpertParallelForward:
-    """The replacement forward of one experts module: dispatch, the local experts, combine."""
+class _GatherRows(torch.autograd.Function):
+    """Each rank's rows, concatenated in rank order on every rank of ``group`` (``sizes``: every rank's row
+    count). What follows is computed alike on every rank, so each rank's gradient is the slice of its rows."""
 
-    def __init__(self, module: nn.Module, group, rank: int, size: int):
-        self.module, self.group, self.rank, self.size = module, group, rank, size
+    @staticmethod
+    def forward(ctx, x, group, sizes):
+        ctx.start = sum(sizes[:dist.get_rank(group)])
+        ctx.size = x.shape[0]
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[:x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous(), group=group)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[ctx.start:ctx.start + ctx.size], None, None
+
+
+class _ExpertParallelForward:
+    """The replacement forward of one experts module: dispatch, the local experts, combine.
+
+    Under tensor parallelism the ranks of a tensor-parallel group hold the same tokens: each takes its share
+    of the rows, so that every (token, expert) pair is computed once in the expert group, and the results are
+    gathered back whole. The rows and their routing weights enter through ONE copy-to-group (its backward
+    sums both gradients over the tensor-parallel group in a single collective, each rank holding its rows')."""
+
+    def __init__(self, module: nn.Module, group, rank: int, size: int, tp_group=None):
+        self.module, self.group, self.rank, self.size, self.tp_group = module, group, rank, size, tp_group
         self.total = module.gate_up_proj.shape[0]  # global expert count (DTensor shape)
         self.local = self.total // size
 
     def __call__(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        if self.tp_group is None:
+            return self._experts(hidden_states, top_k_index, top_k_weights)
+        from rlcamp.engines.tensor_parallel import _CopyToGroup
+
+        width, tp = hidden_states.shape[-1], dist.get_world_size(self.tp_group)
+        sizes = [len(rows) for rows in torch.arange(hidden_states.shape[0]).tensor_split(tp)]
+        start = sum(sizes[:dist.get_rank(self.tp_group)])
+        rows = slice(start, start + sizes[dist.get_rank(self.tp_group)])
+        both = _CopyToGroup.apply(torch.cat([hidden_states, top_k_weights.to(hidden_states.dtype)], -1),
+                                  self.tp_group)[rows]
+        out = self._experts(both[:, :width], top_k_index[rows], both[:, width:])
+        return _GatherRows.apply(out, self.tp_group, sizes)
+
+    def _experts(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
         m, k = self.module, top_k_index.shape[-1]
         tokens, expert = torch.arange(top_k_index.shape[0], device=hidden_states.device).repeat_interleave(k), \
             top_k_index.reshape(-1)
@@ -113,56 +164,15 @@ class _ExpertParallelForward:
         for e in torch.unique(their_expert).tolist():
             rows = (their_expert == e).nonzero(as_tuple=True)[0]
             gate, up = nn.functional.linear(received[rows], gate_up[e]).chunk(2, dim=-1)
-            out = out.index_put((rows,), nn.functional.linear(m.act_fn(gate) * up, down[e]))
+            out = out.index_put((rows,), nn.functional.linear(m.act_fn(gate) * up, down[e]).to(out.dtype))
         back = _exchange(out, send_splits, recv_splits, self.group, differentiable=True)
         final = torch.zeros_like(hidden_states)
         return final.index_add(0, tokens, (back * weights[:, None]).to(final.dtype))
 
 
-class _TensorParallelExpertsForward:
-    """Experts split over a tensor-parallel group by expert: every rank holds the group's tokens, runs its
-    E / TP experts on the ones routed to them, and the partial outputs are summed over the group (one
-    all-reduce). The tokens and their routing weights enter through ONE copy-to-group, whose backward
-    all-reduces both gradients in a single collective, so ranks that hit different experts cannot order
-    their backward collectives differently."""
-
-    def __init__(self, module: nn.Module, group, rank: int, size: int):
-        self.module, self.group = module, group
-        self.local = module.gate_up_proj.shape[0] // size
-        self.first = rank * self.local
-
-    def __call__(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
-        from rlcamp.engines.tensor_parallel import _CopyToGroup, _ReduceFromGroup
-
-        m, width = self.module, hidden_states.shape[-1]
-        both = _CopyToGroup.apply(torch.cat([hidden_states, top_k_weights.to(hidden_states.dtype)], -1), self.group)
-        x, weights = both[:, :width], both[:, width:]
-        gate_up, down = m.gate_up_proj.to_local(), m.down_proj.to_local()
-        final = both.sum() * 0.0 + torch.zeros_like(hidden_states)  # in the graph even where no expert of ours is hit
-        mine = (top_k_index >= self.first) & (top_k_index < self.first + self.local)
-        for e in torch.unique(top_k_index[mine]).tolist():
-            token, slot = torch.where(top_k_index == e)
-            gate, up = nn.functional.linear(x[token], gate_up[e - self.first]).chunk(2, dim=-1)
-            out = nn.functional.linear(m.act_fn(gate) * up, down[e - self.first]) * weights[token, slot, None]
-            final = final.index_add(0, token, out.to(final.dtype))
-        return _ReduceFromGroup.apply(final, self.group)
-
-
-def parallelize_experts_tp(model, tp_mesh) -> None:
-    """Split every experts module of ``model`` over the tensor-parallel ``tp_mesh`` by expert, in place."""
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    group, rank, size = tp_mesh.get_group(), tp_mesh.get_local_rank(), tp_mesh.size()
-    for module in expert_modules(model):
-        for name in ("gate_up_proj", "down_proj"):
-            full = getattr(module, name)
-            setattr(module, name, nn.Parameter(distribute_tensor(full.data, tp_mesh, [Shard(0)]),
-                                               requires_grad=full.requires_grad))
-        module.forward = _TensorParallelExpertsForward(module, group, rank, size)
-
-
-def parallelize_experts(model, ep_mesh) -> list[nn.Parameter]:
-    """Split every experts module of ``model`` over ``ep_mesh`` (1-D) in place; returns the split parameters."""
+def parallelize_experts(model, ep_mesh, tp_group=None) -> list[nn.Parameter]:
+    """Split every experts module of ``model`` over ``ep_mesh`` (1-D) in place; returns the split parameters.
+    ``tp_group``: the tensor-parallel group whose ranks hold the same tokens (None without tensor parallelism)."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
     group, rank, size = ep_mesh.get_group(), ep_mesh.get_local_rank(), ep_mesh.size()
@@ -173,5 +183,5 @@ def parallelize_experts(model, ep_mesh) -> list[nn.Parameter]:
             param = nn.Parameter(distribute_tensor(full.data, ep_mesh, [Shard(0)]), requires_grad=full.requires_grad)
             setattr(module, name, param)
             split.append(param)
-        module.forward = _ExpertParallelForward(module, group, rank, size)
+        module.forward = _ExpertParallelForward(module, group, rank, size, tp_group)
     return split

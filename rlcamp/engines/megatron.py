@@ -12,9 +12,8 @@ What differs from megatron-core: the model is the HF module itself (no conversio
 layers, so checkpoints are HF-named and any HF-loadable weights of a supported family work); the
 optimizer is torch's AdamW over each rank's slices (``use_distributed_optimizer`` has no effect:
 every slice is held once per data-parallel rank); the attention kernel is the one the HF model
-would use. Expert parallelism (``engines.experts``) splits MoE layers over data-parallel ranks.
-Context parallelism, sequence parallelism and MoE models under TP / PP are refused by name until
-they exist (``rlcamp.config``, ``moe_problems``).
+would use. Expert parallelism (``engines.experts``) splits MoE layers' experts over an expert group of
+a stage's ranks. Context parallelism is refused by name until it exists (``rlcamp.config``).
 """
 
 from __future__ import annotations
@@ -52,23 +51,22 @@ class MegatronEngine:
                  vpp: int = 1, layers_first: int | None = None, layers_last: int | None = None,
                  schedule: str = "1f1b", pp_key: str = "pipeline_model_parallel_size",
                  dist_checkpoint: str | None = None, ep: int = 1, ep_key: str = "expert_model_parallel_size",
-                 sequence_parallel: bool = False):
+                 etp: int | None = None, sequence_parallel: bool = False):
         self.model, self.device, self.compute_dtype, self.remove_padding = model, device, compute_dtype, remove_padding
         self.grad_clip = grad_clip
         world = dist.world_size()
         if world % (tp * pp):
             raise ValueError(f"{key}={tp} x {pp_key}={pp} does not divide the role's {world} devices")
-        self.tp, self.pp, self.dp, self.ep = tp, pp, world // (tp * pp), ep
-        problems = moe_problems(model.config, key.rsplit(".megatron.", 1)[0], tp, pp)
-        problems += tp_problems(model.config, tp, key) if tp > 1 else []
-        if ep > 1:
-            from rlcamp.engines.experts import ep_problems
+        from rlcamp.engines.experts import ep_problems, expert_group, expert_modules
 
-            problems += ep_problems(model.config, ep, self.dp, ep_key)
-            if tp > 1:
-                problems.append(f"{ep_key}={ep} with {key}={tp}: rlcamp splits a MoE model's experts over the "
-                                "tensor-parallel group (by expert) or over data-parallel ranks, not both yet; set "
-                                "one of them to 1")
+        self.tp, self.pp, self.dp = tp, pp, world // (tp * pp)
+        problems = tp_problems(model.config, tp, key) if tp > 1 else []
+        # the experts' own split (expert x expert-tensor parallel) over a stage's tensor x data-parallel ranks
+        moe = bool(expert_modules(model))
+        self.ep = expert_group(tp, ep, etp) if moe else 1
+        if ep > 1 or self.ep > 1:
+            problems += ep_problems(model.config, self.ep, self.dp * tp,
+                                    f"{ep_key}={ep} x expert_tensor_parallel_size={tp if etp is None else etp}")
         if problems:
             raise ValueError("; ".join(problems))
         self.device_mesh = self.tp_group = self.dp_group = self.pp_group = None
@@ -82,16 +80,14 @@ class MegatronEngine:
 
             self.device_mesh = init_device_mesh(device.type, (pp, self.dp, tp), mesh_dim_names=("pp", "dp", "tp"))
             self.tp_group, self.dp_group, self.pp_group = (self.device_mesh.get_group(d) for d in ("tp", "dp", "pp"))
-            if ep > 1:  # the expert-parallel group: consecutive data-parallel ranks (Megatron's order)
-                self.ep_mesh = init_device_mesh(device.type, (pp, self.dp // ep, ep, tp),
-                                                mesh_dim_names=("pp", "edp", "ep", "tp"))
+            if self.ep > 1:  # the expert group: consecutive ranks of a stage, tensor parallel inner (Megatron's order)
+                self.ep_mesh = init_device_mesh(device.type, (pp, self.dp * tp // self.ep, self.ep),
+                                                mesh_dim_names=("pp", "edp", "ep"))
                 self.ep_group, self.edp_group = self.ep_mesh.get_group("ep"), self.ep_mesh.get_group("edp")
         rank = dist.rank()
         self.pp_rank = rank // (tp * self.dp)
         self.mesh = Mesh(dp_rank=(rank // tp) % self.dp, dp_size=self.dp, dp_group=self.dp_group, tp_size=tp,
-                         pp_size=pp, ep_size=ep, returns_outputs=rank % tp == 0 and self.pp_rank == pp - 1)
-        from rlcamp.engines.experts import expert_modules
-
+                         pp_size=pp, ep_size=self.ep, returns_outputs=rank % tp == 0 and self.pp_rank == pp - 1)
         # MoE models: the router's load-balancing loss, as the HF model computes it (None when it has none)
         self.aux_loss = _aux_loss_fn(model) if expert_modules(model) else None
         # sequence parallelism between TP regions, with one stage (its boundary would cut the sequence); the
@@ -101,10 +97,11 @@ class MegatronEngine:
         if tp > 1:
             parallelize(model, self.device_mesh["tp"], sequence_parallel=self.sp_multiple > 1)
         self.expert_params: set[int] = set()
-        if ep > 1:
+        if self.ep > 1:
             from rlcamp.engines.experts import parallelize_experts
 
-            self.expert_params = {id(p) for p in parallelize_experts(model, self.ep_mesh["ep"])}
+            self.expert_params = {id(p) for p in parallelize_experts(model, self.ep_mesh["ep"],
+                                                                     self.tp_group if tp > 1 else None)}
         # parameter names (tied weights under their first name), before any stage drops modules
         self.param_names = {id(p): n for n, p in model.named_parameters()}
         self.pipeline, self.tied = None, None
@@ -336,7 +333,7 @@ class MegatronEngine:
                     grad = grad.redistribute(param.device_mesh, param.placements)
                 grad = grad.to_local()
             expert = id(param) in self.expert_params
-            if expert and self.dp // self.ep > 1:  # the ranks that hold the same experts
+            if expert and self.dp * self.tp // self.ep > 1:  # the ranks that hold the same experts
                 tdist.all_reduce(grad, group=self.edp_group)
             elif not expert and self.dp > 1:
                 tdist.all_reduce(grad, group=self.dp_group)
@@ -492,24 +489,6 @@ class MegatronEngine:
                               "start afresh", stacklevel=2)
 
 
-def moe_problems(config, role: str, tp: int = 1, pp: int = 1) -> list[str]:
-    """A mixture-of-experts model under strategy=megatron with tensor parallelism, of a family whose MoE
-    layers the tensor-parallel plan does not cover (DeepSeek-V3 / Moonlight: MLA attention); EP x PP x DP
-    trains it."""
-    from rlcamp.engines.experts import num_experts
-
-    experts = num_experts(config)
-    if not experts or tp == 1 or config.model_type == "qwen2_moe":
-        return []
-    from rlcamp.config.blockers import ENGINES_ISSUE
-
-    return [f"{role}.strategy=megatron with a mixture-of-experts model (model_type '{config.model_type}', {experts} "
-            f"experts) at tensor_model_parallel_size={tp}, pipeline_model_parallel_size={pp}: rlcamp's Megatron "
-            f"engine splits this family by expert, pipeline and data parallelism so far ({ENGINES_ISSUE}: its "
-            "attention and experts under tensor parallelism); set tensor_model_parallel_size=1 and use "
-            "expert_model_parallel_size, or strategy=fsdp"]
-
-
 def _has_experts(model) -> bool:
     from rlcamp.engines.experts import expert_modules
 
@@ -555,6 +534,7 @@ def layout(megatron_cfg, role: str) -> dict:
                 pp_key=f"{role}.megatron.pipeline_model_parallel_size",
                 dist_checkpoint=megatron_cfg.dist_checkpointing_path if megatron_cfg.use_dist_checkpointing else None,
                 ep=megatron_cfg.expert_model_parallel_size, ep_key=f"{role}.megatron.expert_model_parallel_size",
+                etp=megatron_cfg.expert_tensor_parallel_size,
                 sequence_parallel=megatron_cfg.sequence_parallel)
 
 

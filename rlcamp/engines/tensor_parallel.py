@@ -22,13 +22,17 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-# module names (inside each decoder layer) of the families whose layers are Llama-shaped
-COLUMN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
+# module names (inside each decoder layer) of the families whose layers are Llama-shaped; DeepSeek-V3's
+# multi-head latent attention splits its heads at q_proj / q_b_proj and kv_b_proj (the low-rank q_a and
+# kv_a projections and their norms stay whole: every head reads the same latents)
+COLUMN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.q_b_proj", "self_attn.kv_b_proj",
+          "mlp.gate_proj", "mlp.up_proj")
 ROW = ("self_attn.o_proj", "mlp.down_proj")
-# shared experts of Qwen2-MoE layers: split like a dense MLP
-SHARED_COLUMN = ("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj")
-SHARED_ROW = ("mlp.shared_expert.down_proj",)
-FAMILIES = frozenset({"llama", "qwen2", "qwen3", "mistral", "qwen2_moe"})
+# shared experts of MoE layers (Qwen2-MoE: shared_expert, DeepSeek-V3: shared_experts): split like a dense MLP
+SHARED_COLUMN = ("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_experts.gate_proj",
+                 "mlp.shared_experts.up_proj")
+SHARED_ROW = ("mlp.shared_expert.down_proj", "mlp.shared_experts.down_proj")
+FAMILIES = frozenset({"llama", "qwen2", "qwen3", "mistral", "qwen2_moe", "deepseek_v3"})
 
 
 class _ReduceFromGroup(torch.autograd.Function):
@@ -64,11 +68,14 @@ def tp_problems(config, tp: int, key: str) -> list[str]:
                         f"not model_type '{config.model_type}'")
         return problems
     heads, kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    sizes = [("num_attention_heads", heads), ("num_key_value_heads", kv), ("intermediate_size", config.intermediate_size),
+    sizes = [("num_attention_heads", heads), ("intermediate_size", config.intermediate_size),
              ("vocab_size", config.vocab_size)]
-    if getattr(config, "num_experts", None):  # experts split by expert over the group; the shared one by width
-        sizes += [("num_experts", config.num_experts),
-                  ("shared_expert_intermediate_size", config.shared_expert_intermediate_size)]
+    if not getattr(config, "kv_lora_rank", None):  # latent attention expands its keys per query head
+        sizes.append(("num_key_value_heads", kv))
+    if getattr(config, "shared_expert_intermediate_size", None):  # the shared experts split by width
+        sizes.append(("shared_expert_intermediate_size", config.shared_expert_intermediate_size))
+    if getattr(config, "n_shared_experts", None):
+        sizes.append(("moe_intermediate_size x n_shared_experts", config.moe_intermediate_size * config.n_shared_experts))
     for name, value in sizes:
         if value % tp:
             problems.append(f"{key}={tp} does not divide the model's {name}={value}; choose a divisor of it")
@@ -88,8 +95,6 @@ def parallelize(model, tp_mesh, sequence_parallel: bool = False) -> None:
                                                    SequenceParallel, parallelize_module)
 
     from rlcamp.utils.dist import decoder_layers
-
-    from rlcamp.engines.experts import expert_modules, parallelize_experts_tp
 
     layers = decoder_layers(model)
     for i, layer in enumerate(layers):
@@ -111,8 +116,9 @@ def parallelize(model, tp_mesh, sequence_parallel: bool = False) -> None:
             parallelize_module(layer, tp_mesh, {name: plan[name]})
         if "" in plan:
             parallelize_module(layer, tp_mesh, plan[""])
-    if expert_modules(model):
-        parallelize_experts_tp(model, tp_mesh)
+        latent = getattr(layer.self_attn, "kv_a_proj_with_mqa", None)
+        if latent is not None:
+            _sum_rope_key_grads(latent, layer.self_attn.kv_lora_rank, tp_mesh.get_group())
     if sequence_parallel:
         norm = model.get_decoder().norm
         parallelize_module(norm, tp_mesh, SequenceParallel())
@@ -127,6 +133,18 @@ def parallelize(model, tp_mesh, sequence_parallel: bool = False) -> None:
         else:
             head.weight = torch.nn.Parameter(distribute_tensor(head.weight.data, tp_mesh, [Shard(0)]),
                                              requires_grad=head.weight.requires_grad)
+
+
+def _sum_rope_key_grads(kv_a_proj, lora_rank: int, group) -> None:
+    """Latent attention's rotary key (the last columns of ``kv_a_proj_with_mqa``) is one head shared by all
+    query heads and bypasses the column-parallel kv_b_proj, so each rank's gradient of it covers only its own
+    heads: it is summed over the group (``_CopyToGroup``). The latent part reaches kv_b_proj, whose input
+    gradient is already summed."""
+
+    def hook(module, args, out):
+        return torch.cat([out[..., :lora_rank], _CopyToGroup.apply(out[..., lora_rank:], group)], -1)
+
+    kv_a_proj.register_forward_hook(hook)
 
 
 def vocab_parallel_log_probs(hidden: torch.Tensor, weight, labels: torch.Tensor, temperature: float,

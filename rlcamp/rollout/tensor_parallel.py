@@ -16,7 +16,8 @@ near-tie between logits that differ in the last bit cannot part the ranks), and 
 own rows.
 
 Families with q/k/v/o attention (Llama, Qwen2, Qwen3, Gemma 2, Qwen2-MoE, Mixtral-style experts)
-are covered; others are refused by name.
+and DeepSeek-V3's latent attention (heads split at q_b_proj / kv_b_proj, the latents whole) are covered;
+sizes that do not divide are refused by name.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import torch.distributed as dist
 
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 
-COLWISE = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+# multi-head latent attention (DeepSeek-V2/V3, Moonlight) splits its heads at q_proj / q_b_proj and kv_b_proj;
+# its low-rank q_a / kv_a projections (and the cached latents) stay whole on every rank
+COLWISE = ("q_proj", "k_proj", "v_proj", "q_b_proj", "kv_b_proj", "gate_proj", "up_proj")
 ROWWISE = ("o_proj", "down_proj")
 
 
@@ -39,11 +42,10 @@ def tp_problems(config, tp: int) -> list[str]:
     key = "actor_rollout_ref.rollout.tensor_model_parallel_size"
     text = getattr(config, "text_config", config)
     problems = []
-    if getattr(text, "model_type", "") in ("deepseek_v3", "deepseek_v2", "kimi_k2"):
-        return [f"{key}={tp}: multi-head latent attention ({text.model_type}) is not split by rlcamp's engine yet; "
-                "use tensor_model_parallel_size=1 (or rollout.name=vllm)"]
+    latent = bool(getattr(text, "kv_lora_rank", None))  # its keys are expanded per query head
     sizes = {"num_attention_heads": text.num_attention_heads,
-             "num_key_value_heads": getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+             "num_key_value_heads": None if latent else
+             getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
              "intermediate_size": getattr(text, "intermediate_size", None),
              "moe_intermediate_size": getattr(text, "moe_intermediate_size", None),
              "shared_expert_intermediate_size": getattr(text, "shared_expert_intermediate_size", None)}

@@ -216,10 +216,10 @@ def cpu_vllm_moe_blockers(cfg: RLConfig) -> list[str]:
             "an update; use rollout.name=hf on the CPU (vLLM on CUDA is not affected)"]
 
 
-def megatron_model_checks(cfg: RLConfig, problems: list[str], blockers: list[str], warnings: list[str]) -> None:
-    """strategy=megatron roles against their models' config.json, before any weights load: a MoE model is a
-    blocker (no expert layers yet), heads / widths that the tensor-parallel size does not divide and
-    too few layers for the pipeline are problems."""
+def megatron_model_checks(cfg: RLConfig, problems: list[str], warnings: list[str]) -> None:
+    """strategy=megatron roles against their models' config.json, before any weights load: heads / widths
+    that the tensor-parallel size does not divide, experts that the expert group does not divide and too
+    few layers for the pipeline are problems."""
     from rlcamp.config.blockers import _uses_critic
 
     arr = cfg.actor_rollout_ref
@@ -232,22 +232,19 @@ def megatron_model_checks(cfg: RLConfig, problems: list[str], blockers: list[str
             continue
         from transformers import AutoConfig
 
-        from rlcamp.engines.experts import num_experts
-        from rlcamp.engines.megatron import moe_problems
+        from rlcamp.engines.experts import ep_problems, expert_group, num_experts
         from rlcamp.engines.pipeline import layer_bounds
         from rlcamp.engines.tensor_parallel import tp_problems
 
         config = AutoConfig.from_pretrained(path, trust_remote_code=model.trust_remote_code)
         tp, pp, ep = (megatron.tensor_model_parallel_size, megatron.pipeline_model_parallel_size,
                       megatron.expert_model_parallel_size)
-        if moe_problems(config, role, tp, pp):  # blocked: its layout is checked when the engine can split it
-            blockers += moe_problems(config, role, tp, pp)
-            continue
-        if ep > 1:
-            from rlcamp.engines.experts import ep_problems
-
-            dp = max(cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node, 1) // (tp * pp)
-            problems += ep_problems(config, ep, max(dp, 1), f"{role}.megatron.expert_model_parallel_size")
+        etp = megatron.expert_tensor_parallel_size
+        group = expert_group(tp, ep, etp) if num_experts(config) else 1
+        if ep > 1 or group > 1:
+            stage = max(cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node // pp, 1)
+            problems += ep_problems(config, group, stage, f"{role}.megatron.expert_model_parallel_size={ep} x "
+                                                          f"expert_tensor_parallel_size={tp if etp is None else etp}")
         if megatron.tensor_model_parallel_size > 1:
             problems += tp_problems(config, megatron.tensor_model_parallel_size,
                                     f"{role}.megatron.tensor_model_parallel_size")
@@ -321,7 +318,7 @@ def preflight(cfg: RLConfig) -> Checks:
     out = Checks()
     out.problems = data_problems(cfg) + model_problems(cfg, out.warnings, out.blockers) + reward_problems(cfg)
     out.problems += rollout_problems(cfg)
-    megatron_model_checks(cfg, out.problems, out.blockers, out.warnings)
+    megatron_model_checks(cfg, out.problems, out.warnings)
     out.blockers += cpu_vllm_moe_blockers(cfg)
     out.warnings += reward_model_warnings(cfg)
     if not data_problems(cfg):  # the sandbox check reads the data files

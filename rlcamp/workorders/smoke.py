@@ -110,10 +110,6 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
 
         later = sorted({key.rsplit(".", 1)[-1] for key, value in values.items() if ".megatron." in key and (
             key.endswith("context_parallel_size") and int(value) > 1)})
-        split = any(int(v) > 1 for k, v in values.items() if k.endswith(".megatron.tensor_model_parallel_size"))
-        if split and any(family_of(values.get(k, "")) == "deepseek_v3"
-                         for k in ("actor_rollout_ref.model.path", "critic.model.path")):
-            later.insert(0, "DeepSeek-V3 layers (MLA attention, experts) under tensor parallelism")
         if later:
             result.waits_for = (f"the Megatron engine's {', '.join(later)}, not built yet (tensor, pipeline and "
                                 f"data parallelism are; {ENGINES_ISSUE}); its smoke run lands with them")
@@ -130,6 +126,13 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
                                                  ".megatron.pipeline_model_parallel_size"))]:
         if int(values[key]) > 2:
             change(key, 2, "the line's layout at degree 2")
+    for key in [k for k in values if k.endswith(("override_transformer_config.num_layers_in_first_pipeline_stage",
+                                                 "override_transformer_config.num_layers_in_last_pipeline_stage"))]:
+        if values[key] not in ("null", "None") and int(values[key]) > 1:
+            change(key, 1, "the tiny stand-in's 2 layers cut into 2 stages: one each")
+    for key in [k for k in values if k.endswith(".megatron.expert_model_parallel_size")]:
+        if int(values[key]) > 2:  # with expert tensor parallel 1, over the stage's 2 tensor-parallel ranks
+            change(key, 2, "the line's expert layout at degree 2")
     for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic"):
         degree = 1
         for dim in ("tensor", "pipeline"):

@@ -28,14 +28,14 @@ def _loss(outputs, part, norm):
 
 
 def _steps(path: str, ep: int, folder: Path | None = None, resume: Path | None = None, pp: int = 1,
-           packed: bool = False, rows: int = 1, tp: int = 1) -> dict:
+           packed: bool = False, rows: int = 1, tp: int = 1, etp: int | None = None) -> dict:
     """``rows``: a micro batch's rows (1: the router loss is per row, so data-parallel halves agree with
     one process; pipeline runs take 2, padded or packed, and so does their one-process reference)."""
     from rlcamp.engines.experts import expert_modules
     from rlcamp.engines.megatron import MegatronEngine
     from rlcamp.models.loading import load_causal_lm
 
-    engine = MegatronEngine(load_causal_lm(path), device=torch.device("cpu"), tp=tp, ep=ep, pp=pp, key="tp",
+    engine = MegatronEngine(load_causal_lm(path), device=torch.device("cpu"), tp=tp, ep=ep, etp=etp, pp=pp, key="tp",
                             optim=OptimConfig(lr=1e-2), grad_clip=1e9, remove_padding=packed)
     micro = MicroBatching(size=rows)
     batch = _batch(engine.model.config.vocab_size)
@@ -74,9 +74,13 @@ def _run(rank: int, world: int, port: int, paths: dict, root: str) -> None:
     for layout in ("padded", "packed"):
         out = _steps(paths["qwen2_moe_4"], ep=1, pp=2, packed=layout == "packed", rows=2)
         torch.save(out, Path(root) / f"pp2_{layout}_rank{rank}.pt")
-        # tensor parallel: the experts split over the group by expert, the shared expert and attention by width
+        # tensor parallel: the experts split over the group by expert (each rank routing its share of the
+        # rows), the shared expert and attention by width; DeepSeek-V3: latent attention by heads, and the
+        # experts over an expert group of EP 2 x ETP 1 (Moonlight's layout folded to 2 ranks)
         out = _steps(paths["qwen2_moe_4"], ep=1, tp=2, packed=layout == "packed", rows=2)
         torch.save(out, Path(root) / f"tp2_{layout}_rank{rank}.pt")
+        out = _steps(paths["deepseek_v3"], ep=2, etp=1, tp=2, packed=layout == "packed", rows=2)
+        torch.save(out, Path(root) / f"deepseek_tp2_{layout}_rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +157,17 @@ def test_two_pipeline_stages_carry_the_router_loss_as_one_process(runs, layout):
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed"])
-def test_two_tensor_parallel_ranks_split_the_experts_as_one_process(runs, layout):
-    """Qwen2-MoE at TP=2 (Qwen1.5-MoE's work order splits it so): each rank runs half the experts for all
-    tokens; log-probs, the loss with the router loss, every (gathered) gradient, the norm and the step
-    equal one process's."""
+@pytest.mark.parametrize("family", ["qwen2_moe_4", "deepseek_v3"])
+def test_two_tensor_parallel_ranks_split_the_experts_as_one_process(runs, layout, family):
+    """Qwen2-MoE at TP=2 (Qwen1.5-MoE's work order splits it so) and DeepSeek-V3 at TP=2 x EP=2 (Moonlight's):
+    each rank routes half the rows to the experts of both ranks; log-probs, the loss (with Qwen2-MoE's router
+    loss), every (gathered) gradient, the norm and the step equal one process's, on both ranks."""
     root, paths = runs
-    two = torch.load(root / f"tp2_{layout}_rank0.pt", weights_only=False)
-    one = _steps(paths["qwen2_moe_4"], ep=1, packed=layout == "packed", rows=2)
-    _same_steps(two, one)
+    one = _steps(paths[family], ep=1, packed=layout == "packed", rows=2)
+    for rank in range(2):
+        two = torch.load(root / f"{'tp2' if family == 'qwen2_moe_4' else 'deepseek_tp2'}_{layout}_rank{rank}.pt",
+                         weights_only=False)
+        _same_steps(two, one)
 
 
 def _run_ep_pp(rank: int, world: int, port: int, path: str, root: str) -> None:
@@ -192,6 +199,33 @@ def test_four_processes_expert_x_pipeline_parallel_train_as_one(runs, tmp_path):
     _same_steps(two, _steps(paths["qwen2_moe_4"], ep=1))
 
 
+def _run_tp_ep(rank: int, world: int, port: int, path: str, root: str) -> None:
+    from rlcamp.utils.dist import init_distributed
+
+    init_distributed(rank, world, "127.0.0.1", port, "gloo", 120)
+    torch.save(_steps(path, ep=4, etp=1, tp=2, rows=2), Path(root) / f"tp2ep4_rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_four_processes_tensor_x_expert_parallel_across_data_parallel_ranks_train_as_one(runs, tmp_path):
+    """DeepSeek-V3 at TP=2 x DP=2 with its experts over all 4 ranks (EP=4, ETP=1: the expert group spans both
+    data-parallel copies, whose tokens differ) against one process: outputs of both data-parallel halves,
+    every gradient, the norm, the step."""
+    _, paths = runs
+    mp.spawn(_run_tp_ep, args=(4, free_port(), paths["deepseek_v3"], str(tmp_path)), nprocs=4, join=True)
+    ranks = [torch.load(tmp_path / f"tp2ep4_rank{r}.pt", weights_only=False) for r in range(4)]
+    returning = [ranks[0], ranks[2]]  # tensor-parallel rank 0 of each data-parallel copy
+    assert [r["returns"] for r in ranks] == [True, False, True, False]
+    two = dict(returning[0])
+    for key in ("log_probs", "after", "next"):
+        two[key] = torch.cat([r[key] for r in returning])
+    # before the step's sums: each data-parallel copy holds its half's gradients (whole after gathering the
+    # tensor-parallel slices); the experts come gathered whole from all four ranks already
+    two["grads"] = {name: g if name in ranks[0]["expert_names"] else g + ranks[2]["grads"][name]
+                    for name, g in ranks[0]["grads"].items()}
+    _same_steps(two, _steps(paths["deepseek_v3"], ep=1, rows=2))
+
+
 def test_the_router_loss_is_the_hf_models_own(tmp_path):
     """The engine's load-balancing loss of a micro batch equals the one transformers' forward returns."""
     from rlcamp.engines.megatron import MegatronEngine
@@ -217,7 +251,8 @@ def test_what_cannot_be_split_by_experts_is_named():
     from rlcamp.models.tiny import _family_config
 
     config = _family_config("qwen2_moe", 300, 0, 1)
-    assert ep_problems(config, 3, 3, "k") == ["k=3 does not divide the model's 4 experts; choose a divisor of it"]
-    assert ep_problems(config, 2, 3, "k") == ["k=2 does not divide the 3 data-parallel ranks the experts are "
-                                              "split over"]
+    assert ep_problems(config, 3, 3, "k") == ["k splits the model's 4 experts 3 ways; choose sizes whose product "
+                                              "divides the expert count"]
+    assert ep_problems(config, 2, 3, "k") == ["k: an expert group of 2 ranks does not divide the 3 ranks (tensor x "
+                                              "data parallel) of a pipeline stage the experts are split over"]
     assert "has no experts" in ep_problems(_family_config("qwen2", 300, 0, 1), 2, 2, "k")[0]

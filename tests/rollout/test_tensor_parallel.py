@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from rlcamp.models.tiny import build_tiny_model
 from tests.conftest import free_port
 
-FAMILIES = ("qwen2", "llama", "qwen3", "gemma2", "qwen2_moe")
+FAMILIES = ("qwen2", "llama", "qwen3", "gemma2", "qwen2_moe", "deepseek_v3")
 
 
 def _prompts(vocab: int):
@@ -67,7 +67,8 @@ def results(tmp_path_factory):
 def test_two_tensor_parallel_ranks_decode_as_one_process(results, family):
     for rank in range(2):
         case = results[rank][family]
-        assert 0.4 < case["shard_fraction"] < 0.6, case  # each rank holds about half of every decoder layer
+        # each rank holds about half of every decoder layer (latent attention: its low-rank projections whole)
+        assert 0.4 < case["shard_fraction"] < (0.7 if family == "deepseek_v3" else 0.6), case
         for name in ("greedy", "sampled"):
             assert case[name]["tokens_equal"], (rank, name, case)
             assert case[name]["max_log_prob_diff"] < 1e-5, (rank, name, case)
@@ -82,4 +83,7 @@ def test_what_cannot_be_split_is_named():
     assert tp_problems(config, 2) == []
     (problem,) = tp_problems(config, 4)
     assert "does not divide the model's num_key_value_heads=2" in problem
-    assert "multi-head latent attention" in tp_problems(AutoConfig.for_model("deepseek_v3"), 2)[0]
+    latent = AutoConfig.for_model("deepseek_v3", num_attention_heads=4, num_key_value_heads=1, intermediate_size=64,
+                                  moe_intermediate_size=16)
+    assert tp_problems(latent, 2) == []  # no grouped KV heads to divide: every query head gets its own keys
+    assert "num_attention_heads=4" in tp_problems(latent, 8)[0]
