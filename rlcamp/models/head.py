@@ -32,7 +32,7 @@ EXP_FLOOR = -80.0
 def _rows_per_chunk(vocab: int, rows: int) -> int:
     """At most CHUNK_ELEMENTS logits a chunk, in chunks of equal size (a short last chunk multiplies slower)."""
     most = max(1, CHUNK_ELEMENTS // vocab)
-    chunks = -(-rows // most)
+    chunks = max(1, -(-rows // most))  # no rows (a context-parallel rank's columns may predict none): one empty chunk
     return max(1, -(-rows // chunks))
 
 

@@ -48,6 +48,15 @@ def test_chunked_equals_full_logits_values_and_gradients(monkeypatch, with_entro
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_no_rows_give_empty_outputs_and_zero_gradients():
+    """A context-parallel rank whose columns predict no response token still runs the head (and its backward)."""
+    hidden, weight, labels = leaves(n=0)
+    lp, ent = chunked_log_probs(hidden, weight, labels, with_entropy=True)
+    assert lp.shape == ent.shape == (0,)
+    (lp.sum() + ent.sum() + (weight * 0).sum()).backward()
+    assert hidden.grad.shape == (0, 16) and not weight.grad.any()
+
+
 def test_reported_but_unused_entropy_leaves_the_gradients_alone():
     hidden, weight, labels = leaves()
     lp, ent = chunked_log_probs(hidden, weight, labels, with_entropy=True)
