@@ -69,8 +69,6 @@ def _engine_blockers(cfg: RLConfig) -> list[str]:
     return out
 
 
-# the Megatron sizes rlcamp's engine (rlcamp.engines.megatron) does not split by yet, and the values it needs
-_MEGATRON_NOT_YET = {"context_parallel_size": (1,)}
 _MEGATRON_OFF = ("param_offload", "grad_offload", "optimizer_offload")
 # override_transformer_config entries with a meaning here; any other must keep verl's default
 _RECOMPUTE = ("recompute_granularity", "recompute_method", "recompute_num_layers", "recompute_modules")
@@ -92,12 +90,6 @@ def _megatron_blockers(cfg: RLConfig) -> list[str]:
     for role, (strategy, megatron) in roles.items():
         if strategy != "megatron" or (role == "critic" and not _uses_critic(cfg)):
             continue
-        for key, allowed in _MEGATRON_NOT_YET.items():
-            value = getattr(megatron, key)
-            if value not in allowed:
-                out.append(f"{role}.megatron.{key}={value}: rlcamp's Megatron engine splits by tensor, pipeline, "
-                           f"expert and data parallelism so far ({ENGINES_ISSUE}); a run needs {key}={allowed[-1]} (or strategy=fsdp "
-                           "with ulysses_sequence_parallel_size)")
         for key in _MEGATRON_OFF:
             if getattr(megatron, key):
                 out.append(f"{role}.megatron.{key}=True is not built into rlcamp's Megatron engine yet "

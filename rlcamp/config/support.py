@@ -118,12 +118,13 @@ def _megatron_without_dist_checkpointing(role: str) -> Callable[[Any], bool]:
 
 
 def _megatron_without_sequence_parallel(role: str) -> Callable[[Any], bool]:
-    """With strategy=megatron, where sequence_parallel changes nothing: TP=1, or PP > 1."""
+    """With strategy=megatron, where sequence_parallel changes nothing: TP=1, PP > 1 or CP > 1."""
     from rlcamp.config.loader import get_key
 
     megatron = _megatron_role(role)
     return lambda cfg: megatron(cfg) and (get_key(cfg, f"{role}.megatron.tensor_model_parallel_size") == 1 or
-                                          get_key(cfg, f"{role}.megatron.pipeline_model_parallel_size") > 1)
+                                          get_key(cfg, f"{role}.megatron.pipeline_model_parallel_size") > 1 or
+                                          get_key(cfg, f"{role}.megatron.context_parallel_size") > 1)
 
 
 def _not_megatron(role: str) -> Callable[[Any], bool]:
@@ -236,9 +237,10 @@ NO_EFFECT: list[NoEffect] = [
     *[NoEffect(f"{role}.megatron.{k}", why, _megatron_role(role)) for k, why in _MEGATRON_WITHOUT_EFFECT.items()
       for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
     *[NoEffect(f"{role}.megatron.sequence_parallel", "it splits the sequence between tensor-parallel regions: with "
-               "tensor_model_parallel_size=1 there are none, and with pipeline_model_parallel_size > 1 the "
-               "activations are kept whole (sequence parallelism across stage boundaries is not built yet): the "
-               "same numbers, more activation memory", _megatron_without_sequence_parallel(role))
+               "tensor_model_parallel_size=1 there are none, and with pipeline_model_parallel_size > 1 or "
+               "context_parallel_size > 1 the activations between them are kept whole (sequence parallelism across "
+               "stage boundaries or within a context-parallel part is not built yet): the same numbers, more "
+               "activation memory", _megatron_without_sequence_parallel(role))
       for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
     *[NoEffect(f"{role}.megatron.dist_checkpointing_path", "it is read with use_dist_checkpointing=True",
                _megatron_without_dist_checkpointing(role))

@@ -150,9 +150,14 @@ def _ulysses_degree(problems: list[str], n_devices: int, value: int, role: str) 
 
 
 def _megatron_degree(problems: list[str], n_devices: int, megatron, role: str) -> int:
-    """The model-parallel degree of a ``strategy=megatron`` role: tensor x pipeline parallel sizes (what the
-    engine cannot split by yet is a blocker: ``config.blockers``)."""
+    """The model-parallel degree of a ``strategy=megatron`` role: tensor x pipeline x context parallel sizes
+    (what the engine cannot split by yet is a blocker: ``config.blockers``)."""
     tp, pp = max(megatron.tensor_model_parallel_size, 1), max(megatron.pipeline_model_parallel_size, 1)
+    cp = max(megatron.context_parallel_size, 1)
+    if cp > 1 and pp > 1:
+        problems.append(f"{role}.megatron.context_parallel_size={cp} with pipeline_model_parallel_size={pp}: rlcamp "
+                        "splits the sequence over context-parallel ranks with one pipeline stage so far; set one "
+                        "of them to 1")
     vpp = megatron.virtual_pipeline_model_parallel_size
     if vpp is not None and (vpp < 1 or (vpp > 1 and pp == 1)):
         problems.append(f"{role}.megatron.virtual_pipeline_model_parallel_size={vpp}: interleaved stages need "
@@ -167,9 +172,10 @@ def _megatron_degree(problems: list[str], n_devices: int, megatron, role: str) -
         problems.append(f"{role}.megatron.use_dist_checkpointing=True needs {role}.megatron.dist_checkpointing_path: "
                         "the folder where rlcamp keeps the sharded initial weights (written from model.path on "
                         "first use)")
-    if n_devices % (tp * pp):
+    if n_devices % (tp * pp * cp):
         problems.append(f"{n_devices} devices (trainer.nnodes x trainer.n_gpus_per_node) are not divisible by "
-                        f"{role}.megatron.tensor_model_parallel_size={tp} x pipeline_model_parallel_size={pp}")
+                        f"{role}.megatron.tensor_model_parallel_size={tp} x pipeline_model_parallel_size={pp} x "
+                        f"context_parallel_size={cp}")
         return 1
     # Megatron folds the expert layers' own mesh into each pipeline stage's ranks: expert tensor x expert
     # parallel must divide them (expert_tensor_parallel_size null: the tensor-parallel size)
@@ -178,7 +184,7 @@ def _megatron_degree(problems: list[str], n_devices: int, megatron, role: str) -
         problems.append(f"{role}.megatron.expert_model_parallel_size={ep} x expert_tensor_parallel_size={etp} does "
                         f"not divide the {n_devices // pp} ranks of a pipeline stage (devices / "
                         "pipeline_model_parallel_size) that the experts are split over")
-    return tp * pp
+    return tp * pp * cp
 
 
 def model_parallel_degree(problems: list[str], n_devices: int, role_cfg, role: str) -> int:
@@ -428,7 +434,7 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
         if ref.megatron.use_dist_checkpointing and not ref.megatron.dist_checkpointing_path:
             problems.append("actor_rollout_ref.ref.megatron.use_dist_checkpointing=True needs "
                             "actor_rollout_ref.ref.megatron.dist_checkpointing_path")
-        for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
             if getattr(ref.megatron, key) != getattr(actor.megatron, key):
                 problems.append(f"actor_rollout_ref.ref.megatron.{key}={getattr(ref.megatron, key)} differs from "
                                 f"the actor's {getattr(actor.megatron, key)}: the reference is split on the actor's mesh")

@@ -13,7 +13,8 @@ layers, so checkpoints are HF-named and any HF-loadable weights of a supported f
 optimizer is torch's AdamW over each rank's slices (``use_distributed_optimizer`` has no effect:
 every slice is held once per data-parallel rank); the attention kernel is the one the HF model
 would use. Expert parallelism (``engines.experts``) splits MoE layers' experts over an expert group of
-a stage's ranks. Context parallelism is refused by name until it exists (``rlcamp.config``).
+a stage's ranks. Context parallelism (``context_parallel_size``) splits the sequence: each rank runs its
+columns, attention gathers K and V whole in one collective (``models.ulysses``).
 """
 
 from __future__ import annotations
@@ -51,16 +52,23 @@ class MegatronEngine:
                  vpp: int = 1, layers_first: int | None = None, layers_last: int | None = None,
                  schedule: str = "1f1b", pp_key: str = "pipeline_model_parallel_size",
                  dist_checkpoint: str | None = None, ep: int = 1, ep_key: str = "expert_model_parallel_size",
-                 etp: int | None = None, sequence_parallel: bool = False):
+                 etp: int | None = None, sequence_parallel: bool = False, cp: int = 1,
+                 cp_key: str = "context_parallel_size"):
         self.model, self.device, self.compute_dtype, self.remove_padding = model, device, compute_dtype, remove_padding
         self.grad_clip = grad_clip
         world = dist.world_size()
-        if world % (tp * pp):
-            raise ValueError(f"{key}={tp} x {pp_key}={pp} does not divide the role's {world} devices")
+        if world % (tp * pp * cp):
+            raise ValueError(f"{key}={tp} x {pp_key}={pp} x {cp_key}={cp} does not divide the role's {world} devices")
         from rlcamp.engines.experts import ep_problems, expert_group, expert_modules
 
-        self.tp, self.pp, self.dp = tp, pp, world // (tp * pp)
+        self.tp, self.pp, self.cp, self.dp = tp, pp, cp, world // (tp * pp * cp)
         problems = tp_problems(model.config, tp, key) if tp > 1 else []
+        if cp > 1 and pp > 1:
+            problems.append(f"{cp_key}={cp} needs {pp_key}=1 (context parallelism runs with one pipeline stage so far)")
+        if cp > 1 and expert_modules(model):
+            problems.append(f"{cp_key}={cp}: rlcamp's context parallelism covers dense models so far (this "
+                            f"{model.config.model_type} model has experts); set it to 1 and split by "
+                            "expert_model_parallel_size / tensor_model_parallel_size")
         # the experts' own split (expert x expert-tensor parallel) over a stage's tensor x data-parallel ranks
         moe = bool(expert_modules(model))
         self.ep = expert_group(tp, ep, etp) if moe else 1
@@ -71,28 +79,44 @@ class MegatronEngine:
             raise ValueError("; ".join(problems))
         self.device_mesh = self.tp_group = self.dp_group = self.pp_group = None
         self.ep_mesh = self.ep_group = self.edp_group = None
+        self.cp_group = self.grad_group = None
         if like is not None:
             self.device_mesh, self.tp_group, self.dp_group, self.pp_group = (like.device_mesh, like.tp_group,
                                                                              like.dp_group, like.pp_group)
             self.ep_mesh, self.ep_group, self.edp_group = like.ep_mesh, like.ep_group, like.edp_group
-        elif world > 1:  # Megatron's rank order: tensor parallel inner, then data, then pipeline
+            self.cp_group, self.grad_group = like.cp_group, like.grad_group
+        elif world > 1:  # Megatron's rank order: tensor parallel inner, then context, then data, then pipeline
             from torch.distributed.device_mesh import init_device_mesh
 
-            self.device_mesh = init_device_mesh(device.type, (pp, self.dp, tp), mesh_dim_names=("pp", "dp", "tp"))
-            self.tp_group, self.dp_group, self.pp_group = (self.device_mesh.get_group(d) for d in ("tp", "dp", "pp"))
+            self.device_mesh = init_device_mesh(device.type, (pp, self.dp, cp, tp),
+                                                mesh_dim_names=("pp", "dp", "cp", "tp"))
+            self.tp_group, self.dp_group, self.pp_group, self.cp_group = (
+                self.device_mesh.get_group(d) for d in ("tp", "dp", "pp", "cp"))
+            # gradients are summed over the data- and context-parallel ranks together (each context-parallel
+            # rank holds its columns' share of its data-parallel part's gradient)
+            self.grad_group = self.dp_group if cp == 1 else init_device_mesh(
+                device.type, (pp, self.dp * cp, tp), mesh_dim_names=("pp", "dpcp", "tp")).get_group("dpcp")
             if self.ep > 1:  # the expert group: consecutive ranks of a stage, tensor parallel inner (Megatron's order)
                 self.ep_mesh = init_device_mesh(device.type, (pp, self.dp * tp // self.ep, self.ep),
                                                 mesh_dim_names=("pp", "edp", "ep"))
                 self.ep_group, self.edp_group = self.ep_mesh.get_group("ep"), self.ep_mesh.get_group("edp")
         rank = dist.rank()
-        self.pp_rank = rank // (tp * self.dp)
-        self.mesh = Mesh(dp_rank=(rank // tp) % self.dp, dp_size=self.dp, dp_group=self.dp_group, tp_size=tp,
-                         pp_size=pp, ep_size=self.ep, returns_outputs=rank % tp == 0 and self.pp_rank == pp - 1)
+        self.pp_rank = rank // (tp * cp * self.dp)
+        self.mesh = Mesh(dp_rank=(rank // (tp * cp)) % self.dp, dp_size=self.dp, dp_group=self.dp_group, tp_size=tp,
+                         pp_size=pp, ep_size=self.ep, cp_size=cp,
+                         returns_outputs=rank % (tp * cp) == 0 and self.pp_rank == pp - 1)
+        # context parallelism: each rank runs its 1/CP of the columns; attention gathers K and V whole
+        self.cp_place = None
+        if cp > 1:
+            from rlcamp.models.ulysses import SequenceParallel, install_context_parallel
+
+            self.cp_place = SequenceParallel(self.cp_group, cp, (rank // tp) % cp, self.mesh.dp_rank, self.dp)
+            install_context_parallel(model)
         # MoE models: the router's load-balancing loss, as the HF model computes it (None when it has none)
         self.aux_loss = _aux_loss_fn(model) if expert_modules(model) else None
         # sequence parallelism between TP regions, with one stage (its boundary would cut the sequence); the
         # sequence is padded to a multiple of TP so that every rank holds an equal part
-        self.sp_multiple = tp if (sequence_parallel and tp > 1 and pp == 1 and self.aux_loss is None and
+        self.sp_multiple = tp if (sequence_parallel and tp > 1 and pp == 1 and cp == 1 and self.aux_loss is None and
                                   not _has_experts(model)) else 1
         if tp > 1:
             parallelize(model, self.device_mesh["tp"], sequence_parallel=self.sp_multiple > 1)
@@ -213,7 +237,10 @@ class MegatronEngine:
         inputs = sequence_inputs(part["input_ids"].to(self.device), part["attention_mask"].to(self.device),
                                  part["responses"].to(self.device), part["response_mask"].to(self.device))
         if isinstance(head, Values):  # the value head is whole on every rank: the model's own forward
-            return {"values": critic_forward(self.model, inputs, self.remove_padding, multiple_of=self.sp_multiple)}
+            return {"values": critic_forward(self.model, inputs, self.remove_padding, sp=self.cp_place,
+                                             multiple_of=self.sp_multiple)}
+        if self.cp_place is not None:
+            return self._context_parallel_head(head, inputs)
         record = {} if self.aux_loss is not None else None
         hidden, labels, finish = decoder_hidden(self.model, inputs, self.remove_padding, record=record,
                                                 multiple_of=self.sp_multiple)
@@ -223,6 +250,27 @@ class MegatronEngine:
             aux = self.aux_loss(record["router_logits"], None if self.remove_padding else inputs.attention_mask)
         return {"log_probs": finish(log_probs), "entropy": finish(entropy) if entropy is not None else None,
                 "aux_loss": aux}
+
+    def _context_parallel_head(self, head: LogProbs, inputs) -> dict:
+        """Log-probs (and entropy) with the sequence split over the context-parallel group: the decoder on this
+        rank's columns, the head on the hidden states of those that predict response tokens, the outputs
+        gathered whole (``models.ulysses.sharded_forward``: its backward keeps each rank's own columns)."""
+        from rlcamp.models.forward import sp_layout
+        from rlcamp.models.ulysses import sharded_forward
+
+        input_ids, position_ids, segments, keep, finish = sp_layout(inputs, self.remove_padding)
+
+        def on_columns(out, local_keep, global_keep):
+            hidden = out.last_hidden_state[:, local_keep]
+            log_probs, entropy = self._log_probs(hidden.reshape(-1, hidden.shape[-1]),
+                                                 input_ids[:, global_keep + 1].reshape(-1), head)
+            both = [log_probs, entropy] if entropy is not None else [log_probs]
+            return torch.stack(both, -1).view(*hidden.shape[:2], len(both))
+
+        values, _ = sharded_forward(self.model.get_decoder(), self.cp_place, input_ids, position_ids, segments, keep,
+                                    on_columns)
+        return {"log_probs": finish(values[..., 0]), "entropy": finish(values[..., 1]) if head.entropy else None,
+                "aux_loss": None}
 
     def _log_probs(self, hidden: torch.Tensor, labels: torch.Tensor, head: LogProbs):
         weight = (self.model.get_output_embeddings() if self.pipeline is None else self.pipeline.head).weight
@@ -335,8 +383,8 @@ class MegatronEngine:
             expert = id(param) in self.expert_params
             if expert and self.dp * self.tp // self.ep > 1:  # the ranks that hold the same experts
                 tdist.all_reduce(grad, group=self.edp_group)
-            elif not expert and self.dp > 1:
-                tdist.all_reduce(grad, group=self.dp_group)
+            elif not expert and self.dp * self.cp > 1:
+                tdist.all_reduce(grad, group=self.grad_group)
             local.grad = grad
             if param is self.tied:
                 tdist.all_reduce(grad, group=self.tied_group)
@@ -534,7 +582,8 @@ def layout(megatron_cfg, role: str) -> dict:
                 pp_key=f"{role}.megatron.pipeline_model_parallel_size",
                 dist_checkpoint=megatron_cfg.dist_checkpointing_path if megatron_cfg.use_dist_checkpointing else None,
                 ep=megatron_cfg.expert_model_parallel_size, ep_key=f"{role}.megatron.expert_model_parallel_size",
-                etp=megatron_cfg.expert_tensor_parallel_size,
+                etp=megatron_cfg.expert_tensor_parallel_size, cp=megatron_cfg.context_parallel_size,
+                cp_key=f"{role}.megatron.context_parallel_size",
                 sequence_parallel=megatron_cfg.sequence_parallel)
 
 

@@ -92,7 +92,7 @@ def to_multiple(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, po
     return pad(input_ids), pad(attention_mask), pad(position_ids)
 
 
-def _sp_layout(inputs: SequenceInputs, remove_padding: bool):
+def sp_layout(inputs: SequenceInputs, remove_padding: bool):
     """What a Ulysses forward needs: ids, position ids, segments (sequence of each column, -1 for
     padding), the columns whose outputs predict response tokens, and how values at those columns
     go back to [batch, response_len]."""
@@ -126,7 +126,7 @@ def _actor_forward_sp(model, inputs: SequenceInputs, temperature: float, with_en
 
     log_probs_of, entropy_of = logit_helpers(compiled)
 
-    input_ids, position_ids, segments, keep, finish = _sp_layout(inputs, remove_padding)
+    input_ids, position_ids, segments, keep, finish = sp_layout(inputs, remove_padding)
 
     def head(out, local_keep, global_keep):
         logits = out.logits.float()
@@ -245,7 +245,7 @@ def critic_forward(model, inputs: SequenceInputs, remove_padding: bool = False, 
     if sp is not None:
         from rlcamp.models.ulysses import sharded_forward
 
-        input_ids, position_ids, segments, keep, finish = _sp_layout(inputs, remove_padding)
+        input_ids, position_ids, segments, keep, finish = sp_layout(inputs, remove_padding)
         values, _ = sharded_forward(model, sp, input_ids, position_ids, segments, keep,
                                     lambda out, local_keep, _: out.logits[:, local_keep, 0].float())
         return finish(values)

@@ -12,6 +12,10 @@ transformers builds no mask; the attention function builds the full one itself f
 ``segments`` (which sequence each column belongs to, -1 for padding), set per forward pass by
 ``forward_context``.
 
+Context parallelism (strategy=megatron's ``context_parallel_size``) shares the same layout, forward
+context and gathered outputs; only its attention differs: each rank keeps all heads of its columns and
+gathers K and V whole in one collective (``context_parallel_attention``), instead of two all-to-alls.
+
 Gradients: the per-position outputs (log-probs, values) are all-gathered over the group and every
 rank computes the same full loss. The gather's backward keeps each rank's own columns only, so the
 gradients summed over the group are the one-rank gradient of that loss. Counts that each rank of
@@ -164,18 +168,72 @@ def ulysses_attention(module, query, key, value, attention_mask=None, scaling=No
     if q.shape[1] != k.shape[1]:  # grouped-query attention: contiguous head chunks keep the grouping
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    mask = ctx.mask(sliding_window)
+    return heads_to_seq(_attend(module, q, k, v, ctx.mask(sliding_window), scaling, dropout, softcap), sp), None
+
+
+def _attend(module, q, k, v, mask, scaling, dropout, softcap):
+    """softmax(q k^T * scaling) v under a boolean ``mask`` [B, 1, Lq, Lk]; q [B, H, Lq, d], k/v [B, H, Lk, d]."""
     if softcap is None:
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                               scale=scaling)
-    else:  # Gemma 2's logit soft-capping, which sdpa does not do
-        scores = (q @ k.transpose(-1, -2)) * (scaling if scaling is not None else q.shape[-1] ** -0.5)
-        scores = torch.tanh(scores / softcap) * softcap
-        scores = scores.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
-        out = weights @ v
-    return heads_to_seq(out, sp), None
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                                scale=scaling)
+    # Gemma 2's logit soft-capping, which sdpa does not do
+    scores = (q @ k.transpose(-1, -2)) * (scaling if scaling is not None else q.shape[-1] ** -0.5)
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+    return weights @ v
+
+
+# ------------------------------------------------------------------- context parallel (K/V all-gather)
+CONTEXT_PARALLEL_NAME = "rlcamp_context_parallel"
+
+
+class _GatherKV(torch.autograd.Function):
+    """Every rank's columns of K and V (concatenated on the last dim: ONE collective for both), whole on every
+    rank. Backward: each rank's queries put gradient on every rank's keys and values; one all-to-all sends
+    each column block to its owner, which sums them (a reduce-scatter, in a form gloo has)."""
+
+    @staticmethod
+    def forward(ctx, kv, sp):
+        ctx.sp = sp
+        parts = [torch.empty_like(kv) for _ in range(sp.size)]
+        dist.all_gather(parts, kv.contiguous(), group=sp.group)
+        return torch.cat(parts, dim=2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        sp = ctx.sp
+        blocks = torch.stack(grad.chunk(sp.size, dim=2)).contiguous()  # [S, B, H, c, d]: block j for rank j
+        received = torch.empty_like(blocks)
+        dist.all_to_all_single(received, blocks, group=sp.group)
+        return received.sum(0), None
+
+
+def context_parallel_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                               sliding_window=None, softcap=None, **_):
+    """Megatron's context parallelism without a ring: q/k/v of this rank's L/S columns [B, H(kv), L/S, d]; K and V
+    are gathered whole (one all-gather), this rank's queries attend to them under the rows of the full mask
+    that are its columns. Returns ([B, L/S, H, d], None)."""
+    ctx = _current
+    if ctx is None:
+        raise RuntimeError("a context-parallel model was called outside rlcamp's sequence-parallel forward")
+    sp, width, dk = ctx.sp, query.shape[2], key.shape[-1]
+    kv = _GatherKV.apply(torch.cat([key, value], -1), sp)
+    k, v = kv[..., :dk], kv[..., dk:]
+    if query.shape[1] != k.shape[1]:  # grouped-query attention: contiguous head chunks share a KV head
+        k = k.repeat_interleave(query.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(query.shape[1] // v.shape[1], dim=1)
+    mask = ctx.mask(sliding_window)[:, :, sp.rank * width:(sp.rank + 1) * width]
+    return _attend(module, query, k, v, mask, scaling, dropout, softcap).transpose(1, 2).contiguous(), None
+
+
+def install_context_parallel(model) -> None:
+    """Route ``model``'s attention through the K/V all-gather function (``context_parallel_attention``)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(CONTEXT_PARALLEL_NAME, context_parallel_attention)
+    model.config._attn_implementation = CONTEXT_PARALLEL_NAME
 
 
 # ----------------------------------------------------------------------------- model forward

@@ -45,7 +45,6 @@ SIZES = {  # key suffix -> the scaled value (a micro batch, a mini batch, ...)
 MICRO_SUFFIXES = ("micro_batch_size_per_gpu", "micro_batch_size")
 BUDGET_SUFFIXES = ("max_token_len_per_gpu", "ppo_max_token_len_per_gpu")
 NOT_HERE = {"wandb", "swanlab", "mlflow", "clearml", "trackio", "vemlp_wandb", "tensorboard"}
-MEGATRON_WAIT = 3  # exit code: the work order waits for the Megatron engine
 
 
 @dataclass
@@ -63,7 +62,6 @@ class SmokePlan:
     env: dict[str, str]
     changes: list[Change] = field(default_factory=list)
     processes: int = 1
-    waits_for: str | None = None  # why it is not run (the Megatron engine)
     sandbox: bool = False
 
 
@@ -105,14 +103,6 @@ def plan(line: LaunchLine, root: Path) -> SmokePlan:
     megatron = "--config-name=ppo_megatron_trainer" in flags or any(
         values.get(k) == "megatron" for k in ("actor_rollout_ref.actor.strategy", "critic.strategy"))
     result = SmokePlan(line, [], dict(line.env))
-    if megatron:  # what the line asks of the Megatron engine beyond tensor and data parallelism
-        from rlcamp.config.blockers import ENGINES_ISSUE
-
-        later = sorted({key.rsplit(".", 1)[-1] for key, value in values.items() if ".megatron." in key and (
-            key.endswith("context_parallel_size") and int(value) > 1)})
-        if later:
-            result.waits_for = (f"the Megatron engine's {', '.join(later)}, not built yet (tensor, pipeline and "
-                                f"data parallelism are; {ENGINES_ISSUE}); its smoke run lands with them")
 
     # -- hardware: 1 or 2 CPU processes, the line's layout at degree 2 (Megatron: each of its degrees at 2,
     # so tensor x pipeline parallel takes 4)
@@ -304,9 +294,6 @@ def _trainer(args: list[str], env: dict[str, str], log: Path, timeout: int) -> i
 def run(p: SmokePlan, root: Path, timeout: int = 1200) -> int:
     """Train 2 steps and save; resume for a 3rd. 0 when both legs end and the checkpoints say so."""
     print(describe(p), flush=True)
-    if p.waits_for:
-        print(f"rlcamp smoke: not run: this work order needs {p.waits_for}.")
-        return MEGATRON_WAIT
     run_dir = root / "run"
     env = dict(os.environ, **p.env)
     sandbox = None

@@ -46,14 +46,15 @@ def _full_grads(model) -> dict[str, torch.Tensor]:
             for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False) -> dict:
+def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False, cp: int = 1,
+           packed: bool = False) -> dict:
     """What both layouts must agree on: outputs, loss, gradients and norm of one step, outputs after it,
     and (saving or resuming at ``folder`` / ``resume``) the next step."""
     from rlcamp.engines.megatron import MegatronEngine
 
     out = {}
     actor = MegatronEngine(model, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
-                           grad_clip=1e9, sequence_parallel=sp)
+                           grad_clip=1e9, sequence_parallel=sp, cp=cp, remove_padding=packed)
     batch = _batch(model.config.vocab_size)
     # with sequence parallelism the norms are DTensors over the group (they see 1/TP of the sequence)
     out["norm_split"] = hasattr(model.get_decoder().layers[0].input_layernorm.weight, "placements")
@@ -76,7 +77,7 @@ def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False) -
     out["next"] = actor.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
     if critic is not None:
         engine = MegatronEngine(critic, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
-                                sequence_parallel=sp)
+                                sequence_parallel=sp, cp=cp, remove_padding=packed)
         out["values"] = engine.forward(batch, Values(), MICRO)["values"]
         engine.forward_backward(batch, Values(), _value_loss, MICRO, loss_scale_factor=4, accumulation=1)
         out["critic_grads"] = _full_grads(critic)
@@ -128,6 +129,59 @@ def test_two_tensor_parallel_ranks_train_as_one_process(runs, family, layout):
         assert two[grads].keys() == one[grads].keys()
         for name, g in one[grads].items():
             assert torch.allclose(two[grads][name], g, atol=1e-6, rtol=1e-4), (grads, name)
+
+
+def _run_cp(rank: int, world: int, port: int, paths: dict, root: str) -> None:
+    from pathlib import Path
+
+    from rlcamp.models.loading import load_causal_lm, load_critic
+    from rlcamp.utils.dist import init_distributed
+
+    init_distributed(rank, world, "127.0.0.1", port, "gloo", 120)
+    for family, path in paths.items():
+        for packed in (False, True):
+            out = _steps(load_causal_lm(path), load_critic(path), tp=1, cp=2, packed=packed)
+            torch.save(out, Path(root) / f"cp2_{family}_{'packed' if packed else 'padded'}_rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def cp_runs(tmp_path_factory):
+    from rlcamp.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("context_parallel")
+    # a window shorter than the sequences (9 tokens), so that it masks keys gathered from the other rank
+    paths = {f: str(build_tiny_model(root / f, f, **({"sliding_window": 3} if f == "gemma2" else {})))
+             for f in CP_FAMILIES}
+    mp.spawn(_run_cp, args=(2, free_port(), paths, str(root)), nprocs=2, join=True)
+    return root, paths
+
+
+# Gemma 2: soft-capped logits and sliding-window layers under the gathered K/V
+CP_FAMILIES = ("qwen2", "gemma2")
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("family", CP_FAMILIES)
+def test_two_context_parallel_ranks_train_as_one_process(cp_runs, family, layout):
+    """CP=2: each rank runs half of every sequence's columns and attends to K and V gathered whole; log-probs,
+    entropy and values, the loss, the gradients (each rank holds its columns' share: they add up), the norm
+    and the step equal one process's, actor and critic."""
+    from rlcamp.models.loading import load_causal_lm, load_critic
+
+    root, paths = cp_runs
+    ranks = [torch.load(root / f"cp2_{family}_{layout}_rank{r}.pt", weights_only=False) for r in range(2)]
+    one = _steps(load_causal_lm(paths[family]), load_critic(paths[family]), tp=1, packed=layout == "packed")
+    mask = _batch(10)["response_mask"].bool()
+    for two in ranks:  # every rank of the group holds the whole outputs and the same loss
+        for key in ("log_probs", "entropy", "after", "next", "values"):
+            assert torch.allclose(two[key][mask], one[key][mask], atol=1e-5), key
+        assert float(two["loss"]) == pytest.approx(float(one["loss"]), abs=1e-6)
+        assert float(two["grad_norm"]) == pytest.approx(float(one["grad_norm"]), rel=1e-5)
+    for grads in ("grads", "critic_grads"):
+        assert ranks[0][grads].keys() == one[grads].keys()
+        for name, g in one[grads].items():
+            assert torch.allclose(ranks[0][grads][name] + ranks[1][grads][name], g, atol=1e-6, rtol=1e-4), \
+                (grads, name)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
