@@ -236,10 +236,10 @@ def test_ray_timeline_is_written(tmp_path, ray_local):
 
 
 @pytest.mark.parametrize("remove_padding", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("dim", ["tensor", "pipeline"])
+@pytest.mark.parametrize("dim", ["tensor_model", "pipeline_model", "context"])
 def test_megatron_two_ranks_equal_one_fsdp_process(tmp_path, ray_local, remove_padding, dim):
-    """strategy=megatron with TP=2 or PP=2 (one data-parallel rank split over 2 processes; the group hands
-    both the same part and keeps the returning rank's result: TP rank 0 / the last stage) against the
+    """strategy=megatron with TP=2, PP=2 or CP=2 (one data-parallel rank split over 2 processes; the group
+    hands both the same part and keeps the returning rank's result: TP / CP rank 0, the last stage) against the
     FSDP engine in one process: the same log-probs, entropies, values, losses and gradient norms,
     actor (with a KL loss on the reference) and critic, and the same log-probs after the step."""
     common = {"actor_rollout_ref.model.use_remove_padding": remove_padding,
@@ -247,7 +247,7 @@ def test_megatron_two_ranks_equal_one_fsdp_process(tmp_path, ray_local, remove_p
               "actor_rollout_ref.actor.use_kl_loss": True, "actor_rollout_ref.actor.kl_loss_coef": 0.1,
               "actor_rollout_ref.model.use_fused_kernels": False}
     one = resolved_for(tmp_path, 1, **common)
-    megatron = {f"{role}.megatron.{dim}_model_parallel_size": 2
+    megatron = {f"{role}.megatron.{dim}_parallel_size": 2
                 for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")}
     two = resolved_for(tmp_path, 2, **common, **megatron, **{"actor_rollout_ref.actor.strategy": "megatron",
                                                              "actor_rollout_ref.ref.strategy": "megatron",
