@@ -110,7 +110,8 @@ class MegatronEngine:
         if cp > 1:
             from rlcamp.models.ulysses import SequenceParallel, install_context_parallel
 
-            self.cp_place = SequenceParallel(self.cp_group, cp, (rank // tp) % cp, self.mesh.dp_rank, self.dp)
+            self.cp_place = SequenceParallel(self.cp_group, cp, (rank // tp) % cp, self.mesh.dp_rank, self.dp,
+                                             balanced=True)
             install_context_parallel(model)
         # MoE models: the router's load-balancing loss, as the HF model computes it (None when it has none)
         self.aux_loss = _aux_loss_fn(model) if expert_modules(model) else None

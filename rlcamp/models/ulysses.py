@@ -41,6 +41,9 @@ class SequenceParallel:
     rank: int  # within the group
     dp_rank: int
     dp_size: int
+    # context parallelism's causal balance: the columns cut into 2S chunks, rank r holding chunks r and 2S-1-r
+    # (early and late positions), as megatron-core does; Ulysses keeps contiguous parts (it needs no balance)
+    balanced: bool = False
 
 
 def setup(size: int) -> SequenceParallel | None:
@@ -77,6 +80,7 @@ def install(model, sp: SequenceParallel, key: str) -> None:
 class _Context:
     sp: SequenceParallel
     segments: torch.Tensor  # [batch, padded_len]: sequence id of each column, -1 for padding
+    order: torch.Tensor | None = None  # each column's place in the sequence (None: its index)
     masks: dict = field(default_factory=dict)  # by sliding window
 
     def mask(self, window: int | None) -> torch.Tensor:
@@ -84,9 +88,8 @@ class _Context:
         padding rows attend to themselves (a row with no key gives NaN, which poisons the backward)."""
         if window not in self.masks:
             seg = self.segments
-            length = seg.shape[1]
-            q = torch.arange(length, device=seg.device)[:, None]
-            k = torch.arange(length, device=seg.device)[None, :]
+            place = self.order if self.order is not None else torch.arange(seg.shape[1], device=seg.device)
+            q, k = place[:, None], place[None, :]
             allowed = k <= q
             if window:
                 allowed = allowed & (q - k < window)
@@ -98,11 +101,12 @@ class _Context:
 _current: _Context | None = None
 
 
-def forward_context(sp: SequenceParallel, segments: torch.Tensor) -> None:
-    """Set the full-sequence layout for the next forward pass. It stays set afterwards on purpose:
-    gradient checkpointing re-runs attention during backward, outside the forward call."""
+def forward_context(sp: SequenceParallel, segments: torch.Tensor, order: torch.Tensor | None = None) -> None:
+    """Set the full-sequence layout for the next forward pass (``order``: each column's place in the sequence,
+    when the columns are permuted). It stays set afterwards on purpose: gradient checkpointing re-runs
+    attention during backward, outside the forward call."""
     global _current
-    _current = _Context(sp, segments)
+    _current = _Context(sp, segments, order)
 
 
 # ---------------------------------------------------------------------------- communication
@@ -249,7 +253,8 @@ def sharded_forward(model, sp: SequenceParallel, input_ids: torch.Tensor, positi
     Returns (gathered values, the model output)."""
     b, length = input_ids.shape
     s = sp.size
-    padded = -(-length // s) * s
+    parts = 2 * s if sp.balanced else s
+    padded = -(-length // parts) * parts
     if padded != length:
         extra = padded - length
         input_ids = torch.nn.functional.pad(input_ids, (0, extra))
@@ -258,13 +263,20 @@ def sharded_forward(model, sp: SequenceParallel, input_ids: torch.Tensor, positi
         segments = torch.cat([segments, fresh.expand(b, extra)], dim=1)
     width = padded // s
     start = sp.rank * width
-    forward_context(sp, segments)
-    mine = (keep >= start) & (keep < start + width)
-    local_keep = keep[mine] - start
+    order, at = None, keep  # at: where each kept column sits in the (permuted) columns
+    if sp.balanced:  # rank r: chunks r and 2S-1-r of the sequence
+        chunk = padded // parts
+        order = torch.cat([torch.arange(c * chunk, (c + 1) * chunk, device=input_ids.device)
+                           for r in range(s) for c in (r, parts - 1 - r)])
+        input_ids, position_ids, segments = input_ids[:, order], position_ids[:, order], segments[:, order]
+        at = torch.argsort(order)[keep]
+    forward_context(sp, segments, order)
+    mine = (at >= start) & (at < start + width)
+    local_keep = at[mine] - start
     kwargs = {"logits_to_keep": local_keep} if keep_in_model else {}
     out = model(input_ids=input_ids[:, start:start + width], position_ids=position_ids[:, start:start + width],
                 use_cache=False, **kwargs)
     values = head(out, local_keep, keep[mine])  # [B, k_local, ...]
     local = values.new_zeros((b, width) + tuple(values.shape[2:]))
     local[:, local_keep] = values
-    return gather_columns(local, sp)[:, keep], out
+    return gather_columns(local, sp)[:, at], out
