@@ -62,15 +62,15 @@ class MegatronEngine:
         from rlcamp.engines.experts import ep_problems, expert_group, expert_modules
 
         self.tp, self.pp, self.cp, self.dp = tp, pp, cp, world // (tp * pp * cp)
+        moe = bool(expert_modules(model))
         problems = tp_problems(model.config, tp, key) if tp > 1 else []
         if cp > 1 and pp > 1:
             problems.append(f"{cp_key}={cp} needs {pp_key}=1 (context parallelism runs with one pipeline stage so far)")
-        if cp > 1 and expert_modules(model):
+        if cp > 1 and moe:
             problems.append(f"{cp_key}={cp}: rlcamp's context parallelism covers dense models so far (this "
                             f"{model.config.model_type} model has experts); set it to 1 and split by "
                             "expert_model_parallel_size / tensor_model_parallel_size")
         # the experts' own split (expert x expert-tensor parallel) over a stage's tensor x data-parallel ranks
-        moe = bool(expert_modules(model))
         self.ep = expert_group(tp, ep, etp) if moe else 1
         if ep > 1 or self.ep > 1:
             problems += ep_problems(model.config, self.ep, self.dp * tp,
@@ -114,11 +114,10 @@ class MegatronEngine:
                                              balanced=True)
             install_context_parallel(model)
         # MoE models: the router's load-balancing loss, as the HF model computes it (None when it has none)
-        self.aux_loss = _aux_loss_fn(model) if expert_modules(model) else None
+        self.aux_loss = _aux_loss_fn(model) if moe else None
         # sequence parallelism between TP regions, with one stage (its boundary would cut the sequence); the
         # sequence is padded to a multiple of TP so that every rank holds an equal part
-        self.sp_multiple = tp if (sequence_parallel and tp > 1 and pp == 1 and cp == 1 and self.aux_loss is None and
-                                  not _has_experts(model)) else 1
+        self.sp_multiple = tp if (sequence_parallel and tp > 1 and pp == 1 and cp == 1 and not moe) else 1
         if tp > 1:
             parallelize(model, self.device_mesh["tp"], sequence_parallel=self.sp_multiple > 1)
         self.expert_params: set[int] = set()
@@ -536,12 +535,6 @@ class MegatronEngine:
                 warnings.warn(f"{role} checkpoint {folder} was written by {meta['world_size']} ranks, this run has "
                               f"{dist.world_size()}: weights and optimizer are resharded, the random generators "
                               "start afresh", stacklevel=2)
-
-
-def _has_experts(model) -> bool:
-    from rlcamp.engines.experts import expert_modules
-
-    return bool(expert_modules(model))
 
 
 def _aux_loss_fn(model):
