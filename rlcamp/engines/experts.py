@@ -135,10 +135,11 @@ class _ExpertParallelForward:
             return self._experts(hidden_states, top_k_index, top_k_weights)
         from rlcamp.engines.tensor_parallel import _CopyToGroup
 
-        width, tp = hidden_states.shape[-1], dist.get_world_size(self.tp_group)
-        sizes = [len(rows) for rows in torch.arange(hidden_states.shape[0]).tensor_split(tp)]
-        start = sum(sizes[:dist.get_rank(self.tp_group)])
-        rows = slice(start, start + sizes[dist.get_rank(self.tp_group)])
+        n, width = hidden_states.shape
+        tp, mine = dist.get_world_size(self.tp_group), dist.get_rank(self.tp_group)
+        sizes = [n // tp + (r < n % tp) for r in range(tp)]  # as tensor_split cuts n rows
+        start = sum(sizes[:mine])
+        rows = slice(start, start + sizes[mine])
         both = _CopyToGroup.apply(torch.cat([hidden_states, top_k_weights.to(hidden_states.dtype)], -1),
                                   self.tp_group)[rows]
         out = self._experts(both[:, :width], top_k_index[rows], both[:, width:])
