@@ -10,7 +10,6 @@ through the retrying client, checks every result's status, and reports latency p
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,10 +31,9 @@ def main() -> None:
     parser.add_argument("--kinds", default="pass,fail,timeout", help="request mix, cycled (pass, fail, timeout)")
     args = parser.parse_args()
     from rlcamp.sandbox.client import HTTPSandbox
+    from rlcamp.utils.dist import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "rlcamp.cli.main", "sandbox", "serve", "--port", str(port),
                                "--max-concurrent", str(args.max_concurrent), "--max-queue", str(args.max_queue)],
                               stderr=subprocess.PIPE, text=True)

@@ -1,11 +1,12 @@
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from rlcamp.utils.dist import free_port  # noqa: F401  (the tests' rendezvous ports)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,10 +24,6 @@ def tiny_tokenizer():
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 import time
 from typing import Any
 
@@ -35,10 +34,6 @@ def ensure_ray(num_cpus: int | None = None):
     return ray
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class _Host:
@@ -47,7 +42,9 @@ class _Host:
     def address(self) -> tuple[str, int]:
         import ray
 
-        return ray.util.get_node_ip_address(), _free_port()
+        from rlcamp.utils.dist import free_port
+
+        return ray.util.get_node_ip_address(), free_port("")
 
     def setup(self, worker_path: str, rank: int, world_size: int, master: tuple[str, int], backend: str,
               timeout_s: float, threads: int, kwargs: dict) -> bool:

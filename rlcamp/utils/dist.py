@@ -140,15 +140,19 @@ def grad_scale(model) -> float:
     return float(world_size()) if is_sharded(model) else 1.0
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (for a rendezvous or a local service)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def ensure_process_group(backend: str) -> None:
     """A one-rank process group for a single in-process device that still wants FSDP (offload)."""
     if not dist.is_initialized():
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        init_distributed(0, 1, "127.0.0.1", port, backend, 1800)
+        init_distributed(0, 1, "127.0.0.1", free_port(), backend, 1800)
 
 
 def needs_sharding(fsdp_config) -> bool:

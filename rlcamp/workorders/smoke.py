@@ -346,9 +346,9 @@ def _failed(log: Path, what: str) -> int:
 def _start_sandbox(root: Path):
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from rlcamp.utils.dist import free_port
+
+    port = free_port()
     log = open(root / "sandbox.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "rlcamp.cli.main", "sandbox", "serve", "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
