@@ -57,15 +57,22 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return tokens, log_probs
 
 
+def last_logits(model, **inputs) -> torch.Tensor:
+    """[rows, vocab] logits at each row's last position, from the model's own output layer."""
+    return model(**inputs, logits_to_keep=1).logits[:, -1]
+
+
 class HFRollout:
     """Generate responses with a transformers causal LM and a KV cache."""
 
     def __init__(self, model, eos_token_ids: list[int], pad_token_id: int, dtype: torch.dtype | None = None,
-                 agree=None):
+                 agree=None, logits=last_logits):
         self.model = model
         # agree(tokens, log_probs) -> the same on every rank of a tensor-parallel group (which would
         # otherwise part ways on a near-tie between logits that differ in the last bit)
         self.agree = agree
+        # logits(model, **inputs) -> [rows, vocab] at the last position (a vocabulary-parallel head gathers them)
+        self.logits = logits
         self.eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.pad_token_id = pad_token_id
         self.dtype = dtype  # autocast dtype for generation (None = the model's own)
@@ -108,9 +115,9 @@ class HFRollout:
         ids, mask = (distinct[:, :prompt_len], distinct[:, prompt_len:].to(attention_mask.dtype)) if shared \
             else (input_ids, attention_mask)
         with self._autocast(device):
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                             past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
-            logits = out.logits[:, -1]
+            logits = self.logits(self.model, input_ids=ids, attention_mask=mask,
+                                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
+                                 use_cache=True, **extra)
             if shared:  # distinct prompts come sorted: copy_of puts every sample back in its row
                 cache.batch_select_indices(copy_of)
                 logits = logits[copy_of]
@@ -131,9 +138,10 @@ class HFRollout:
                 if t == steps - 1:
                     break
                 positions_active = positions[active] + t + 1
-                out = self.model(input_ids=tokens[:, None], attention_mask=full_mask[active, :prompt_len + t + 1],
-                                 position_ids=positions_active[:, None], past_key_values=cache, use_cache=True, **extra)
-                logits = out.logits[:, -1]
+                logits = self.logits(self.model, input_ids=tokens[:, None],
+                                     attention_mask=full_mask[active, :prompt_len + t + 1],
+                                     position_ids=positions_active[:, None], past_key_values=cache, use_cache=True,
+                                     **extra)
         self.model.train(was_training)
         response_mask = (torch.arange(steps, device=device)[None, :] < lengths[:, None]).to(torch.long)
         responses = responses.masked_fill(response_mask == 0, self.pad_token_id)

@@ -15,6 +15,9 @@ same tokens (same random numbers; the group's first rank's pick is broadcast eac
 near-tie between logits that differ in the last bit cannot part the ranks), and each keeps its
 own rows.
 
+Next to a ``strategy=megatron`` actor split the same way, ``TrainerShardsRollout`` decodes on the actor's
+own shards instead of a copy (no refresh after an update).
+
 Families with q/k/v/o attention (Llama, Qwen2, Qwen3, Gemma 2, Qwen2-MoE, Mixtral-style experts)
 and DeepSeek-V3's latent attention (heads split at q_b_proj / kv_b_proj, the latents whole) are covered;
 sizes that do not divide are refused by name.
@@ -114,8 +117,36 @@ class RolloutGroup:
         return {k: v[start:start + sizes[self.rank]] for k, v in out.items()}
 
 
-class TensorParallelRollout:
+class _GroupDecoding:
+    """The ranks of a rollout group generate their prompts together (``RolloutGroup``), agreeing on every pick."""
+
+    def __init__(self, tp: int, device: torch.device):
+        self.tp, self.device = tp, device
+        self.ranks = RolloutGroup(tp, device)
+        self.group = self.ranks.group
+        self.engine: HFRollout | None = None
+
+    # ------------------------------------------------------------------------- generation
+    def _agree(self, tokens: torch.Tensor, log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The group's first rank's tokens and log-probs, on every rank of the group. The all-reduces
+        need not give bit-identical logits on every rank, and a greedy near-tie (common in a random
+        model) would then pick different tokens, end rows at different steps and stall the group."""
+        both = torch.stack([tokens.to(log_probs.dtype), log_probs])
+        dist.broadcast(both, group=self.group, group_src=0)
+        return both[0].to(tokens.dtype), both[1]
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """This rank's prompts in, its responses out; the group generates all of its prompts at once."""
+        ids, mask, sizes = self.ranks.prompts(input_ids, attention_mask, self.engine.pad_token_id)
+        out = self.engine.generate(ids.to(self.device), mask.to(self.device), params, generator)
+        return self.ranks.mine(out, sizes)
+
+
+class TensorParallelRollout(_GroupDecoding):
     """Generate with a copy of ``source`` split over this rank's tensor-parallel group."""
+
+    shares_weights = False  # refreshed from the actor after every update
 
     def __init__(self, source: torch.nn.Module, tp: int, eos_token_ids: list[int], pad_token_id: int,
                  dtype: torch.dtype, device: torch.device):
@@ -125,9 +156,8 @@ class TensorParallelRollout:
         problems = tp_problems(source.config, tp)
         if problems:
             raise ValueError("; ".join(problems))
-        self.tp, self.device = tp, device
-        self.ranks = RolloutGroup(tp, device)
-        self.mesh, self.group, self.tp_rank = self.ranks.mesh, self.ranks.group, self.ranks.rank
+        super().__init__(tp, device)
+        self.mesh, self.tp_rank = self.ranks.mesh, self.ranks.rank
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(source.config, dtype=dtype)
         parallelize_module(model, self.mesh, _local_plan(model))
@@ -200,18 +230,40 @@ class TensorParallelRollout:
             target = param.to_local() if hasattr(param, "to_local") else param
             target.copy_(self._local(name, full.detach()).to(target.device, target.dtype))
 
-    # ------------------------------------------------------------------------- generation
-    def _agree(self, tokens: torch.Tensor, log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The group's first rank's tokens and log-probs, on every rank of the group. The all-reduces
-        need not give bit-identical logits on every rank, and a greedy near-tie (common in a random
-        model) would then pick different tokens, end rows at different steps and stall the group."""
-        both = torch.stack([tokens.to(log_probs.dtype), log_probs])
-        dist.broadcast(both, group=self.group, group_src=0)
-        return both[0].to(tokens.dtype), both[1]
+
+class TrainerShardsRollout(_GroupDecoding):
+    """Decode on the trainer's own tensor-parallel shards (``strategy=megatron``, rollout TP = the actor's TP,
+    one pipeline stage, no context parallelism): no copy of the weights and nothing to refresh after an
+    update. ``model`` is the actor as ``engines.tensor_parallel.parallelize`` split it: its layers run as in
+    training (the group's ranks see the same tokens), the vocabulary-parallel output layer's logits are
+    gathered once per step. ``dtype``: the rollout's dtype; when the trained weights are held in another,
+    generation runs under autocast to it (autocast's cache casts each weight once per generation)."""
+
+    shares_weights = True
+
+    def __init__(self, model: torch.nn.Module, tp: int, eos_token_ids: list[int], pad_token_id: int,
+                 dtype: torch.dtype, device: torch.device):
+        super().__init__(tp, device)
+        self.model, self.dtype = model, dtype
+        self.head: torch.Tensor | None = None  # this rank's vocabulary rows of the output layer, in dtype
+        self.engine = HFRollout(model, eos_token_ids, pad_token_id, dtype=dtype, agree=self._agree, logits=self._logits)
+
+    def _logits(self, model, **inputs) -> torch.Tensor:
+        hidden = model.get_decoder()(**inputs).last_hidden_state[:, -1]
+        local = (hidden.to(self.head.dtype) @ self.head.t()).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.tp)]
+        dist.all_gather(parts, local, group=self.group)
+        return torch.cat(parts, -1)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """This rank's prompts in, its responses out; the group generates all of its prompts at once."""
-        ids, mask, sizes = self.ranks.prompts(input_ids, attention_mask, self.engine.pad_token_id)
-        out = self.engine.generate(ids.to(self.device), mask.to(self.device), params, generator)
-        return self.ranks.mine(out, sizes)
+        weight = self.model.get_output_embeddings().weight
+        weight = weight.to_local() if hasattr(weight, "to_local") else weight
+        self.head = weight.detach().to(self.dtype)  # cast once per generation (a view when it is in dtype)
+        try:
+            return super().generate(input_ids, attention_mask, params, generator)
+        finally:
+            self.head = None
+
+    def load_weights(self, state) -> None:
+        raise RuntimeError("TrainerShardsRollout decodes on the trainer's weights: there is nothing to load")

@@ -36,6 +36,18 @@ class _LazyState:
         return self._items
 
 
+def decodes_on_trainer_shards(rollout, actor, moe: bool) -> bool:
+    """rollout.name=hf at the actor's tensor-parallel size under strategy=megatron decodes on the actor's own
+    shards (``TrainerShardsRollout``) when a tensor-parallel group holds whole layers and whole sequences: one
+    pipeline stage, no context parallelism, no sequence parallelism in effect (it is off for MoE models), and
+    experts, if any, within the group (EP 1)."""
+    m, tp = actor.megatron, rollout.tensor_model_parallel_size
+    if rollout.name != "hf" or actor.strategy != "megatron" or tp == 1 or m.tensor_model_parallel_size != tp:
+        return False
+    return (m.pipeline_model_parallel_size == 1 and m.context_parallel_size == 1 and
+            m.expert_model_parallel_size == 1 and (moe or not m.sequence_parallel))
+
+
 class ActorRolloutRefWorker(Profiled):
     """The actor and reference as role adapters of a training engine (``rlcamp.engines``) that supply
     the head and the loss; the rollout engine next to them."""
@@ -71,9 +83,19 @@ class ActorRolloutRefWorker(Profiled):
             self.ref = copy.deepcopy(self.model).to(to_dtype(arr.ref.fsdp_config.model_dtype)).eval()
             # frozen by never being stepped and running under no_grad: on this torch's CPU build,
             # requires_grad_(False) on bf16 weights makes matmuls ~5x slower (measured)
-        self.rollout = self._make_rollout()
+        from rlcamp.engines.experts import expert_modules
+
+        on_shards = decodes_on_trainer_shards(arr.rollout, arr.actor, moe=bool(expert_modules(self.model)))
+        self.rollout = None if on_shards else self._make_rollout()
         compiled = {"actor": arr.actor.use_torch_compile and compilable, "ref": arr.ref.use_torch_compile and compilable}
         self.engine, self.ref_engine = self._make_engines(remove_padding, head, compiled)
+        if on_shards:  # after the engine split the actor (rlcamp.rollout.tensor_parallel.TrainerShardsRollout)
+            from rlcamp.rollout.tensor_parallel import TrainerShardsRollout
+
+            self.rollout = TrainerShardsRollout(self.model, self.rollout_cfg.tensor_model_parallel_size,
+                                                [] if self.rollout_cfg.ignore_eos else self.eos_token_ids,
+                                                self.tokenizer.pad_token_id, to_dtype(self.rollout_cfg.dtype),
+                                                self.device)
         if self.engine.master is not None and isinstance(self.rollout, HFRollout) and self.rollout.model is self.model:
             with self.engine.full_precision():  # the actor now computes in the compute dtype: not rollout.dtype
                 self.rollout = self._make_rollout(share=False)
@@ -166,7 +188,7 @@ class ActorRolloutRefWorker(Profiled):
 
     def sync_rollout_weights(self) -> None:
         """Refresh the rollout engine in place (the full weights are gathered when sharded)."""
-        if isinstance(self.rollout, HFRollout) and self.rollout.model is self.model:
+        if getattr(self.rollout, "model", None) is self.model:  # it decodes on the actor's own weights
             return
         # layered_summon: one full tensor at a time, never the whole state
         weights = self.engine.export_weights(layered=self.rollout_cfg.layered_summon)

@@ -288,3 +288,28 @@ def test_megatron_two_ranks_equal_one_fsdp_process(tmp_path, ray_local, remove_p
     for key in ("critic/vf_loss", "critic/grad_norm", "critic/vpred_mean"):
         assert c2[key] == pytest.approx(c1[key], rel=1e-4, abs=1e-6), key
     critic_group.shutdown()
+
+
+def test_megatron_tensor_parallel_rollout_decodes_on_the_actors_shards(tmp_path, ray_local):
+    """rollout.name=hf at the actor's TP=2 (one stage, no sequence parallelism): the rollout decodes on the
+    trained shards themselves (no copy, no weight export), so its samples before and after an update carry the
+    log-probs the trained model gives them (tests/rollout/test_tensor_parallel.py: the tokens one process samples)."""
+    megatron = {"actor_rollout_ref.actor.strategy": "megatron", "actor_rollout_ref.actor.megatron.dtype": "fp32",
+                "actor_rollout_ref.actor.megatron.tensor_model_parallel_size": 2,
+                "actor_rollout_ref.actor.megatron.sequence_parallel": False,
+                "actor_rollout_ref.rollout.tensor_model_parallel_size": 2}
+    one, two = resolved_for(tmp_path, 1), resolved_for(tmp_path, 2, **megatron)
+    assert not two.blockers
+    single, batch, group = _one_and_two_actors(one, two)
+    from rlcamp.batch import Batch
+
+    prompts = Batch({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    for update in (False, True):
+        if update:
+            m = group.call("update_actor", batch)
+            assert m["actor/grad_norm"] > 0
+        sampled = group.call("generate", prompts)
+        recomputed = group.call("compute_log_prob", sampled)["old_log_probs"]
+        real = sampled["response_mask"].bool()
+        assert torch.allclose(sampled["rollout_log_probs"][real], recomputed[real], atol=1e-5), update
+    group.shutdown()

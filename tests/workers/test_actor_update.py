@@ -168,3 +168,28 @@ def test_seq_mean_token_sum_norm_scales_as_verl_by_the_configured_micro_batches_
         assert torch.allclose(h, w / 2, atol=1e-7, rtol=1e-4)
         assert torch.allclose(f, w / 2, atol=1e-7, rtol=1e-4)
         assert torch.allclose(d, w, atol=1e-7, rtol=1e-4)  # one row per micro batch, counted as one micro batch
+
+
+def test_which_layouts_decode_on_the_trainers_tensor_parallel_shards():
+    """rollout.name=hf decodes on the Megatron actor's own shards only where a TP group holds whole layers and
+    whole sequences at the rollout's TP size; everywhere else the rollout keeps a copy."""
+    from rlcamp.config.schema import RLConfig
+    from rlcamp.workers.actor import decodes_on_trainer_shards
+
+    def case(moe=False, **changes):
+        from dataclasses import replace
+
+        arr = RLConfig().actor_rollout_ref
+        rollout = {"name": "hf", "tensor_model_parallel_size": 2}
+        megatron = {"tensor_model_parallel_size": 2, "sequence_parallel": False}
+        for key, value in changes.items():
+            (rollout if key.startswith("rollout_") else megatron)[key.removeprefix("rollout_")] = value
+        actor = replace(arr.actor, strategy="megatron", megatron=replace(arr.actor.megatron, **megatron))
+        return decodes_on_trainer_shards(replace(arr.rollout, **rollout), actor, moe)
+
+    assert case()
+    assert case(moe=True, sequence_parallel=True)  # sequence parallelism is off for MoE models anyway
+    for changes in ({"sequence_parallel": True}, {"pipeline_model_parallel_size": 2}, {"context_parallel_size": 2},
+                    {"expert_model_parallel_size": 2}, {"tensor_model_parallel_size": 4},
+                    {"rollout_tensor_model_parallel_size": 1}, {"rollout_name": "vllm"}):
+        assert not case(**changes), changes
