@@ -69,7 +69,6 @@ def _engine_blockers(cfg: RLConfig) -> list[str]:
     return out
 
 
-_MEGATRON_OFF = ("param_offload", "grad_offload", "optimizer_offload")
 # override_transformer_config entries with a meaning here; any other must keep verl's default
 _RECOMPUTE = ("recompute_granularity", "recompute_method", "recompute_num_layers", "recompute_modules")
 # ... and the pipeline's cut (rlcamp.engines.pipeline.layer_bounds)
@@ -90,10 +89,6 @@ def _megatron_blockers(cfg: RLConfig) -> list[str]:
     for role, (strategy, megatron) in roles.items():
         if strategy != "megatron" or (role == "critic" and not _uses_critic(cfg)):
             continue
-        for key in _MEGATRON_OFF:
-            if getattr(megatron, key):
-                out.append(f"{role}.megatron.{key}=True is not built into rlcamp's Megatron engine yet "
-                           f"({ENGINES_ISSUE}); a run needs False")
         for name in ("override_ddp_config", "override_mcore_model_config"):
             if getattr(megatron, name):
                 out.append(f"{role}.megatron.{name}={getattr(megatron, name)!r}: rlcamp's Megatron engine is not "

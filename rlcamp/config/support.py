@@ -242,6 +242,16 @@ NO_EFFECT: list[NoEffect] = [
                "stage boundaries or within a context-parallel part is not built yet): the same numbers, more "
                "activation memory", _megatron_without_sequence_parallel(role))
       for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
+    *[NoEffect(f"{role}.megatron.grad_offload", "the engine frees every gradient after its optimizer step, so no "
+               "gradient is held between uses to move to host memory", _megatron_role(role))
+      for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
+    NoEffect("actor_rollout_ref.ref.megatron.optimizer_offload", "the reference is frozen: it has no optimizer",
+             _megatron_role("actor_rollout_ref.ref")),
+    *[NoEffect(f"{role}.megatron.{k}", f"on the CPU the {what} in host memory already",
+               lambda cfg, megatron=_megatron_role(role): megatron(cfg) and _device(cfg) == "cpu")
+      for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")
+      for k, what in (("param_offload", "weights are"), ("optimizer_offload", "optimizer state is"))
+      if not (role.endswith(".ref") and k == "optimizer_offload")],
     *[NoEffect(f"{role}.megatron.dist_checkpointing_path", "it is read with use_dist_checkpointing=True",
                _megatron_without_dist_checkpointing(role))
       for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],

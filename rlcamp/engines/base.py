@@ -104,6 +104,13 @@ class TrainingEngine(Protocol):
     def export_weights(self, layered: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, full tensor) pairs for the rollout engine; consume it to the end (collective)."""
 
+    def offload(self) -> None:
+        """The end of a use (a stage of the step): whatever the role's offload keys keep in host memory
+        between uses goes there; the next call brings it back."""
+
+    def onload(self) -> None:
+        """The weights on the device for a use outside the engine (a rollout that decodes on them)."""
+
     def save(self, folder: Path, contents, generators: dict[str, torch.Generator], tokenizer=None) -> None: ...
 
     def load(self, folder: Path, contents, generators: dict[str, torch.Generator], role: str) -> None: ...

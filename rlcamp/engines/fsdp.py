@@ -164,6 +164,14 @@ class FSDPEngine:
     def scheduler_step(self) -> None:
         self.optim.scheduler_step()
 
+    def offload(self) -> None:
+        """Nothing to do at the end of a use: FSDP2's offload policy keeps the shards on the host
+        (fsdp_config.param_offload), the optimizer state goes there after each step (optimizer_offload),
+        and a frozen reference is moved back to the host at the end of its own forward."""
+
+    def onload(self) -> None:
+        """Nothing to do: FSDP2 gathers its shards for each forward itself."""
+
     @property
     def lr(self) -> float:
         return self.optim.lr

@@ -25,6 +25,17 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, style: str, min_lr
     return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
 
 
+def place_optimizer_state(optimizer: torch.optim.Optimizer, to_host: bool) -> None:
+    """``optimizer_offload``: after a step the state goes to host memory, before the next it goes back next
+    to its parameter. That is the parameter's own device, not the engine's: under FSDP2's CPU offload the
+    (sharded) parameters, their gradients and so the step stay on the host."""
+    for param, state in optimizer.state.items():
+        device = torch.device("cpu") if to_host else param.device
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                state[key] = value.to(device, non_blocking=not to_host)
+
+
 class LocalEngine:
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, total_steps: int, warmup_steps: int,
                  grad_clip: float, compute_dtype: torch.dtype | None, device: torch.device,
@@ -105,16 +116,8 @@ class LocalEngine:
         return grad_norm
 
     def _place_optimizer_state(self, to_host: bool) -> None:
-        """``optimizer_offload``: after a step the state goes to host memory, before the next it goes
-        back next to its parameter. That is the parameter's own device, not the engine's: under
-        FSDP2's CPU offload the (sharded) parameters, their gradients and so the step stay on the host."""
-        if not self.optimizer_offload:
-            return
-        for param, state in self.optimizer.state.items():
-            device = torch.device("cpu") if to_host else param.device
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and key != "step":
-                    state[key] = value.to(device, non_blocking=not to_host)
+        if self.optimizer_offload:
+            place_optimizer_state(self.optimizer, to_host)
 
     def scheduler_step(self) -> None:
         self.scheduler.step()

@@ -32,7 +32,7 @@ from rlcamp.batch import Batch
 from rlcamp.config.schema import OptimConfig
 from rlcamp.engines.base import LogProbs, LossFn, Mesh, MicroBatching, Values
 from rlcamp.engines.batching import gather_outputs, micro_batches
-from rlcamp.engines.local import lr_lambda
+from rlcamp.engines.local import lr_lambda, place_optimizer_state
 from rlcamp.engines.tensor_parallel import parallelize, tp_problems, vocab_parallel_log_probs
 from rlcamp.models.forward import critic_forward, decoder_hidden, sequence_inputs
 from rlcamp.utils import dist
@@ -53,7 +53,7 @@ class MegatronEngine:
                  schedule: str = "1f1b", pp_key: str = "pipeline_model_parallel_size",
                  dist_checkpoint: str | None = None, ep: int = 1, ep_key: str = "expert_model_parallel_size",
                  etp: int | None = None, sequence_parallel: bool = False, cp: int = 1,
-                 cp_key: str = "context_parallel_size"):
+                 cp_key: str = "context_parallel_size", param_offload: bool = False, optimizer_offload: bool = False):
         self.model, self.device, self.compute_dtype, self.remove_padding = model, device, compute_dtype, remove_padding
         self.grad_clip = grad_clip
         world = dist.world_size()
@@ -126,6 +126,10 @@ class MegatronEngine:
 
             self.expert_params = {id(p) for p in parallelize_experts(model, self.ep_mesh["ep"],
                                                                      self.tp_group if tp > 1 else None)}
+        if param_offload:  # before any view of the weights is taken (the optimizer's slices, a stage's names)
+            from rlcamp.engines.offload import own_storage
+
+            own_storage(model)
         # parameter names (tied weights under their first name), before any stage drops modules
         self.param_names = {id(p): n for n, p in model.named_parameters()}
         self.pipeline, self.tied = None, None
@@ -147,6 +151,29 @@ class MegatronEngine:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer,
                 lambda s: lr_lambda(s, warmup_steps, total, optim.warmup_style, min_lr, optim.num_cycles))
+        # param_offload: the weights wait in host memory between uses (the worker calls offload() after each);
+        # optimizer_offload: the optimizer state waits there between steps
+        self.host = None
+        if param_offload:
+            from rlcamp.engines.offload import HostOffload, local_tensors
+
+            self.host = HostOffload(local_tensors(model), device)
+        self.optimizer_offload = optimizer_offload and self.optimizer is not None
+
+    # ----------------------------------------------------------------------------- offload
+    def offload(self) -> None:
+        """End of a use: with param_offload the weights go to host memory until the next call needs them."""
+        if self.host is not None:
+            self.host.offload()
+
+    def onload(self) -> None:
+        """The weights on the device again (every method calls it; also for a rollout that decodes on them)."""
+        if self.host is not None:
+            self.host.onload()
+
+    def _place_optimizer_state(self, to_host: bool) -> None:
+        if self.optimizer_offload:
+            place_optimizer_state(self.optimizer, to_host)
 
     def _split(self, vpp: int, first: int | None, last: int | None, schedule: str, key: str, trains: bool) -> None:
         """Keep this rank's pipeline stages of the model (``engines.pipeline``) and drop the other layers.
@@ -298,6 +325,7 @@ class MegatronEngine:
         return fn, 2 if head.entropy else 1, read
 
     def forward(self, batch: Batch, head: LogProbs | Values, micro: MicroBatching) -> Batch:
+        self.onload()
         if self.pipeline is not None:
             return self._pipeline_forward(batch, head, micro)
         was_training = self.model.training
@@ -335,6 +363,7 @@ class MegatronEngine:
 
     def forward_backward(self, mini_batch: Batch, head: LogProbs | Values, loss_fn: LossFn, micro: MicroBatching,
                          *, loss_scale_factor: int, accumulation: int) -> dict:
+        self.onload()
         norm = self.loss_norm(mini_batch["response_mask"].float(), loss_scale_factor, accumulation)
         parts = micro_batches(mini_batch, micro.dynamic, micro.size, micro.max_tokens)
         reported = torch.zeros((), device=self.device)
@@ -368,6 +397,7 @@ class MegatronEngine:
     def optimizer_step(self) -> torch.Tensor:
         """Sum gradients over the data-parallel group, clip by the norm of the whole (unsplit) gradient,
         step (skipped when it is not finite), zero. Returns the norm before clipping."""
+        self.onload()
         sharded_sq = torch.zeros((), device=self.device)
         whole_sq = torch.zeros((), device=self.device)
         expert_sq = torch.zeros((), device=self.device)
@@ -410,7 +440,9 @@ class MegatronEngine:
                 for local in self.locals:
                     if local.grad is not None:
                         local.grad.mul_(scale)
+            self._place_optimizer_state(to_host=False)
             self.optimizer.step()
+            self._place_optimizer_state(to_host=True)  # it waits in host memory until the next step
         for param, local in zip(self.params, self.locals):
             param.grad = local.grad = None
         return norm
@@ -433,6 +465,7 @@ class MegatronEngine:
     def export_weights(self, layered: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, full tensor), one tensor gathered at a time (so ``layered`` changes nothing);
         collective: every rank consumes it to the end."""
+        self.onload()
         with torch.no_grad():
             if self.pipeline is None:
                 for name, value in self.model.state_dict().items():
@@ -481,6 +514,8 @@ class MegatronEngine:
 
         contents, rank = set(contents), dist.rank()
         folder.mkdir(parents=True, exist_ok=True)
+        self.onload()
+        self._place_optimizer_state(to_host=False)  # the checkpoint's DTensors live on the mesh's device
         state = {}
         if "model" in contents:
             state["model"] = self._model_state()
@@ -488,6 +523,7 @@ class MegatronEngine:
             state["optimizer"] = self._optimizer_state(create=True)
         if state:
             dcp.save(state, checkpoint_id=str(folder / "sharded"))
+        self._place_optimizer_state(to_host=True)
         if "hf_model" in contents:
             weights = dict(self.export_weights())
             if rank == 0:
@@ -517,6 +553,8 @@ class MegatronEngine:
             if not checkpoint_holds(part, saved):
                 raise RuntimeError(f"{role} checkpoint {folder} holds no '{part}' (it saved {sorted(saved)}); drop "
                                    f"'{part}' from the role's checkpoint.load_contents to resume without it")
+        self.onload()
+        self._place_optimizer_state(to_host=False)
         state = {}
         if "model" in contents:
             state["model"] = self._model_state()
@@ -524,6 +562,7 @@ class MegatronEngine:
             state["optimizer"] = self._optimizer_state(create=True)
         if state:  # read into this layout's tensors in place, resharded from whatever layout wrote them
             dcp.load(state, checkpoint_id=str(folder / "sharded"))
+        self._place_optimizer_state(to_host=True)
         if "extra" in contents:
             self.scheduler.load_state_dict(meta["scheduler"])
             rng = folder / f"rng_rank{dist.rank()}.pt"
@@ -579,6 +618,15 @@ def layout(megatron_cfg, role: str) -> dict:
                 etp=megatron_cfg.expert_tensor_parallel_size, cp=megatron_cfg.context_parallel_size,
                 cp_key=f"{role}.megatron.context_parallel_size",
                 sequence_parallel=megatron_cfg.sequence_parallel)
+
+
+def offload(megatron_cfg, device: torch.device) -> dict:
+    """A role's ``megatron.param_offload`` / ``optimizer_offload`` as MegatronEngine arguments: on an accelerator
+    only (on the CPU weights and state are in host memory already; the config layer says so).
+    ``grad_offload`` has nothing to move: the engine frees every gradient after its optimizer step."""
+    on_device = device.type != "cpu"
+    return dict(param_offload=megatron_cfg.param_offload and on_device,
+                optimizer_offload=megatron_cfg.optimizer_offload and on_device)
 
 
 def recompute(model, megatron_cfg) -> None:

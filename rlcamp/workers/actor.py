@@ -113,15 +113,16 @@ class ActorRolloutRefWorker(Profiled):
         steps = dict(total_steps=derived.total_training_steps or 1, warmup_steps=derived.actor_warmup_steps or 0,
                      grad_clip=a.grad_clip)
         if a.strategy == "megatron":
-            from rlcamp.engines.megatron import MegatronEngine, layout, recompute
+            from rlcamp.engines.megatron import MegatronEngine, layout, offload, recompute
 
             compute = to_dtype(a.megatron.dtype)
             recompute(self.model, a.megatron)
             engine = MegatronEngine(self.model, device=self.device, compute_dtype=compute, remove_padding=remove_padding,
-                                    optim=a.optim, **layout(a.megatron, "actor_rollout_ref.actor"), **steps)
+                                    optim=a.optim, **layout(a.megatron, "actor_rollout_ref.actor"),
+                                    **offload(a.megatron, self.device), **steps)
             ref = None if self.ref is None else MegatronEngine(
                 self.ref, device=self.device, compute_dtype=compute, remove_padding=remove_padding, like=engine,
-                **layout(arr.ref.megatron, "actor_rollout_ref.ref"))
+                **layout(arr.ref.megatron, "actor_rollout_ref.ref"), **offload(arr.ref.megatron, self.device))
             return engine, ref
         compute = to_dtype(a.fsdp_config.mixed_precision.param_dtype)
         # data parallel and/or offload: FSDP2; Ulysses: the trained model and the reference share
@@ -212,8 +213,13 @@ class ActorRolloutRefWorker(Profiled):
         """Prompts in, responses out (``rollout.n`` or ``val_kwargs.n`` samples per prompt, adjacent)."""
         n = self.rollout_cfg.val_kwargs.n if validate else self.rollout_cfg.n
         prompts = batch.repeat_interleave(n) if n > 1 else batch
+        shares = getattr(self.rollout, "model", None) is self.model
+        if shares:  # it decodes on the actor's weights: on the device for it (megatron.param_offload)
+            self.engine.onload()
         out = self.rollout.generate(prompts["input_ids"].to(self.device), prompts["attention_mask"].to(self.device),
                                     self.sampling_params(validate), self.generator)
+        if shares:
+            self.engine.offload()
         if hasattr(self.rollout, "sleep"):  # free the engine's device memory for training (free_cache_engine)
             self.rollout.sleep()
         out = {k: v.cpu() for k, v in out.items()}
@@ -228,6 +234,7 @@ class ActorRolloutRefWorker(Profiled):
         micro = MicroBatching(self.derived.rollout_log_prob_micro_batch_per_device, r.log_prob_use_dynamic_bsz,
                               r.log_prob_max_token_len_per_gpu)
         out = self.engine.forward(batch, LogProbs(r.temperature, entropy=True), micro)
+        self.engine.offload()
         return Batch({"old_log_probs": out["log_probs"], "entropys": out["entropy"]})
 
     def compute_ref_log_prob(self, batch: Batch) -> Batch:
@@ -237,6 +244,7 @@ class ActorRolloutRefWorker(Profiled):
         micro = MicroBatching(self.derived.ref_log_prob_micro_batch_per_device, ref.log_prob_use_dynamic_bsz,
                               ref.log_prob_max_token_len_per_gpu)
         out = self.ref_engine.forward(batch, LogProbs(self.rollout_cfg.temperature), micro)
+        self.ref_engine.offload()
         return Batch({"ref_log_probs": out["log_probs"]})
 
     # ------------------------------------------------------------------------------- update
@@ -261,6 +269,7 @@ class ActorRolloutRefWorker(Profiled):
         sink.add("perf/actor_peak_memory_gb", dist.peak_memory_gb(self.device))
         self.engine.scheduler_step()
         self.sync_rollout_weights()
+        self.engine.offload()
         return sink.means()
 
     def _policy_loss(self, outputs: dict, micro: Batch, norm: dict, sink: MetricSink):
@@ -312,7 +321,9 @@ class ActorRolloutRefWorker(Profiled):
 
     def save_checkpoint(self, folder: Path) -> None:
         self.engine.save(folder, self.actor_cfg.checkpoint.save_contents, self._generators(), self.tokenizer)
+        self.engine.offload()
 
     def load_checkpoint(self, folder: Path) -> None:
         self.engine.load(folder, self.actor_cfg.checkpoint.load_contents, self._generators(), "actor")
         self.sync_rollout_weights()
+        self.engine.offload()

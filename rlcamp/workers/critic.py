@@ -40,11 +40,12 @@ class CriticWorker(Profiled):
         steps = dict(optim=c.optim, total_steps=derived.total_training_steps or 1,
                      warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip)
         if (c.strategy or config.actor_rollout_ref.actor.strategy) == "megatron":
-            from rlcamp.engines.megatron import MegatronEngine, layout, recompute
+            from rlcamp.engines.megatron import MegatronEngine, layout, offload, recompute
 
             recompute(self.model, c.megatron)
             self.engine = MegatronEngine(self.model, device=self.device, compute_dtype=to_dtype(c.megatron.dtype),
-                                         remove_padding=remove_padding, **layout(c.megatron, "critic"), **steps)
+                                         remove_padding=remove_padding, **layout(c.megatron, "critic"),
+                                         **offload(c.megatron, self.device), **steps)
         else:
             self.engine = FSDPEngine(self.model, device=self.device,
                                      compute_dtype=to_dtype(c.model.fsdp_config.mixed_precision.param_dtype),
@@ -61,6 +62,7 @@ class CriticWorker(Profiled):
         micro = MicroBatching(self.derived.critic_forward_micro_batch_per_device, self.cfg.use_dynamic_bsz,
                               self.cfg.forward_max_token_len_per_gpu)
         values = self.engine.forward(batch, Values(), micro)["values"]
+        self.engine.offload()
         self.model.train()
         return Batch({"values": values * batch["response_mask"]})
 
@@ -87,10 +89,13 @@ class CriticWorker(Profiled):
         sink.add("critic/lr", self.engine.lr)
         sink.add("perf/critic_peak_memory_gb", dist.peak_memory_gb(self.device))
         self.engine.scheduler_step()
+        self.engine.offload()
         return sink.means()
 
     def save_checkpoint(self, folder: Path) -> None:
         self.engine.save(folder, self.cfg.checkpoint.save_contents, {"shuffle": self.generator}, self.tokenizer)
+        self.engine.offload()
 
     def load_checkpoint(self, folder: Path) -> None:
         self.engine.load(folder, self.cfg.checkpoint.load_contents, {"shuffle": self.generator}, "critic")
+        self.engine.offload()

@@ -98,10 +98,19 @@ def test_what_rlcamp_or_this_machine_lacks_is_a_blocker_not_a_config_problem():
             "trainer.n_gpus_per_node=2").blockers
     assert any("tensor_model_parallel_size=2 with rollout.name=sglang: rlcamp runs one SGLang engine per device" in b
                for b in tp)
-    megatron = ok("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron.param_offload=True",
-                  "trainer.n_gpus_per_node=2").blockers
-    assert any("actor_rollout_ref.actor.megatron.param_offload=True is not built into rlcamp's Megatron engine yet"
-               in b for b in megatron)
+    offload = ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron.param_offload=True",
+               "actor_rollout_ref.actor.megatron.optimizer_offload=True", "actor_rollout_ref.actor.megatron.grad_offload=True",
+               "trainer.n_gpus_per_node=2")
+    assert not ok(*offload).blockers  # real on an accelerator (rlcamp.engines.offload); said to do nothing on the CPU
+    from rlcamp.config import build_config
+    from rlcamp.config.support import no_effect_warnings
+
+    keys = frozenset(k.split("=")[0] for k in offload)
+    loaded = build_config(list(offload) + ["trainer.device=cpu"])
+    text = "\n".join(no_effect_warnings(loaded.config, keys))
+    assert "param_offload=True has no effect: on the CPU the weights are in host memory already" in text
+    assert "optimizer_offload=True has no effect: on the CPU the optimizer state is in host memory already" in text
+    assert "grad_offload=True has no effect: the engine frees every gradient after its optimizer step" in text
     assert not ok("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron.context_parallel_size=2",
                   "trainer.n_gpus_per_node=2").blockers  # context parallelism runs
     assert any("context_parallel_size=2 with pipeline_model_parallel_size=2" in p for p in problems(

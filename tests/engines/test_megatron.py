@@ -47,34 +47,44 @@ def _full_grads(model) -> dict[str, torch.Tensor]:
 
 
 def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False, cp: int = 1,
-           packed: bool = False) -> dict:
+           packed: bool = False, offload: bool = False) -> dict:
     """What both layouts must agree on: outputs, loss, gradients and norm of one step, outputs after it,
-    and (saving or resuming at ``folder`` / ``resume``) the next step."""
+    and (saving or resuming at ``folder`` / ``resume``) the next step. ``offload``: the weights and optimizer
+    state go to host memory after every call (on the CPU too, here: their device storage really is freed)."""
     from rlcamp.engines.megatron import MegatronEngine
+    from rlcamp.engines.offload import local_tensors
 
-    out = {}
+    out = {"held_after_offload": []}
     actor = MegatronEngine(model, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
-                           grad_clip=1e9, sequence_parallel=sp, cp=cp, remove_padding=packed)
+                           grad_clip=1e9, sequence_parallel=sp, cp=cp, remove_padding=packed, param_offload=offload,
+                           optimizer_offload=offload)
+
+    def used(result):
+        if offload:  # between uses no parameter holds memory
+            actor.offload()
+            out["held_after_offload"].append(sum(t.untyped_storage().nbytes() for t in local_tensors(model)))
+        return result
+
     batch = _batch(model.config.vocab_size)
     # with sequence parallelism the norms are DTensors over the group (they see 1/TP of the sequence)
     out["norm_split"] = hasattr(model.get_decoder().layers[0].input_layernorm.weight, "placements")
     if resume is not None:
         actor.load(resume, ["model", "optimizer", "extra"], {}, "actor")
     else:
-        first = actor.forward(batch, LogProbs(0.8, entropy=True), MICRO)
+        first = used(actor.forward(batch, LogProbs(0.8, entropy=True), MICRO))
         out["log_probs"], out["entropy"] = first["log_probs"], first["entropy"]
         step = actor.forward_backward(batch, LogProbs(0.8, entropy=True), _loss, MICRO, loss_scale_factor=4,
                                       accumulation=2)
         out["loss"] = step["loss"]
         out["grads"] = _full_grads(model)
-        out["grad_norm"] = actor.optimizer_step()
+        out["grad_norm"] = used(actor.optimizer_step())
         actor.scheduler_step()
-        out["after"] = actor.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
+        out["after"] = used(actor.forward(batch, LogProbs(0.8), MICRO)["log_probs"])
         if folder is not None:
-            actor.save(folder, ["model", "optimizer", "extra", "hf_model"], {}, None)
+            used(actor.save(folder, ["model", "optimizer", "extra", "hf_model"], {}, None))
     actor.forward_backward(batch, LogProbs(0.8), _loss, MICRO, loss_scale_factor=4, accumulation=2)
-    out["next_grad_norm"] = actor.optimizer_step()
-    out["next"] = actor.forward(batch, LogProbs(0.8), MICRO)["log_probs"]
+    out["next_grad_norm"] = used(actor.optimizer_step())
+    out["next"] = used(actor.forward(batch, LogProbs(0.8), MICRO)["log_probs"])
     if critic is not None:
         engine = MegatronEngine(critic, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
                                 sequence_parallel=sp, cp=cp, remove_padding=packed)
@@ -99,6 +109,11 @@ def _run(rank: int, world: int, port: int, paths: dict, root: str) -> None:
         out = _steps(load_causal_lm(path), load_critic(path), tp=2, sp=True)
         if rank == 0:
             torch.save(out, Path(root) / f"tp2sp_{family}.pt")
+        # param_offload + optimizer_offload between every use (a second checkpoint: saved with the weights away)
+        out = _steps(load_causal_lm(path), load_critic(path), tp=2, offload=True,
+                     folder=Path(root) / f"ckpt_offload_{family}")
+        if rank == 0:
+            torch.save(out, Path(root) / f"tp2offload_{family}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +126,7 @@ def runs(tmp_path_factory):
     return root, paths
 
 
-@pytest.mark.parametrize("layout", ["tp2", "tp2sp"])
+@pytest.mark.parametrize("layout", ["tp2", "tp2sp", "tp2offload"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_tensor_parallel_ranks_train_as_one_process(runs, family, layout):
     from rlcamp.models.loading import load_causal_lm, load_critic
@@ -119,6 +134,7 @@ def test_two_tensor_parallel_ranks_train_as_one_process(runs, family, layout):
     root, paths = runs
     two = torch.load(root / f"{layout}_{family}.pt", weights_only=False)
     assert two["norm_split"] == (layout == "tp2sp")
+    assert two["held_after_offload"] == ([0] * 6 if layout == "tp2offload" else [])
     one = _steps(load_causal_lm(paths[family]), load_critic(paths[family]), tp=1)
     mask = _batch(10)["response_mask"].bool()
     for key in ("log_probs", "entropy", "after", "next", "values"):
