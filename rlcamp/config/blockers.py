@@ -71,6 +71,7 @@ def _engine_blockers(cfg: RLConfig) -> list[str]:
 
 # override_transformer_config entries with a meaning here; any other must keep verl's default
 _RECOMPUTE = ("recompute_granularity", "recompute_method", "recompute_num_layers", "recompute_modules")
+_DROPOUT = ("attention_dropout", "hidden_dropout")  # rlcamp.engines.megatron.apply_transformer_overrides
 # ... and the pipeline's cut (rlcamp.engines.pipeline.layer_bounds)
 _PIPELINE_CUT = ("num_layers_in_first_pipeline_stage", "num_layers_in_last_pipeline_stage")
 
@@ -94,15 +95,38 @@ def _megatron_blockers(cfg: RLConfig) -> list[str]:
                 out.append(f"{role}.megatron.{name}={getattr(megatron, name)!r}: rlcamp's Megatron engine is not "
                            "megatron-core and has no such config; remove it")
         for key, value in megatron.override_transformer_config.items():
-            if key in _RECOMPUTE + _PIPELINE_CUT or key == "attention_backend" or value == defaults.get(key, object()):
+            if key in _RECOMPUTE + _PIPELINE_CUT + _DROPOUT or key == "attention_backend" or \
+                    value == defaults.get(key, object()):
                 continue
             out.append(f"{role}.megatron.override_transformer_config.{key}={value!r} has no counterpart in rlcamp's "
-                       f"Megatron engine yet ({ENGINES_ISSUE}; it reads recompute_granularity=full|selective as "
-                       "activation checkpointing and num_layers_in_{first,last}_pipeline_stage as the pipeline's cut); remove it")
-        granularity = megatron.override_transformer_config.get("recompute_granularity")
-        if granularity not in (None, "full", "selective"):
-            out.append(f"{role}.megatron.override_transformer_config.recompute_granularity={granularity!r}: use "
-                       "full, selective or null")
+                       f"Megatron engine yet ({ENGINES_ISSUE}; it reads recompute_granularity / recompute_method / "
+                       "recompute_num_layers as activation checkpointing, attention_dropout, and "
+                       "num_layers_in_{first,last}_pipeline_stage as the pipeline's cut); remove it")
+        out += _transformer_override_problems(f"{role}.megatron.override_transformer_config",
+                                              megatron.override_transformer_config)
+    return out
+
+
+def _transformer_override_problems(key: str, o: dict) -> list[str]:
+    """Values of the recompute and dropout entries that megatron-core would refuse too, or the HF layers lack."""
+    out = []
+    granularity, method, n = o.get("recompute_granularity"), o.get("recompute_method"), o.get("recompute_num_layers")
+    if granularity not in (None, "full", "selective"):
+        out.append(f"{key}.recompute_granularity={granularity!r}: use full, selective or null")
+    if method not in (None, "uniform", "block"):
+        out.append(f"{key}.recompute_method={method!r}: use uniform, block or null")
+    if method is not None and granularity != "full":
+        out.append(f"{key}.recompute_method={method!r} is read with recompute_granularity=full only (it is "
+                   f"{granularity!r}); set it to null or the granularity to full")
+    if method == "block" and granularity == "full" and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        out.append(f"{key}.recompute_method=block needs recompute_num_layers: how many layers of each pipeline "
+                   f"stage to recompute (an integer >= 0; it is {n!r})")
+    dropout = o.get("attention_dropout")
+    if dropout is not None and not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        out.append(f"{key}.attention_dropout={dropout!r}: a probability in [0, 1)")
+    if o.get("hidden_dropout") not in (None, 0, 0.0):
+        out.append(f"{key}.hidden_dropout={o['hidden_dropout']!r}: the HF decoder layers rlcamp trains have no dropout "
+                   "on the residual stream; use 0.0 (attention_dropout is honoured)")
     return out
 
 

@@ -629,8 +629,43 @@ def offload(megatron_cfg, device: torch.device) -> dict:
                 optimizer_offload=megatron_cfg.optimizer_offload and on_device)
 
 
-def recompute(model, megatron_cfg) -> None:
-    """``override_transformer_config.recompute_granularity=full|selective``: activation checkpointing of
-    every decoder layer (HF's gradient checkpointing; selective recomputes the same whole layers here)."""
-    if megatron_cfg.override_transformer_config.get("recompute_granularity") in ("full", "selective"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+def apply_transformer_overrides(model, megatron_cfg, key: str = "override_transformer_config") -> list[int]:
+    """The ``override_transformer_config`` entries with a counterpart in the HF module: ``attention_dropout``
+    (every attention module's dropout probability in training), ``hidden_dropout`` (0 only: the HF layers
+    have none; refused otherwise by the config checks) and the ``recompute_*`` entries (``recompute``).
+    Returns the indices of the checkpointed layers."""
+    o = megatron_cfg.override_transformer_config
+    if o.get("attention_dropout") is not None:
+        for module in model.modules():  # HF attention reads its own copy of the probability
+            if isinstance(getattr(module, "attention_dropout", None), (int, float)):
+                module.attention_dropout = float(o["attention_dropout"])
+        model.config.attention_dropout = float(o["attention_dropout"])
+    return recompute(model, megatron_cfg, key)
+
+
+def recompute(model, megatron_cfg, key: str = "override_transformer_config") -> list[int]:
+    """``override_transformer_config.recompute_*`` as activation checkpointing of whole decoder layers (HF's
+    gradient checkpointing); returns the indices of the checkpointed layers. ``recompute_granularity``:
+    full or selective (selective recomputes the same whole layers here, a superset of its
+    ``recompute_modules``). With full, ``recompute_method=block`` and ``recompute_num_layers=N``: the first
+    N layers of each pipeline stage (each virtual stage), as Megatron; ``uniform`` (or none): every layer
+    (Megatron's uniform checkpoints chunks of N layers: the same numbers, a boundary kept per layer here)."""
+    from rlcamp.engines.pipeline import layer_bounds
+    from rlcamp.utils.dist import decoder_layers
+
+    o = megatron_cfg.override_transformer_config
+    granularity, method, n = o.get("recompute_granularity"), o.get("recompute_method"), o.get("recompute_num_layers")
+    if granularity not in ("full", "selective"):
+        return []
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = decoder_layers(model)
+    kept = list(range(len(layers)))
+    if granularity == "full" and method == "block":
+        stages = megatron_cfg.pipeline_model_parallel_size * (megatron_cfg.virtual_pipeline_model_parallel_size or 1)
+        bounds = layer_bounds(len(layers), stages, o.get("num_layers_in_first_pipeline_stage"),
+                              o.get("num_layers_in_last_pipeline_stage"), f"{key}.recompute_method=block")
+        kept = [i for start, end in bounds for i in range(start, min(start + n, end))]
+        for i, layer in enumerate(layers):
+            if i not in kept:
+                layer.gradient_checkpointing = False
+    return kept

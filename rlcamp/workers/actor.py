@@ -113,10 +113,11 @@ class ActorRolloutRefWorker(Profiled):
         steps = dict(total_steps=derived.total_training_steps or 1, warmup_steps=derived.actor_warmup_steps or 0,
                      grad_clip=a.grad_clip)
         if a.strategy == "megatron":
-            from rlcamp.engines.megatron import MegatronEngine, layout, offload, recompute
+            from rlcamp.engines.megatron import MegatronEngine, apply_transformer_overrides, layout, offload
 
             compute = to_dtype(a.megatron.dtype)
-            recompute(self.model, a.megatron)
+            apply_transformer_overrides(self.model, a.megatron,
+                                        "actor_rollout_ref.actor.megatron.override_transformer_config")
             engine = MegatronEngine(self.model, device=self.device, compute_dtype=compute, remove_padding=remove_padding,
                                     optim=a.optim, **layout(a.megatron, "actor_rollout_ref.actor"),
                                     **offload(a.megatron, self.device), **steps)

@@ -40,9 +40,10 @@ class CriticWorker(Profiled):
         steps = dict(optim=c.optim, total_steps=derived.total_training_steps or 1,
                      warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip)
         if (c.strategy or config.actor_rollout_ref.actor.strategy) == "megatron":
-            from rlcamp.engines.megatron import MegatronEngine, layout, offload, recompute
+            from rlcamp.engines.megatron import MegatronEngine, apply_transformer_overrides, layout, offload
 
-            recompute(self.model, c.megatron)
+            apply_transformer_overrides(self.model, c.megatron,
+                                        "critic.megatron.override_transformer_config")
             self.engine = MegatronEngine(self.model, device=self.device, compute_dtype=to_dtype(c.megatron.dtype),
                                          remove_padding=remove_padding, **layout(c.megatron, "critic"),
                                          **offload(c.megatron, self.device), **steps)

@@ -229,3 +229,44 @@ def test_what_cannot_be_split_is_named():
     assert problems == ["actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2 does not divide the "
                         "model's vocab_size=301; choose a divisor of it"]
     assert "not model_type 'gemma2'" in tp_problems(_family_config("gemma2", 300, 0, 1), 2, "k")[0]
+
+
+def test_override_transformer_config_recompute_and_dropout_reach_the_hf_layers(tmp_path):
+    """recompute_method=block checkpoints the first recompute_num_layers of each pipeline stage, uniform (and
+    selective) every layer; attention_dropout sets every attention's probability; bad values are named."""
+    from dataclasses import replace
+
+    from rlcamp.config.blockers import _transformer_override_problems
+    from rlcamp.config.schema import MegatronConfig
+    from rlcamp.engines.megatron import apply_transformer_overrides
+    from rlcamp.models.loading import load_causal_lm
+    from rlcamp.models.tiny import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "m", "llama", num_hidden_layers=5)
+
+    def checkpointed(pp=1, **o):
+        model = load_causal_lm(path)
+        cfg = replace(MegatronConfig(), pipeline_model_parallel_size=pp,
+                      override_transformer_config={**MegatronConfig().override_transformer_config, **o})
+        kept = apply_transformer_overrides(model, cfg)
+        flags = [i for i, layer in enumerate(model.model.layers) if layer.gradient_checkpointing]
+        assert flags == kept
+        return kept, model
+
+    assert checkpointed()[0] == []
+    assert checkpointed(recompute_granularity="selective")[0] == [0, 1, 2, 3, 4]
+    assert checkpointed(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=2)[0] == \
+        [0, 1, 2, 3, 4]
+    # stages of 3 and 2 layers: the first of each
+    assert checkpointed(2, recompute_granularity="full", recompute_method="block", recompute_num_layers=1)[0] == [0, 3]
+    assert checkpointed(2, recompute_granularity="full", recompute_method="block", recompute_num_layers=0)[0] == []
+    _, model = checkpointed(attention_dropout=0.25)
+    assert {layer.self_attn.attention_dropout for layer in model.model.layers} == {0.25}
+    text = "\n".join(_transformer_override_problems("k", {"recompute_granularity": "full", "recompute_method": "block",
+                                                          "attention_dropout": 1.5, "hidden_dropout": 0.1}))
+    assert "k.recompute_method=block needs recompute_num_layers" in text
+    assert "k.attention_dropout=1.5: a probability in [0, 1)" in text and "k.hidden_dropout=0.1" in text
+    assert "read with recompute_granularity=full only" in "\n".join(
+        _transformer_override_problems("k", {"recompute_method": "uniform"}))
+    assert _transformer_override_problems("k", {"recompute_granularity": "full", "recompute_method": "block",
+                                                "recompute_num_layers": 2, "hidden_dropout": 0.0}) == []
