@@ -6,28 +6,23 @@ the parameter gradients summed over the group must equal the plain gradient of t
 """
 
 import json
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from rlcamp.models.tiny import build_tiny_model
+from rlcamp.utils.dist import free_port
 
 CASES = [  # (model, remove_padding)
     ("qwen2", False),
     ("qwen2", True),
     ("qwen2_kv1", False),  # fewer KV heads than ranks: repeated before the all-to-all
     ("llama", True),
-    ("gemma2", False),  # logit soft-capping and sliding windows
+    ("gemma2", False),  # logit soft-capping and a sliding window shorter than the sequence (4 of 13 tokens)
+    ("gemma2", True),
     ("deepseek_v3", True),  # multi-head latent attention: q and v head sizes differ
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _inputs(vocab: int):
@@ -88,7 +83,9 @@ def _run(rank: int, world: int, port: int, models: dict, out: str) -> None:
 @pytest.fixture(scope="module")
 def sp_results(tmp_path_factory):
     root = tmp_path_factory.mktemp("ulysses")
-    models = {family: str(build_tiny_model(root / family, family)) for family in ("qwen2", "llama", "gemma2", "deepseek_v3")}
+    # gemma2's window of 4 masks inside the 13-token sequences (the tiny default, 64, would never mask)
+    models = {family: str(build_tiny_model(root / family, family, **({"sliding_window": 4} if family == "gemma2" else {})))
+              for family in ("qwen2", "llama", "gemma2", "deepseek_v3")}
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(models["qwen2"])
@@ -96,7 +93,7 @@ def sp_results(tmp_path_factory):
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(root / "qwen2_kv1")
     models["qwen2_kv1"] = str(root / "qwen2_kv1")
-    mp.start_processes(_run, args=(2, _free_port(), models, str(root)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_run, args=(2, free_port(), models, str(root)), nprocs=2, join=True, start_method="spawn")
     return [json.loads((root / f"rank{r}.json").read_text()) for r in range(2)]
 
 
