@@ -88,8 +88,6 @@ _MEGATRON_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", 
                   "forward_only", "override_transformer_config", "override_ddp_config", "override_mcore_model_config")
 # with strategy=megatron: keys rlcamp's engine (rlcamp.engines.megatron) reads no value from, and why
 _MEGATRON_WITHOUT_EFFECT = {
-    "use_distributed_optimizer": "each rank's optimizer steps only its own tensor-parallel slices; they are not "
-                                 "split further over the data-parallel ranks",
     "seed": "trainer.seed seeds every worker (and dropout) with rlcamp's engines",
     "dist_checkpointing_prefix": "the checkpoint at dist_checkpointing_path is rlcamp's own, by HF names, with no "
                                  "key prefix",
@@ -245,8 +243,8 @@ NO_EFFECT: list[NoEffect] = [
     *[NoEffect(f"{role}.megatron.grad_offload", "the engine frees every gradient after its optimizer step, so no "
                "gradient is held between uses to move to host memory", _megatron_role(role))
       for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")],
-    NoEffect("actor_rollout_ref.ref.megatron.optimizer_offload", "the reference is frozen: it has no optimizer",
-             _megatron_role("actor_rollout_ref.ref")),
+    *[NoEffect(f"actor_rollout_ref.ref.megatron.{k}", "the reference is frozen: it has no optimizer",
+               _megatron_role("actor_rollout_ref.ref")) for k in ("optimizer_offload", "use_distributed_optimizer")],
     *[NoEffect(f"{role}.megatron.{k}", f"on the CPU the {what} in host memory already",
                lambda cfg, megatron=_megatron_role(role): megatron(cfg) and _device(cfg) == "cpu")
       for role in ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic")

@@ -10,8 +10,9 @@ last stage returns the outputs.
 
 What differs from megatron-core: the model is the HF module itself (no conversion to mcore
 layers, so checkpoints are HF-named and any HF-loadable weights of a supported family work); the
-optimizer is torch's AdamW over each rank's slices (``use_distributed_optimizer`` has no effect:
-every slice is held once per data-parallel rank); the attention kernel is the one the HF model
+optimizer is torch's AdamW over each rank's slices (with ``use_distributed_optimizer`` each rank of the
+data x context-parallel group keeps and steps 1/G of every non-expert slice, ``_ShardedSteps``; the weights
+and gradients stay whole per rank, no FSDP over the data-parallel dimension); the attention kernel is the one the HF model
 would use. Expert parallelism (``engines.experts``) splits MoE layers' experts over an expert group of
 a stage's ranks. Context parallelism (``context_parallel_size``) splits the sequence: each rank runs its
 columns, attention gathers K and V whole in one collective (``models.ulysses``).
@@ -53,7 +54,8 @@ class MegatronEngine:
                  schedule: str = "1f1b", pp_key: str = "pipeline_model_parallel_size",
                  dist_checkpoint: str | None = None, ep: int = 1, ep_key: str = "expert_model_parallel_size",
                  etp: int | None = None, sequence_parallel: bool = False, cp: int = 1,
-                 cp_key: str = "context_parallel_size", param_offload: bool = False, optimizer_offload: bool = False):
+                 cp_key: str = "context_parallel_size", param_offload: bool = False, optimizer_offload: bool = False,
+                 distributed_optimizer: bool = False):
         self.model, self.device, self.compute_dtype, self.remove_padding = model, device, compute_dtype, remove_padding
         self.grad_clip = grad_clip
         world = dist.world_size()
@@ -143,8 +145,16 @@ class MegatronEngine:
             self.params = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
             # the optimizer steps each rank's slices as plain tensors (views of the DTensors' storage)
             self.locals = [p.to_local().detach() if _is_dtensor(p) else p for p in self.params]
+            # use_distributed_optimizer: each rank of the gradient group steps (and keeps the state of) 1/G of
+            # every non-expert tensor, flattened, and the updated parts are all-gathered after the step
+            self.zero = None
+            if distributed_optimizer and self.grad_group is not None and \
+                    tdist.get_world_size(self.grad_group) > 1:
+                self.zero = _ShardedSteps(self.locals, [id(p) in self.expert_params for p in self.params],
+                                          self.grad_group)
             fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
-            self.optimizer = torch.optim.AdamW(self.locals, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+            stepped = self.zero.stepped if self.zero is not None else self.locals
+            self.optimizer = torch.optim.AdamW(stepped, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                                weight_decay=optim.weight_decay, **fused)
             min_lr = optim.min_lr_ratio or 0.0
             total = optim.total_training_steps if optim.total_training_steps > 0 else total_steps
@@ -441,10 +451,16 @@ class MegatronEngine:
                     if local.grad is not None:
                         local.grad.mul_(scale)
             self._place_optimizer_state(to_host=False)
+            if self.zero is not None:
+                self.zero.point_grads()
             self.optimizer.step()
+            if self.zero is not None:
+                self.zero.gather()
             self._place_optimizer_state(to_host=True)  # it waits in host memory until the next step
         for param, local in zip(self.params, self.locals):
             param.grad = local.grad = None
+        if self.zero is not None:
+            self.zero.drop_grads()
         return norm
 
     def scheduler_step(self) -> None:
@@ -493,12 +509,18 @@ class MegatronEngine:
 
         names = self.param_names
         out = {}
-        for param, local in zip(self.params, self.locals):
-            state = self.optimizer.state[local]
+        stepped = self.zero.stepped if self.zero is not None else self.locals
+        self.gathered_state = []  # (this rank's state, key, whole tensor, index): loaded wholes go back to parts
+        for i, (param, local, mine) in enumerate(zip(self.params, self.locals, stepped)):
+            state = self.optimizer.state[mine]
             if not state and create:
                 fused = self.optimizer.defaults.get("fused")
                 state["step"] = torch.zeros((), dtype=torch.float32, device=local.device if fused else "cpu")
-                state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(local), torch.zeros_like(local)
+                state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(mine), torch.zeros_like(mine)
+            if self.zero is not None and self.zero.parts[i] is not None:  # checkpoints hold whole tensors
+                wholes = {k: v if k == "step" else self.zero.whole(i, v) for k, v in state.items()}
+                self.gathered_state += [(state, k, v, i) for k, v in wholes.items() if k != "step"]
+                state = wholes
             for key, value in state.items():
                 if _is_dtensor(param) and key != "step":
                     value = DTensor.from_local(value, param.device_mesh, param.placements, run_check=False,
@@ -562,6 +584,9 @@ class MegatronEngine:
             state["optimizer"] = self._optimizer_state(create=True)
         if state:  # read into this layout's tensors in place, resharded from whatever layout wrote them
             dcp.load(state, checkpoint_id=str(folder / "sharded"))
+        if "optimizer" in contents and self.zero is not None:  # this rank keeps its part of each whole
+            for mine, key, whole, i in self.gathered_state:
+                mine[key].copy_(self.zero.part(i, whole))
         self._place_optimizer_state(to_host=True)
         if "extra" in contents:
             self.scheduler.load_state_dict(meta["scheduler"])
@@ -574,6 +599,84 @@ class MegatronEngine:
                 warnings.warn(f"{role} checkpoint {folder} was written by {meta['world_size']} ranks, this run has "
                               f"{dist.world_size()}: weights and optimizer are resharded, the random generators "
                               "start afresh", stacklevel=2)
+
+
+class _ShardedSteps:
+    """``use_distributed_optimizer``: the optimizer state of every non-expert tensor split over the gradient
+    group (data x context parallel ranks, which hold the same tensors and, after the all-reduce, the same
+    gradients), as Megatron's distributed optimizer does. Rank r of G steps elements [r*c, (r+1)*c) of each
+    flattened tensor (c = ceil(n / G)); the updated parts are all-gathered in one collective after the step.
+    Expert tensors (summed over another group) are stepped whole. Optimizer memory per rank: 1/G."""
+
+    def __init__(self, locals_: list[torch.Tensor], expert: list[bool], group):
+        self.group = group
+        self.size, rank = tdist.get_world_size(group), tdist.get_rank(group)
+        self.parts: list[tuple[torch.Tensor, int] | None] = []  # (whole tensor, chunk) or None: stepped whole
+        self.stepped: list[torch.Tensor] = []
+        for local, is_expert in zip(locals_, expert):
+            if is_expert or not local.is_contiguous():
+                self.parts.append(None)
+                self.stepped.append(local)
+                continue
+            n = local.numel()
+            chunk = -(-n // self.size)
+            start = min(rank * chunk, n)
+            self.parts.append((local, chunk))
+            self.stepped.append(local.detach().view(-1)[start:min(start + chunk, n)])  # a leaf view of the storage
+
+    def _bounds(self, i: int, rank: int) -> tuple[int, int]:
+        local, chunk = self.parts[i]
+        start = min(rank * chunk, local.numel())
+        return start, min(start + chunk, local.numel())
+
+    def part(self, i: int, whole: torch.Tensor) -> torch.Tensor:
+        start, end = self._bounds(i, tdist.get_rank(self.group))
+        return whole.reshape(-1)[start:end]
+
+    def point_grads(self) -> None:
+        for i, mine in enumerate(self.stepped):
+            if self.parts[i] is not None:
+                local = self.parts[i][0]
+                mine.grad = None if local.grad is None else self.part(i, local.grad)
+
+    def drop_grads(self) -> None:
+        for i, mine in enumerate(self.stepped):
+            if self.parts[i] is not None:
+                mine.grad = None
+
+    def _all_gather(self, items: list[tuple[int, torch.Tensor]]) -> list[list[torch.Tensor]]:
+        """For each (index, this rank's part), every rank's part, in one all-gather per dtype."""
+        out: list[list[torch.Tensor]] = [[] for _ in items]
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for k, (_, value) in enumerate(items):
+            by_dtype.setdefault(value.dtype, []).append(k)
+        for ks in by_dtype.values():
+            chunks = [self.parts[items[k][0]][1] for k in ks]
+            mine = torch.cat([torch.nn.functional.pad(items[k][1].reshape(-1), (0, c - items[k][1].numel()))
+                              for k, c in zip(ks, chunks)])
+            gathered = [torch.empty_like(mine) for _ in range(self.size)]
+            tdist.all_gather(gathered, mine, group=self.group)
+            offset = 0
+            for k, c in zip(ks, chunks):
+                i = items[k][0]
+                for rank, flat in enumerate(gathered):
+                    start, end = self._bounds(i, rank)
+                    out[k].append(flat[offset:offset + end - start])
+                offset += c
+        return out
+
+    @torch.no_grad()
+    def gather(self) -> None:
+        """Every rank's updated parts into the whole tensors (after the step)."""
+        items = [(i, mine) for i, mine in enumerate(self.stepped) if self.parts[i] is not None]
+        for (i, _), parts in zip(items, self._all_gather(items)):
+            self.parts[i][0].view(-1).copy_(torch.cat(parts))
+
+    @torch.no_grad()
+    def whole(self, i: int, value: torch.Tensor) -> torch.Tensor:
+        """A tensor of this rank's part's shape (its optimizer state) gathered to the whole tensor's shape."""
+        (parts,) = self._all_gather([(i, value)])
+        return torch.cat(parts).view(self.parts[i][0].shape)
 
 
 def _aux_loss_fn(model):
@@ -617,7 +720,8 @@ def layout(megatron_cfg, role: str) -> dict:
                 ep=megatron_cfg.expert_model_parallel_size, ep_key=f"{role}.megatron.expert_model_parallel_size",
                 etp=megatron_cfg.expert_tensor_parallel_size, cp=megatron_cfg.context_parallel_size,
                 cp_key=f"{role}.megatron.context_parallel_size",
-                sequence_parallel=megatron_cfg.sequence_parallel)
+                sequence_parallel=megatron_cfg.sequence_parallel,
+                distributed_optimizer=megatron_cfg.use_distributed_optimizer)
 
 
 def offload(megatron_cfg, device: torch.device) -> dict:

@@ -36,7 +36,8 @@ def _steps(path: str, ep: int, folder: Path | None = None, resume: Path | None =
     from rlcamp.models.loading import load_causal_lm
 
     engine = MegatronEngine(load_causal_lm(path), device=torch.device("cpu"), tp=tp, ep=ep, etp=etp, pp=pp, key="tp",
-                            optim=OptimConfig(lr=1e-2), grad_clip=1e9, remove_padding=packed)
+                            optim=OptimConfig(lr=1e-2), grad_clip=1e9, remove_padding=packed,
+                            distributed_optimizer=True)  # as workers build it (verl's default); at DP > 1 it splits
     micro = MicroBatching(size=rows)
     batch = _batch(engine.model.config.vocab_size)
     if engine.mesh.dp_size > 1:

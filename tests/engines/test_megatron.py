@@ -47,7 +47,7 @@ def _full_grads(model) -> dict[str, torch.Tensor]:
 
 
 def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False, cp: int = 1,
-           packed: bool = False, offload: bool = False) -> dict:
+           packed: bool = False, offload: bool = False, zero: bool = False) -> dict:
     """What both layouts must agree on: outputs, loss, gradients and norm of one step, outputs after it,
     and (saving or resuming at ``folder`` / ``resume``) the next step. ``offload``: the weights and optimizer
     state go to host memory after every call (on the CPU too, here: their device storage really is freed)."""
@@ -57,7 +57,7 @@ def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False, c
     out = {"held_after_offload": []}
     actor = MegatronEngine(model, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
                            grad_clip=1e9, sequence_parallel=sp, cp=cp, remove_padding=packed, param_offload=offload,
-                           optimizer_offload=offload)
+                           optimizer_offload=offload, distributed_optimizer=zero)
 
     def used(result):
         if offload:  # between uses no parameter holds memory
@@ -84,6 +84,7 @@ def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False, c
             used(actor.save(folder, ["model", "optimizer", "extra", "hf_model"], {}, None))
     actor.forward_backward(batch, LogProbs(0.8), _loss, MICRO, loss_scale_factor=4, accumulation=2)
     out["next_grad_norm"] = used(actor.optimizer_step())
+    out["state_numel"] = sum(v.numel() for st in actor.optimizer.state.values() for k, v in st.items() if k == "exp_avg")
     out["next"] = used(actor.forward(batch, LogProbs(0.8), MICRO)["log_probs"])
     if critic is not None:
         engine = MegatronEngine(critic, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
@@ -114,6 +115,11 @@ def _run(rank: int, world: int, port: int, paths: dict, root: str) -> None:
                      folder=Path(root) / f"ckpt_offload_{family}")
         if rank == 0:
             torch.save(out, Path(root) / f"tp2offload_{family}.pt")
+        # data parallel 2 (both ranks see the same batch) with the distributed optimizer: each steps half
+        out = _steps(load_causal_lm(path), load_critic(path), tp=1, zero=True, folder=Path(root) / f"ckpt_zero_{family}")
+        torch.save(out, Path(root) / f"dp2zero_{family}_rank{rank}.pt")
+        out = _steps(load_causal_lm(path), None, tp=1, zero=True, resume=Path(root) / f"ckpt_zero_{family}")
+        torch.save(out, Path(root) / f"dp2zero_resumed_{family}_rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +276,33 @@ def test_override_transformer_config_recompute_and_dropout_reach_the_hf_layers(t
         _transformer_override_problems("k", {"recompute_method": "uniform"}))
     assert _transformer_override_problems("k", {"recompute_granularity": "full", "recompute_method": "block",
                                                 "recompute_num_layers": 2, "hidden_dropout": 0.0}) == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_data_parallel_ranks_with_the_distributed_optimizer_train_as_one_process(runs, family):
+    """use_distributed_optimizer at DP=2: each rank keeps the optimizer state of half of every tensor, steps it,
+    and the halves are gathered: outputs, loss, norm, the step and the next step equal one process (the two
+    ranks' gradients, each over half the tokens' weight, add up to its); the checkpoint holds whole state and
+    resumes in one process, and at DP=2 with the distributed optimizer (each rank takes its half back), with the
+    same next step."""
+    from rlcamp.models.loading import load_causal_lm, load_critic
+
+    root, paths = runs
+    ranks = [torch.load(root / f"dp2zero_{family}_rank{r}.pt", weights_only=False) for r in range(2)]
+    one = _steps(load_causal_lm(paths[family]), load_critic(paths[family]), tp=1)
+    mask = _batch(10)["response_mask"].bool()
+    for two in ranks:
+        for key in ("log_probs", "entropy", "after", "next", "values"):
+            assert torch.allclose(two[key][mask], one[key][mask], atol=1e-5), key
+        assert float(two["loss"]) == pytest.approx(float(one["loss"]), abs=1e-6)
+        for key in ("grad_norm", "next_grad_norm"):
+            assert float(two[key]) == pytest.approx(float(one[key]), rel=1e-5), key
+        assert one["state_numel"] / 2 <= two["state_numel"] <= one["state_numel"] / 2 + 64  # half (+ rounding)
+    for name, g in one["grads"].items():
+        assert torch.allclose(ranks[0]["grads"][name] + ranks[1]["grads"][name], g, atol=1e-6, rtol=1e-4), name
+    with pytest.warns(UserWarning, match="random generators start afresh"):
+        resumed = _steps(load_causal_lm(paths[family]), None, tp=1, resume=root / f"ckpt_zero_{family}")
+    again = [torch.load(root / f"dp2zero_resumed_{family}_rank{r}.pt", weights_only=False) for r in range(2)]
+    for resumed in [resumed, *again]:
+        assert float(resumed["next_grad_norm"]) == pytest.approx(float(ranks[0]["next_grad_norm"]), rel=1e-5)
+        assert torch.allclose(resumed["next"][mask], ranks[0]["next"][mask], atol=1e-5)

@@ -45,7 +45,7 @@ def _steps(paths: dict, case: tuple, layout: dict, folder: Path | None = None, r
     layout = {"tp": 1, **layout}
     out = {}
     actor = MegatronEngine(load_causal_lm(path), device=torch.device("cpu"), key="tp", optim=OptimConfig(lr=1e-2),
-                           grad_clip=1e9, remove_padding=packed, **layout)
+                           grad_clip=1e9, remove_padding=packed, distributed_optimizer=True, **layout)
     batch = _batch(actor.model.config.vocab_size)
     if actor.mesh.dp_size > 1:  # this rank's data-parallel part, as dispatch hands it out
         batch = batch.index(torch.arange(len(batch)).chunk(actor.mesh.dp_size)[actor.mesh.dp_rank])
