@@ -313,3 +313,20 @@ def test_megatron_tensor_parallel_rollout_decodes_on_the_actors_shards(tmp_path,
         real = sampled["response_mask"].bool()
         assert torch.allclose(sampled["rollout_log_probs"][real], recomputed[real], atol=1e-5), update
     group.shutdown()
+
+
+def test_megatron_data_parallel_with_the_distributed_optimizer_equals_one_process(tmp_path, ray_local):
+    """strategy=megatron at DP=2 with verl's default use_distributed_optimizer=True (each rank steps half of
+    the optimizer state): the update's metrics and the log-probs after it equal the FSDP engine in one process."""
+    one = resolved_for(tmp_path, 1)
+    two = resolved_for(tmp_path, 2, **{"actor_rollout_ref.actor.strategy": "megatron",
+                                       "actor_rollout_ref.actor.megatron.dtype": "fp32"})
+    assert two.derived.dp_size == 2 and two.config.actor_rollout_ref.actor.megatron.use_distributed_optimizer
+    single, batch, group = _one_and_two_actors(one, two)
+    m2, m1 = group.call("update_actor", batch), single.update_actor(batch)
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/pg_clipfrac"):
+        assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
+    mask = batch["response_mask"].bool()
+    after_two = group.call("compute_log_prob", batch)["old_log_probs"][mask]
+    assert torch.allclose(after_two, single.compute_log_prob(batch)["old_log_probs"][mask], atol=1e-4)
+    group.shutdown()
