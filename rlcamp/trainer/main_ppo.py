@@ -94,9 +94,27 @@ def describe(resolved: ResolvedConfig) -> str:
                      f"{d.actor_warmup_steps} steps")
     else:
         lines.append("training steps: unknown until the training files exist")
+    arr = resolved.config.actor_rollout_ref
+    if arr.rollout.name == "hf" and arr.actor.strategy == "megatron" and arr.rollout.tensor_model_parallel_size > 1:
+        lines.append(f"rollout: {_where_rollout_decodes(arr)}")
     lines += [f"warning: {w}" for w in resolved.warnings]
     lines += [f"warning: a run here would stop: {b}" for b in resolved.blockers]
     return "\n".join(lines)
+
+
+def _where_rollout_decodes(arr) -> str:
+    """rlcamp's engine next to a Megatron actor: on the actor's own shards, or on a split copy and why."""
+    from rlcamp.workers.actor import decodes_on_trainer_shards
+
+    tp = arr.rollout.tensor_model_parallel_size
+    if decodes_on_trainer_shards(arr.rollout, arr.actor, moe=False):
+        return f"rlcamp's engine decodes on the actor's own TP-{tp} shards (no copy, nothing refreshed after an update)"
+    copy = f"rlcamp's engine decodes on its own copy split over {tp} ranks, refreshed after every update"
+    if decodes_on_trainer_shards(arr.rollout, arr.actor, moe=True):  # only sequence parallelism stands in the way
+        return (f"{copy} (a dense model's sequence parallelism splits every sequence, a one-token decode step cannot "
+                "be: with actor.megatron.sequence_parallel=False, or a MoE model, it decodes on the actor's shards)")
+    return (f"{copy} (it decodes on the actor's shards at the actor's TP with one pipeline stage, no context "
+            "parallelism and EP 1)")
 
 
 def load(argv: list[str]) -> tuple[argparse.Namespace, ResolvedConfig]:

@@ -80,6 +80,18 @@ def test_a_megatron_layout_is_checked_against_the_models_config_before_weights_l
                  "critic.megatron.pipeline_model_parallel_size=2"]) == 0
 
 
+def test_the_dry_run_says_where_rlcamps_rollout_decodes_next_to_a_megatron_actor(valid, capsys):
+    line = ["actor_rollout_ref.actor.strategy=megatron", "trainer.n_gpus_per_node=2", "actor_rollout_ref.rollout.name=hf",
+            "actor_rollout_ref.rollout.tensor_model_parallel_size=2",
+            "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"]
+    assert main(["--dry-run", *valid, *line, "actor_rollout_ref.actor.megatron.sequence_parallel=False"]) == 0
+    assert "# rollout: rlcamp's engine decodes on the actor's own TP-2 shards" in capsys.readouterr().out
+    assert main(["--dry-run", *valid, *line]) == 0  # verl's default sequence_parallel=True
+    out = capsys.readouterr().out
+    assert "# rollout: rlcamp's engine decodes on its own copy split over 2 ranks" in out
+    assert "with actor.megatron.sequence_parallel=False, or a MoE model, it decodes on the actor's shards" in out
+
+
 def test_reward_function_file_and_name_are_checked(valid, tmp_path, capsys):
     fn = tmp_path / "my_reward.py"
     fn.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n    return 1.0\n")
