@@ -90,10 +90,10 @@ def _megatron_blockers(cfg: RLConfig) -> list[str]:
     for role, (strategy, megatron) in roles.items():
         if strategy != "megatron" or (role == "critic" and not _uses_critic(cfg)):
             continue
-        for name in ("override_ddp_config", "override_mcore_model_config"):
-            if getattr(megatron, name):
-                out.append(f"{role}.megatron.{name}={getattr(megatron, name)!r}: rlcamp's Megatron engine is not "
-                           "megatron-core and has no such config; remove it")
+        if megatron.override_mcore_model_config:
+            out.append(f"{role}.megatron.override_mcore_model_config={megatron.override_mcore_model_config!r}: rlcamp's "
+                       "Megatron engine is not megatron-core and has no such config; remove it")
+        out += _ddp_problems(f"{role}.megatron", megatron)
         for key, value in megatron.override_transformer_config.items():
             if key in _RECOMPUTE + _PIPELINE_CUT + _DROPOUT or key == "attention_backend" or \
                     value == defaults.get(key, object()):
@@ -104,6 +104,37 @@ def _megatron_blockers(cfg: RLConfig) -> list[str]:
                        "num_layers_in_{first,last}_pipeline_stage as the pipeline's cut); remove it")
         out += _transformer_override_problems(f"{role}.megatron.override_transformer_config",
                                               megatron.override_transformer_config)
+    return out
+
+
+def _ddp_problems(key: str, megatron) -> list[str]:
+    """override_ddp_config: only megatron-core's FSDP switch and sharding strategy mean something here
+    (rlcamp.engines.megatron.shards_layers); anything else is refused by name."""
+    from rlcamp.engines.megatron import FSDP_SWITCHES, SHARDING_STRATEGIES
+
+    ddp, out = megatron.override_ddp_config, []
+    for name, value in ddp.items():
+        if name not in (*FSDP_SWITCHES, "data_parallel_sharding_strategy"):
+            out.append(f"{key}.override_ddp_config.{name}={value!r}: rlcamp's Megatron engine is not megatron-core's "
+                       "DDP and reads only use_megatron_fsdp and data_parallel_sharding_strategy there; remove it")
+    strategy = ddp.get("data_parallel_sharding_strategy")
+    if strategy is not None and strategy not in SHARDING_STRATEGIES:
+        out.append(f"{key}.override_ddp_config.data_parallel_sharding_strategy={strategy!r}: use optim_grads_params "
+                   "(FSDP2 over the data-parallel ranks), optim (use_distributed_optimizer=True) or no_shard"
+                   + (" (optim_grads, gradients split without the weights, is not built)" if strategy == "optim_grads"
+                      else ""))
+    on = any(ddp.get(k) for k in FSDP_SWITCHES)
+    if strategy is not None and not on:
+        out.append(f"{key}.override_ddp_config.data_parallel_sharding_strategy={strategy!r} is read with "
+                   "use_megatron_fsdp=True (as in megatron-core); set it, or drop the strategy")
+    if on and strategy == "optim_grads_params" and (megatron.pipeline_model_parallel_size > 1 or
+                                                     megatron.context_parallel_size > 1):
+        out.append(f"{key}.override_ddp_config.data_parallel_sharding_strategy=optim_grads_params (FSDP2 over the "
+                   "data-parallel ranks) runs with pipeline_model_parallel_size=1 and context_parallel_size=1 so far; "
+                   "use optim (the distributed optimizer) with those layouts")
+    if on and strategy == "optim" and not megatron.use_distributed_optimizer:
+        out.append(f"{key}.override_ddp_config.data_parallel_sharding_strategy=optim is the distributed optimizer: "
+                   "set use_distributed_optimizer=True with it")
     return out
 
 

@@ -12,7 +12,8 @@ What differs from megatron-core: the model is the HF module itself (no conversio
 layers, so checkpoints are HF-named and any HF-loadable weights of a supported family work); the
 optimizer is torch's AdamW over each rank's slices (with ``use_distributed_optimizer`` each rank of the
 data x context-parallel group keeps and steps 1/G of every non-expert slice, ``_ShardedSteps``; the weights
-and gradients stay whole per rank, no FSDP over the data-parallel dimension); the attention kernel is the one the HF model
+and gradients stay whole per rank unless megatron-core's FSDP switch splits the decoder layers over the
+data-parallel ranks with FSDP2, ``shards_layers``); the attention kernel is the one the HF model
 would use. Expert parallelism (``engines.experts``) splits MoE layers' experts over an expert group of
 a stage's ranks. Context parallelism (``context_parallel_size``) splits the sequence: each rank runs its
 columns, attention gathers K and V whole in one collective (``models.ulysses``).
@@ -55,7 +56,7 @@ class MegatronEngine:
                  dist_checkpoint: str | None = None, ep: int = 1, ep_key: str = "expert_model_parallel_size",
                  etp: int | None = None, sequence_parallel: bool = False, cp: int = 1,
                  cp_key: str = "context_parallel_size", param_offload: bool = False, optimizer_offload: bool = False,
-                 distributed_optimizer: bool = False):
+                 distributed_optimizer: bool = False, fsdp: bool = False, fsdp_key: str = "override_ddp_config"):
         self.model, self.device, self.compute_dtype, self.remove_padding = model, device, compute_dtype, remove_padding
         self.grad_clip = grad_clip
         world = dist.world_size()
@@ -77,6 +78,10 @@ class MegatronEngine:
         if ep > 1 or self.ep > 1:
             problems += ep_problems(model.config, self.ep, self.dp * tp,
                                     f"{ep_key}={ep} x expert_tensor_parallel_size={tp if etp is None else etp}")
+        if fsdp and (pp > 1 or cp > 1 or moe):
+            problems.append(f"{fsdp_key}: sharding the decoder layers over the data-parallel ranks (FSDP2) runs with "
+                            "one pipeline stage, no context parallelism and a dense model so far; use "
+                            "use_distributed_optimizer=True (the optimizer state split) for those layouts")
         if problems:
             raise ValueError("; ".join(problems))
         self.device_mesh = self.tp_group = self.dp_group = self.pp_group = None
@@ -128,6 +133,18 @@ class MegatronEngine:
 
             self.expert_params = {id(p) for p in parallelize_experts(model, self.ep_mesh["ep"],
                                                                      self.tp_group if tp > 1 else None)}
+        # FSDP2 over the data-parallel dimension (as torchtitan composes it with TP): each decoder layer's weights,
+        # gradients and optimizer state are split over the DP ranks and gathered layer by layer for compute; the
+        # embedding, final norm and head stay whole per DP rank (their gradients all-reduced as without it)
+        self.fsdp_params: set[int] = set()
+        if fsdp and self.dp > 1:
+            from torch.distributed.fsdp import fully_shard
+
+            from rlcamp.utils.dist import decoder_layers
+
+            for layer in decoder_layers(model):
+                fully_shard(layer, mesh=self.device_mesh["dp"], reshard_after_forward=True)
+                self.fsdp_params |= {id(p) for p in layer.parameters()}
         if param_offload:  # before any view of the weights is taken (the optimizer's slices, a stage's names)
             from rlcamp.engines.offload import own_storage
 
@@ -150,8 +167,8 @@ class MegatronEngine:
             self.zero = None
             if distributed_optimizer and self.grad_group is not None and \
                     tdist.get_world_size(self.grad_group) > 1:
-                self.zero = _ShardedSteps(self.locals, [id(p) in self.expert_params for p in self.params],
-                                          self.grad_group)
+                self.zero = _ShardedSteps(self.locals, [id(p) in self.expert_params | self.fsdp_params
+                                                        for p in self.params], self.grad_group)
             fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
             stepped = self.zero.stepped if self.zero is not None else self.locals
             self.optimizer = torch.optim.AdamW(stepped, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
@@ -411,6 +428,7 @@ class MegatronEngine:
         sharded_sq = torch.zeros((), device=self.device)
         whole_sq = torch.zeros((), device=self.device)
         expert_sq = torch.zeros((), device=self.device)
+        fsdp_sq = torch.zeros(2, device=self.device)  # FSDP-split layers: [TP-split, whole over TP], 1/DP each
         for param, local in zip(self.params, self.locals):
             if param.grad is None and param is not self.tied:
                 local.grad = None
@@ -420,6 +438,11 @@ class MegatronEngine:
                 if grad.placements != param.placements:  # e.g. the embedding's: partial sums, reduced to the slice
                     grad = grad.redistribute(param.device_mesh, param.placements)
                 grad = grad.to_local()
+            if id(param) in self.fsdp_params:  # reduce-scattered by FSDP2, which averages: the engine sums
+                local.grad = grad.mul_(self.dp)
+                fsdp_sq[int(not (len(param.placements) > 1 and param.placements[1].is_shard()))] += \
+                    grad.float().pow(2).sum()
+                continue
             expert = id(param) in self.expert_params
             if expert and self.dp * self.tp // self.ep > 1:  # the ranks that hold the same experts
                 tdist.all_reduce(grad, group=self.edp_group)
@@ -436,6 +459,9 @@ class MegatronEngine:
                 sharded_sq = sharded_sq + grad.float().pow(2).sum()
             else:
                 whole_sq = whole_sq + grad.float().pow(2).sum()
+        if self.fsdp_params:  # each data-parallel rank holds 1/DP of the layers' gradient
+            tdist.all_reduce(fsdp_sq, group=self.dp_group)
+            sharded_sq, whole_sq = sharded_sq + fsdp_sq[0], whole_sq + fsdp_sq[1]
         if self.tp > 1:  # each rank holds 1/TP of the split weights' gradient; the rest is alike on all
             tdist.all_reduce(sharded_sq, group=self.tp_group)
         if self.ep > 1:  # each rank holds 1/EP of the experts
@@ -606,7 +632,8 @@ class _ShardedSteps:
     group (data x context parallel ranks, which hold the same tensors and, after the all-reduce, the same
     gradients), as Megatron's distributed optimizer does. Rank r of G steps elements [r*c, (r+1)*c) of each
     flattened tensor (c = ceil(n / G)); the updated parts are all-gathered in one collective after the step.
-    Expert tensors (summed over another group) are stepped whole. Optimizer memory per rank: 1/G."""
+    Expert tensors (summed over another group) and FSDP-split layers (each rank holds its own part already)
+    are stepped whole. Optimizer memory per rank: 1/G."""
 
     def __init__(self, locals_: list[torch.Tensor], expert: list[bool], group):
         self.group = group
@@ -721,7 +748,21 @@ def layout(megatron_cfg, role: str) -> dict:
                 etp=megatron_cfg.expert_tensor_parallel_size, cp=megatron_cfg.context_parallel_size,
                 cp_key=f"{role}.megatron.context_parallel_size",
                 sequence_parallel=megatron_cfg.sequence_parallel,
-                distributed_optimizer=megatron_cfg.use_distributed_optimizer)
+                distributed_optimizer=megatron_cfg.use_distributed_optimizer, fsdp=shards_layers(megatron_cfg),
+                fsdp_key=f"{role}.megatron.override_ddp_config.data_parallel_sharding_strategy")
+
+
+# megatron-core's Megatron-FSDP switch (use_custom_fsdp before mcore 0.14) and its sharding strategies
+FSDP_SWITCHES = ("use_megatron_fsdp", "use_custom_fsdp")
+SHARDING_STRATEGIES = ("no_shard", "optim", "optim_grads_params")
+
+
+def shards_layers(megatron_cfg) -> bool:
+    """``override_ddp_config.use_megatron_fsdp=True`` + ``data_parallel_sharding_strategy=optim_grads_params``
+    (megatron-core's FSDP, ZeRO-3): the decoder layers are split over the data-parallel ranks with FSDP2.
+    ``optim`` is the distributed optimizer (``use_distributed_optimizer``); checked in config.blockers."""
+    ddp = megatron_cfg.override_ddp_config
+    return any(ddp.get(k) for k in FSDP_SWITCHES) and ddp.get("data_parallel_sharding_strategy") == "optim_grads_params"
 
 
 def offload(megatron_cfg, device: torch.device) -> dict:

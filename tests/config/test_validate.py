@@ -237,3 +237,26 @@ def test_precision_is_left_alone_where_bf16_is_fast_or_off_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert ok("trainer.device=cuda").config.actor_rollout_ref.rollout.dtype == "bfloat16"
     assert ok("trainer.device=auto").config.actor_rollout_ref.rollout.dtype == "bfloat16"
+
+
+def test_override_ddp_config_reads_megatron_fsdp_and_refuses_the_rest():
+    """use_megatron_fsdp + data_parallel_sharding_strategy=optim_grads_params: the engine splits the decoder
+    layers over the data-parallel ranks (FSDP2); other strategies and entries are named."""
+    from rlcamp.engines.megatron import layout
+
+    megatron = ("actor_rollout_ref.actor.strategy=megatron", "trainer.n_gpus_per_node=2")
+    fsdp = ("+actor_rollout_ref.actor.megatron.override_ddp_config.use_megatron_fsdp=True",
+            "+actor_rollout_ref.actor.megatron.override_ddp_config.data_parallel_sharding_strategy=optim_grads_params")
+    resolved = ok(*megatron, *fsdp)
+    assert not resolved.blockers
+    actor = resolved.config.actor_rollout_ref.actor.megatron
+    assert layout(actor, "actor_rollout_ref.actor")["fsdp"]
+    assert not layout(ok(*megatron).config.actor_rollout_ref.actor.megatron, "actor_rollout_ref.actor")["fsdp"]
+    text = "\n".join(ok(*megatron, "+actor_rollout_ref.actor.megatron.override_ddp_config.bucket_size=4",
+                        "+actor_rollout_ref.actor.megatron.override_ddp_config.data_parallel_sharding_strategy="
+                        "optim_grads").blockers)
+    assert "override_ddp_config.bucket_size=4: rlcamp's Megatron engine is not megatron-core's DDP" in text
+    assert "(optim_grads, gradients split without the weights, is not built)" in text
+    assert "is read with use_megatron_fsdp=True" in text
+    staged = "\n".join(ok(*megatron, *fsdp, "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2").blockers)
+    assert "runs with pipeline_model_parallel_size=1 and context_parallel_size=1 so far" in staged

@@ -315,12 +315,18 @@ def test_megatron_tensor_parallel_rollout_decodes_on_the_actors_shards(tmp_path,
     group.shutdown()
 
 
-def test_megatron_data_parallel_with_the_distributed_optimizer_equals_one_process(tmp_path, ray_local):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["distributed_optimizer", "megatron_fsdp"])
+def test_megatron_data_parallel_with_the_distributed_optimizer_equals_one_process(tmp_path, ray_local, fsdp):
     """strategy=megatron at DP=2 with verl's default use_distributed_optimizer=True (each rank steps half of
-    the optimizer state): the update's metrics and the log-probs after it equal the FSDP engine in one process."""
+    the optimizer state), and with megatron-core's FSDP switch (the decoder layers split over the two ranks):
+    the update's metrics and the log-probs after it equal the FSDP engine in one process."""
     one = resolved_for(tmp_path, 1)
+    ddp = {"+actor_rollout_ref.actor.megatron.override_ddp_config.use_megatron_fsdp": True,
+           "+actor_rollout_ref.actor.megatron.override_ddp_config.data_parallel_sharding_strategy":
+           "optim_grads_params"} if fsdp else {}
     two = resolved_for(tmp_path, 2, **{"actor_rollout_ref.actor.strategy": "megatron",
-                                       "actor_rollout_ref.actor.megatron.dtype": "fp32"})
+                                       "actor_rollout_ref.actor.megatron.dtype": "fp32", **ddp})
+    assert not two.blockers
     assert two.derived.dp_size == 2 and two.config.actor_rollout_ref.actor.megatron.use_distributed_optimizer
     single, batch, group = _one_and_two_actors(one, two)
     m2, m1 = group.call("update_actor", batch), single.update_actor(batch)

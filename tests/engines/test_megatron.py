@@ -47,7 +47,7 @@ def _full_grads(model) -> dict[str, torch.Tensor]:
 
 
 def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False, cp: int = 1,
-           packed: bool = False, offload: bool = False, zero: bool = False) -> dict:
+           packed: bool = False, offload: bool = False, zero: bool = False, fsdp: bool = False) -> dict:
     """What both layouts must agree on: outputs, loss, gradients and norm of one step, outputs after it,
     and (saving or resuming at ``folder`` / ``resume``) the next step. ``offload``: the weights and optimizer
     state go to host memory after every call (on the CPU too, here: their device storage really is freed)."""
@@ -57,7 +57,7 @@ def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False, c
     out = {"held_after_offload": []}
     actor = MegatronEngine(model, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
                            grad_clip=1e9, sequence_parallel=sp, cp=cp, remove_padding=packed, param_offload=offload,
-                           optimizer_offload=offload, distributed_optimizer=zero)
+                           optimizer_offload=offload, distributed_optimizer=zero, fsdp=fsdp)
 
     def used(result):
         if offload:  # between uses no parameter holds memory
@@ -88,10 +88,13 @@ def _steps(model, critic, tp: int, folder=None, resume=None, sp: bool = False, c
     out["next"] = used(actor.forward(batch, LogProbs(0.8), MICRO)["log_probs"])
     if critic is not None:
         engine = MegatronEngine(critic, device=torch.device("cpu"), tp=tp, key="tp", optim=OptimConfig(lr=1e-2),
-                                sequence_parallel=sp, cp=cp, remove_padding=packed)
+                                sequence_parallel=sp, cp=cp, remove_padding=packed, fsdp=fsdp)
         out["values"] = engine.forward(batch, Values(), MICRO)["values"]
         engine.forward_backward(batch, Values(), _value_loss, MICRO, loss_scale_factor=4, accumulation=1)
         out["critic_grads"] = _full_grads(critic)
+    if fsdp:  # this rank's share of the decoder layers' weights
+        out["layer_numel"] = sum((p.to_local() if hasattr(p, "to_local") else p).numel()
+                                 for n, p in model.named_parameters() if ".layers." in n)
     return out
 
 
@@ -120,6 +123,10 @@ def _run(rank: int, world: int, port: int, paths: dict, root: str) -> None:
         torch.save(out, Path(root) / f"dp2zero_{family}_rank{rank}.pt")
         out = _steps(load_causal_lm(path), None, tp=1, zero=True, resume=Path(root) / f"ckpt_zero_{family}")
         torch.save(out, Path(root) / f"dp2zero_resumed_{family}_rank{rank}.pt")
+        # ... and the decoder layers split over the two data-parallel ranks (FSDP2), as workers build it by default
+        out = _steps(load_causal_lm(path), load_critic(path), tp=1, zero=True, fsdp=True,
+                     folder=Path(root) / f"ckpt_fsdp_{family}")
+        torch.save(out, Path(root) / f"dp2fsdp_{family}_rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +313,28 @@ def test_two_data_parallel_ranks_with_the_distributed_optimizer_train_as_one_pro
     for resumed in [resumed, *again]:
         assert float(resumed["next_grad_norm"]) == pytest.approx(float(ranks[0]["next_grad_norm"]), rel=1e-5)
         assert torch.allclose(resumed["next"][mask], ranks[0]["next"][mask], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decoder_layers_split_over_data_parallel_ranks_train_as_one_process(runs, family):
+    """FSDP2 over the data-parallel dimension (with the distributed optimizer for the rest): each rank holds half
+    of every decoder layer; outputs, loss, norms, the step, the next step and the critic's values equal one
+    process, and the checkpoint resumes in one process with the same next step."""
+    from rlcamp.models.loading import load_causal_lm, load_critic
+
+    root, paths = runs
+    ranks = [torch.load(root / f"dp2fsdp_{family}_rank{r}.pt", weights_only=False) for r in range(2)]
+    one = _steps(load_causal_lm(paths[family]), load_critic(paths[family]), tp=1)
+    whole = sum(p.numel() for n, p in load_causal_lm(paths[family]).named_parameters() if ".layers." in n)
+    mask = _batch(10)["response_mask"].bool()
+    for two in ranks:
+        assert whole / 2 <= two["layer_numel"] <= whole / 2 + 64
+        for key in ("log_probs", "entropy", "after", "next", "values"):
+            assert torch.allclose(two[key][mask], one[key][mask], atol=1e-5), key
+        assert float(two["loss"]) == pytest.approx(float(one["loss"]), abs=1e-6)
+        for key in ("grad_norm", "next_grad_norm"):
+            assert float(two[key]) == pytest.approx(float(one[key]), rel=1e-5), key
+    with pytest.warns(UserWarning, match="random generators start afresh"):
+        resumed = _steps(load_causal_lm(paths[family]), None, tp=1, resume=root / f"ckpt_fsdp_{family}")
+    assert float(resumed["next_grad_norm"]) == pytest.approx(float(ranks[0]["next_grad_norm"]), rel=1e-5)
+    assert torch.allclose(resumed["next"][mask], ranks[0]["next"][mask], atol=1e-5)

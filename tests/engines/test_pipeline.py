@@ -27,6 +27,8 @@ CASES = {
 SLOW_CASES = {  # 4 processes
     "tp2_pp2": ("qwen2", True, dict(tp=2, pp=2), MicroBatching(size=2), False),
     "pp2_dp2": ("llama", False, dict(pp=2), MicroBatching(size=1), True),
+    # FSDP2 over the data-parallel dimension of a TP mesh (torchtitan's 2D): layers split 2 x 2, tied head whole
+    "tp2_dp2_fsdp": ("qwen2", True, dict(tp=2, fsdp=True), MicroBatching(size=2), True),
 }
 
 
@@ -113,7 +115,7 @@ def _coords(rank: int, name: str, world: int) -> tuple[int, int]:
     """(tp rank, dp rank) of ``rank`` in case ``name``'s layout (tensor parallel inner, then data)."""
     layout = {**CASES, **SLOW_CASES}[name][2]
     tp = layout.get("tp", 1)
-    dp = world // (tp * layout["pp"])
+    dp = world // (tp * layout.get("pp", 1))
     return rank % tp, (rank // tp) % dp
 
 
