@@ -167,8 +167,8 @@ class MegatronEngine:
             self.zero = None
             if distributed_optimizer and self.grad_group is not None and \
                     tdist.get_world_size(self.grad_group) > 1:
-                self.zero = _ShardedSteps(self.locals, [id(p) in self.expert_params | self.fsdp_params
-                                                        for p in self.params], self.grad_group)
+                whole = self.expert_params | self.fsdp_params
+                self.zero = _ShardedSteps(self.locals, [id(p) in whole for p in self.params], self.grad_group)
             fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
             stepped = self.zero.stepped if self.zero is not None else self.locals
             self.optimizer = torch.optim.AdamW(stepped, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
@@ -635,13 +635,13 @@ class _ShardedSteps:
     Expert tensors (summed over another group) and FSDP-split layers (each rank holds its own part already)
     are stepped whole. Optimizer memory per rank: 1/G."""
 
-    def __init__(self, locals_: list[torch.Tensor], expert: list[bool], group):
+    def __init__(self, locals_: list[torch.Tensor], whole: list[bool], group):
         self.group = group
         self.size, rank = tdist.get_world_size(group), tdist.get_rank(group)
         self.parts: list[tuple[torch.Tensor, int] | None] = []  # (whole tensor, chunk) or None: stepped whole
         self.stepped: list[torch.Tensor] = []
-        for local, is_expert in zip(locals_, expert):
-            if is_expert or not local.is_contiguous():
+        for local, stepped_whole in zip(locals_, whole):
+            if stepped_whole or not local.is_contiguous():
                 self.parts.append(None)
                 self.stepped.append(local)
                 continue

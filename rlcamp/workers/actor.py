@@ -188,9 +188,13 @@ class ActorRolloutRefWorker(Profiled):
         module.config.use_cache = True
         return HFRollout(module, [] if self.rollout_cfg.ignore_eos else self.eos_token_ids, self.tokenizer.pad_token_id)
 
+    def _rollout_shares_actor(self) -> bool:
+        """Whether the rollout decodes on the actor's own weights (HFRollout on it, TrainerShardsRollout)."""
+        return getattr(self.rollout, "model", None) is self.model
+
     def sync_rollout_weights(self) -> None:
         """Refresh the rollout engine in place (the full weights are gathered when sharded)."""
-        if getattr(self.rollout, "model", None) is self.model:  # it decodes on the actor's own weights
+        if self._rollout_shares_actor():
             return
         # layered_summon: one full tensor at a time, never the whole state
         weights = self.engine.export_weights(layered=self.rollout_cfg.layered_summon)
@@ -214,7 +218,7 @@ class ActorRolloutRefWorker(Profiled):
         """Prompts in, responses out (``rollout.n`` or ``val_kwargs.n`` samples per prompt, adjacent)."""
         n = self.rollout_cfg.val_kwargs.n if validate else self.rollout_cfg.n
         prompts = batch.repeat_interleave(n) if n > 1 else batch
-        shares = getattr(self.rollout, "model", None) is self.model
+        shares = self._rollout_shares_actor()
         if shares:  # it decodes on the actor's weights: on the device for it (megatron.param_offload)
             self.engine.onload()
         out = self.rollout.generate(prompts["input_ids"].to(self.device), prompts["attention_mask"].to(self.device),
