@@ -25,10 +25,6 @@ class HostOffload:
         self.pin = device.type == "cuda"
         self.host: list[torch.UntypedStorage] | None = None
 
-    @property
-    def offloaded(self) -> bool:
-        return self.host is not None
-
     def offload(self) -> None:
         """Copy every storage to host memory and free it on the device (a no-op when already there)."""
         if self.host is not None:
@@ -57,8 +53,7 @@ def own_storage(module: torch.nn.Module) -> None:
     memory, on the CPU) a copy of its own, so that ``HostOffload`` can free it. Call it before anything takes
     views of the weights."""
     with torch.no_grad():
-        for param in module.parameters():
-            local = param.to_local() if hasattr(param, "to_local") else param
+        for param, local in zip(module.parameters(), local_tensors(module)):
             if not local.untyped_storage().resizable():
                 if local is not param:
                     raise RuntimeError("param_offload: a tensor-parallel shard is not resizable; it should have "

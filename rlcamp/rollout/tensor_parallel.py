@@ -146,8 +146,6 @@ class _GroupDecoding:
 class TensorParallelRollout(_GroupDecoding):
     """Generate with a copy of ``source`` split over this rank's tensor-parallel group."""
 
-    shares_weights = False  # refreshed from the actor after every update
-
     def __init__(self, source: torch.nn.Module, tp: int, eos_token_ids: list[int], pad_token_id: int,
                  dtype: torch.dtype, device: torch.device):
         from torch.distributed.tensor.parallel import parallelize_module
@@ -238,8 +236,6 @@ class TrainerShardsRollout(_GroupDecoding):
     training (the group's ranks see the same tokens), the vocabulary-parallel output layer's logits are
     gathered once per step. ``dtype``: the rollout's dtype; when the trained weights are held in another,
     generation runs under autocast to it (autocast's cache casts each weight once per generation)."""
-
-    shares_weights = True
 
     def __init__(self, model: torch.nn.Module, tp: int, eos_token_ids: list[int], pad_token_id: int,
                  dtype: torch.dtype, device: torch.device):

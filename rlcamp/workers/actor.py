@@ -93,7 +93,7 @@ class ActorRolloutRefWorker(Profiled):
             from rlcamp.rollout.tensor_parallel import TrainerShardsRollout
 
             self.rollout = TrainerShardsRollout(self.model, self.rollout_cfg.tensor_model_parallel_size,
-                                                [] if self.rollout_cfg.ignore_eos else self.eos_token_ids,
+                                                self._stop_tokens(),
                                                 self.tokenizer.pad_token_id, to_dtype(self.rollout_cfg.dtype),
                                                 self.device)
         if self.engine.master is not None and isinstance(self.rollout, HFRollout) and self.rollout.model is self.model:
@@ -169,7 +169,7 @@ class ActorRolloutRefWorker(Profiled):
             from rlcamp.rollout.tensor_parallel import TensorParallelRollout
 
             rollout = TensorParallelRollout(self.model, self.rollout_cfg.tensor_model_parallel_size,
-                                            [] if self.rollout_cfg.ignore_eos else self.eos_token_ids,
+                                            self._stop_tokens(),
                                             self.tokenizer.pad_token_id, dtype, self.device)
             rollout.load_weights(self.model.state_dict())
             return rollout
@@ -186,7 +186,11 @@ class ActorRolloutRefWorker(Profiled):
             if getattr(module, "is_gradient_checkpointing", False):
                 module.gradient_checkpointing_disable()
         module.config.use_cache = True
-        return HFRollout(module, [] if self.rollout_cfg.ignore_eos else self.eos_token_ids, self.tokenizer.pad_token_id)
+        return HFRollout(module, self._stop_tokens(), self.tokenizer.pad_token_id)
+
+    def _stop_tokens(self) -> list[int]:
+        """The tokens rlcamp's engine stops a row at (none with rollout.ignore_eos: full length)."""
+        return [] if self.rollout_cfg.ignore_eos else self.eos_token_ids
 
     def _rollout_shares_actor(self) -> bool:
         """Whether the rollout decodes on the actor's own weights (HFRollout on it, TrainerShardsRollout)."""
