@@ -28,7 +28,7 @@ def trainer(fused: bool, run_dir: str):
     from rlcamp.config import build_config, resolve
     from rlcamp.data.arith import write_splits
     from rlcamp.models.prepare import prepare
-    from rlcamp.trainer.ppo import build_trainer
+    from rlcamp.trainer.build import build_trainer
 
     model = prepare("smollm2-135m-instruct")
     train, test = write_splits("/tmp/rlcamp_bench_arith", n_test=32)

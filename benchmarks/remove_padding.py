@@ -23,14 +23,13 @@ def main() -> None:
 
     trainer = main_job_trainer("/tmp/rlcamp_bench_rmpad")
     actor, critic = trainer.actor.workers[0], trainer.critic.workers[0]
-    prompts = next(iter(trainer.loader))
-    batch = trainer._prompt_batch(prompts)
-    batch["uid"] = list(range(len(batch)))
-    batch = actor.generate(batch)
-    batch["token_level_scores"] = trainer.reward(batch)[0]
-    batch.update(actor.compute_log_prob(batch))
-    batch.update(critic.compute_values(batch))
-    batch, _ = trainer.compute_advantages(batch)
+    from rlcamp.trainer.stages import StepState
+    from rlcamp.trainer.validation import prompt_batch
+
+    s, st = StepState(prompt_batch(next(iter(trainer.loader))), 1), trainer.stages
+    for stage in (st.generate, st.reward, st.old_log_prob, st.values, st.advantages):
+        stage(s)
+    batch = s.batch
     lengths = batch["response_mask"].sum(-1).float()
     print(f"batch: {len(batch)} responses, length mean {lengths.mean():.1f} min {lengths.min():.0f} "
           f"max {lengths.max():.0f} of {batch['responses'].shape[1]}; prompts {batch['attention_mask'].sum(-1).float().mean():.1f} tokens")

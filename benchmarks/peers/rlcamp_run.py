@@ -58,7 +58,7 @@ def make_trainer(algo: str, spec: dict, folder: Path, extra: list[str] = ()):
     import pyarrow.parquet as pq
 
     from rlcamp.config import build_config, resolve
-    from rlcamp.trainer.ppo import build_trainer
+    from rlcamp.trainer.build import build_trainer
 
     rows = [{"data_source": "rlcamp/arith", "prompt": r["prompt"], "ability": "math",
              "reward_model": {"style": "rule", "ground_truth": r["ground_truth"]}, "extra_info": {"index": i}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from rlcamp.rollout.base import named_items
 from rlcamp.rollout.hf import SamplingParams
 
 TP_ONE = ("rlcamp runs one rollout engine per device (tensor parallel 1): set "
@@ -71,7 +72,7 @@ def weight_buckets(state: dict[str, torch.Tensor], dtype: torch.dtype, device: s
     sent as its own copy: vLLM's CPU backend keeps a separately packed output layer, which a reload
     without it would leave stale."""
     bucket, size, seen = [], 0, set()
-    for name, tensor in state.items():
+    for name, tensor in named_items(state):
         tensor = tensor.detach()
         if hasattr(tensor, "full_tensor"):
             tensor = tensor.full_tensor()

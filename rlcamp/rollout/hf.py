@@ -1,6 +1,7 @@
 """rlcamp's own rollout engine (``rollout.name=hf``): batched sampling with a KV cache.
 
-It runs on the actor's own module, so there are no weights to sync after an update. Prompts come
+It runs on the actor's own module (``shares_weights``: nothing to sync after an update) or on a copy
+that ``load_weights`` refreshes in place. Prompts come
 left-padded; the prefill runs each distinct prompt once (the n samples of a prompt share it) and
 computes logits for the last position only, each decode step feeds one
 token per active row, and rows that finished are dropped from the cache so the remaining work
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+
+from rlcamp.rollout.base import NamedTensors, RolloutEngine, named_items
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,13 @@ def last_logits(model, **inputs) -> torch.Tensor:
     return model(**inputs, logits_to_keep=1).logits[:, -1]
 
 
-class HFRollout:
-    """Generate responses with a transformers causal LM and a KV cache."""
+class HFRollout(RolloutEngine):
+    """Generate responses with a transformers causal LM and a KV cache. ``shares_weights``: ``model`` is the
+    trained module itself (no ``load_weights`` after an update)."""
 
     def __init__(self, model, eos_token_ids: list[int], pad_token_id: int, dtype: torch.dtype | None = None,
-                 agree=None, logits=last_logits):
-        self.model = model
+                 agree=None, logits=last_logits, shares_weights: bool = False):
+        self.model, self.shares_weights = model, shares_weights
         # agree(tokens, log_probs) -> the same on every rank of a tensor-parallel group (which would
         # otherwise part ways on a near-tie between logits that differ in the last bit)
         self.agree = agree
@@ -76,6 +80,14 @@ class HFRollout:
         self.eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.pad_token_id = pad_token_id
         self.dtype = dtype  # autocast dtype for generation (None = the model's own)
+
+    @torch.no_grad()
+    def load_weights(self, weights: NamedTensors) -> None:
+        """Copy the actor's weights into this engine's module, in place (names it lacks are skipped)."""
+        targets = self.model.state_dict()
+        for name, value in named_items(weights):
+            if name in targets:
+                targets[name].copy_(value)
 
     def _autocast(self, device: torch.device):
         if self.dtype is None or self.dtype == next(self.model.parameters()).dtype:

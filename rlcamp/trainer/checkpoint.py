@@ -64,3 +64,34 @@ def prune(run_dir: Path, keep_actor: int | None, keep_critic: int | None) -> Non
     for _, folder in steps:
         if not (folder / "actor").exists() and not (folder / "critic").exists():
             shutil.rmtree(folder)
+
+
+def rng_state() -> dict:
+    """The driver's random generators (torch, numpy, Python), to be restored exactly on resume."""
+    import random
+
+    import numpy as np
+    import torch
+
+    return {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+
+
+def resume_folder(resume_mode: str, resume_from_path: str | None, run_dir: Path) -> Path | None:
+    """trainer.resume_mode: the checkpoint to resume from (auto: the latest; resume_path: the one named), or None."""
+    if resume_mode == "disable":
+        return None
+    folder = Path(resume_from_path).expanduser() if resume_mode == "resume_path" else latest(run_dir)
+    if folder is not None and not (folder / "trainer_state.pt").exists():
+        raise FileNotFoundError(f"{folder} is not a complete rlcamp checkpoint (no trainer_state.pt)")
+    return folder

@@ -50,7 +50,7 @@ def run_training(resolved: ResolvedConfig) -> int:
     folder = prepare_run_folder(resolved)
     print(f"run folder: {folder} (resolved_config.yaml written)")
     quiet_libraries()
-    from rlcamp.trainer.ppo import fit_from_config
+    from rlcamp.trainer.build import fit_from_config
     from rlcamp.trainer.report import summarize, write_report
 
     try:

@@ -26,16 +26,6 @@ from rlcamp.utils.device import to_dtype, torch_compile_problem
 from rlcamp.workers.common import MetricSink, mini_batches, seed_everything
 
 
-class _LazyState:
-    """A state dict whose items are made while they are read (the engine's ``export_weights``)."""
-
-    def __init__(self, items):
-        self._items = items
-
-    def items(self):
-        return self._items
-
-
 def decodes_on_trainer_shards(rollout, actor, moe: bool) -> bool:
     """rollout.name=hf at the actor's tensor-parallel size under strategy=megatron decodes on the actor's own
     shards (``TrainerShardsRollout``) when a tensor-parallel group holds whole layers and whole sequences: one
@@ -96,7 +86,7 @@ class ActorRolloutRefWorker(Profiled):
                                                 self._stop_tokens(),
                                                 self.tokenizer.pad_token_id, to_dtype(self.rollout_cfg.dtype),
                                                 self.device)
-        if self.engine.master is not None and isinstance(self.rollout, HFRollout) and self.rollout.model is self.model:
+        if self.engine.master is not None and self.rollout.shares_weights:
             with self.engine.full_precision():  # the actor now computes in the compute dtype: not rollout.dtype
                 self.rollout = self._make_rollout(share=False)
         # each rank samples differently; ranks that share sequences (Ulysses) shuffle mini batches alike;
@@ -186,30 +176,19 @@ class ActorRolloutRefWorker(Profiled):
             if getattr(module, "is_gradient_checkpointing", False):
                 module.gradient_checkpointing_disable()
         module.config.use_cache = True
-        return HFRollout(module, self._stop_tokens(), self.tokenizer.pad_token_id)
+        return HFRollout(module, self._stop_tokens(), self.tokenizer.pad_token_id, shares_weights=module is self.model)
 
     def _stop_tokens(self) -> list[int]:
         """The tokens rlcamp's engine stops a row at (none with rollout.ignore_eos: full length)."""
         return [] if self.rollout_cfg.ignore_eos else self.eos_token_ids
 
-    def _rollout_shares_actor(self) -> bool:
-        """Whether the rollout decodes on the actor's own weights (HFRollout on it, TrainerShardsRollout)."""
-        return getattr(self.rollout, "model", None) is self.model
-
-    def sync_rollout_weights(self) -> None:
-        """Refresh the rollout engine in place (the full weights are gathered when sharded)."""
-        if self._rollout_shares_actor():
+    def sync_weights(self) -> None:
+        """The ``sync_weights`` stage: the actor's weights into the rollout engine, in place (gathered one tensor
+        at a time when sharded); nothing when the engine decodes on the actor's own weights."""
+        if self.rollout.shares_weights:
             return
         # layered_summon: one full tensor at a time, never the whole state
-        weights = self.engine.export_weights(layered=self.rollout_cfg.layered_summon)
-        if not isinstance(self.rollout, HFRollout):
-            self.rollout.load_weights(_LazyState(weights))
-            return
-        targets = self.rollout.model.state_dict()
-        with torch.no_grad():
-            for name, value in weights:
-                if name in targets:
-                    targets[name].copy_(value)
+        self.rollout.load_weights(self.engine.export_weights(layered=self.rollout_cfg.layered_summon))
 
     def sampling_params(self, validate: bool) -> SamplingParams:
         r = self.rollout_cfg
@@ -222,15 +201,15 @@ class ActorRolloutRefWorker(Profiled):
         """Prompts in, responses out (``rollout.n`` or ``val_kwargs.n`` samples per prompt, adjacent)."""
         n = self.rollout_cfg.val_kwargs.n if validate else self.rollout_cfg.n
         prompts = batch.repeat_interleave(n) if n > 1 else batch
-        shares = self._rollout_shares_actor()
+        shares = self.rollout.shares_weights
         if shares:  # it decodes on the actor's weights: on the device for it (megatron.param_offload)
             self.engine.onload()
+        self.rollout.wake()
         out = self.rollout.generate(prompts["input_ids"].to(self.device), prompts["attention_mask"].to(self.device),
                                     self.sampling_params(validate), self.generator)
+        self.rollout.sleep()  # free the engine's device memory for training (rollout.free_cache_engine)
         if shares:
             self.engine.offload()
-        if hasattr(self.rollout, "sleep"):  # free the engine's device memory for training (free_cache_engine)
-            self.rollout.sleep()
         out = {k: v.cpu() for k, v in out.items()}
         if self.rollout_cfg.ignore_eos:  # generated to full length; the response still ends at its first EOS
             out["response_mask"] = mask_through_first_eos(out["responses"], self.eos_token_ids)
@@ -277,7 +256,6 @@ class ActorRolloutRefWorker(Profiled):
         sink.add("actor/lr", self.engine.lr)
         sink.add("perf/actor_peak_memory_gb", dist.peak_memory_gb(self.device))
         self.engine.scheduler_step()
-        self.sync_rollout_weights()
         self.engine.offload()
         return sink.means()
 
@@ -317,8 +295,7 @@ class ActorRolloutRefWorker(Profiled):
 
     def shutdown(self) -> None:
         """Stop the rollout engine's own process, if it has one (vLLM, SGLang)."""
-        if hasattr(self.rollout, "shutdown"):
-            self.rollout.shutdown()
+        self.rollout.shutdown()
 
     def peak_memory_gb(self) -> float:
         """This worker's peak device memory (resident host memory on CPU) so far."""
@@ -334,5 +311,5 @@ class ActorRolloutRefWorker(Profiled):
 
     def load_checkpoint(self, folder: Path) -> None:
         self.engine.load(folder, self.actor_cfg.checkpoint.load_contents, self._generators(), "actor")
-        self.sync_rollout_weights()
+        self.sync_weights()
         self.engine.offload()

@@ -87,6 +87,9 @@ class RewardModelWorker(Profiled):
             lengths = [min(n, self.max_length) for n in lengths]
         return token_budget_micro_batches(lengths, self.cfg.forward_max_token_len_per_gpu)
 
+    def close(self) -> None:
+        """Nothing to stop: the model lives in this process."""
+
     def __call__(self, batch: Batch) -> torch.Tensor:
         """One score per response of ``batch``, [batch]: its tokens decoded with the input tokenizer."""
         lengths = batch["response_mask"].sum(-1).tolist()

@@ -221,7 +221,7 @@ def test_ray_startup_is_bounded_by_ray_wait_register_center_timeout(ray_local):
 
 def test_ray_timeline_is_written(tmp_path, ray_local):
     from rlcamp.batch import Batch
-    from rlcamp.trainer.ppo import write_ray_timeline
+    from rlcamp.trainer.build import write_ray_timeline
 
     group = RayWorkerGroup("tests.controller.test_ray_equivalence:Exploding", 1, {}, device="cpu", backend="gloo",
                            stage_timeout_s=60, name="timeline")
@@ -267,10 +267,11 @@ def test_megatron_two_ranks_equal_one_fsdp_process(tmp_path, ray_local, remove_p
         assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
     after_two = group.call("compute_log_prob", batch)["old_log_probs"][mask]
     assert torch.allclose(after_two, single.compute_log_prob(batch)["old_log_probs"][mask], atol=1e-4)
-    # the rollout copy was refreshed from the split weights: it samples with the log-probs the trained
-    # (split) model gives its samples, not those of the weights before the step
+    # the sync_weights stage refreshes the rollout copy from the split weights: it samples with the log-probs
+    # the trained (split) model gives its samples, not those of the weights before the step
     from rlcamp.batch import Batch
 
+    group.call("sync_weights")
     prompts = Batch({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
     sampled = group.call("generate", prompts)
     recomputed = group.call("compute_log_prob", sampled)["old_log_probs"]

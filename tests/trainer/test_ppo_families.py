@@ -7,7 +7,7 @@ import torch
 
 from rlcamp.config import build_config, resolve
 from rlcamp.models.tiny import TINY_FAMILIES
-from rlcamp.trainer.ppo import build_trainer
+from rlcamp.trainer.build import build_trainer
 from tests.helpers import make_tiny_setup, tiny_run_overrides
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlcamp.config import ConfigError, build_config, resolve
-from rlcamp.trainer.ppo import build_trainer
+from rlcamp.trainer.build import build_trainer
 from tests.helpers import make_tiny_setup, tiny_run_overrides
 
 BYPASS = {"algorithm.rollout_correction.bypass_mode": True, "actor_rollout_ref.rollout.calculate_log_probs": True}

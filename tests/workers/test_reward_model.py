@@ -9,7 +9,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from rlcamp.config import build_config, resolve
 from rlcamp.data import read_records
 from rlcamp.models.tiny import build_tiny_model
-from rlcamp.trainer.ppo import build_trainer
+from rlcamp.trainer.build import build_trainer
+from rlcamp.trainer.validation import prompt_batch
 from rlcamp.workers.reward_model import RewardModelWorker
 from tests.helpers import make_tiny_setup, tiny_run_overrides
 
@@ -48,10 +49,10 @@ def test_rm_score_is_added_to_rule_scores(tmp_path, rm_path):
         "reward_model.enable": True, "reward_model.model.path": rm_path, "trainer.total_training_steps": 1})
     trainer = build_trainer(resolve(build_config(overrides), 16), tmp_path / "run")
     prompts = next(iter(trainer.loader))
-    batch = trainer.actor.call("generate", trainer._prompt_batch(prompts))
-    rule, _, texts = trainer.reward(batch)
-    combined = trainer.score(batch)
-    rm = trainer.reward_model(batch)  # decoded with reward_model.model.input_tokenizer (the actor's, here)
+    batch = trainer.actor.call("generate", prompt_batch(prompts))
+    rule, _, texts = trainer.scorer.manager(batch)
+    combined = trainer.scorer(batch)
+    rm = trainer.scorer.reward_model(batch)  # decoded with reward_model.model.input_tokenizer (the actor's, here)
     assert torch.allclose(combined.scores.sum(-1), rule.sum(-1) + rm, atol=1e-6)
     assert torch.equal(combined.rm, rm)
     assert "critic/rm_score/mean" in trainer.fit()

@@ -1,0 +1,127 @@
+"""Building the system from a resolved config: tokenizer, datasets, worker groups, the scorer, the trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlcamp.config import ResolvedConfig
+from rlcamp.controller.worker_group import InProcessWorkerGroup
+from rlcamp.data import RLDataset
+from rlcamp.rewards import get_reward_function, use_sandbox
+from rlcamp.rewards.manager import NaiveRewardManager, PrimeRewardManager
+from rlcamp.rewards.registry import rules_where_known
+from rlcamp.trainer.ppo import PPOTrainer
+from rlcamp.trainer.profiling import nsight_runtime_env
+from rlcamp.trainer.scoring import Scorer
+from rlcamp.utils.device import resolve_device, tune_cpu
+
+
+def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
+    """Datasets, workers (in-process, one device) and the trainer, from a resolved config.
+
+    The plan is re-derived from the prompts actually kept (after filtering overlong ones), so the
+    step count matches the data the loader will serve."""
+    from rlcamp.config import resolve
+    from rlcamp.models.loading import load_tokenizer
+
+    c = resolved.config
+    device = resolve_device(c.trainer.device)
+    if device == "cpu":
+        tune_cpu()
+    model = c.actor_rollout_ref.model
+    tokenizer = load_tokenizer(c.data.tokenizer or model.path, custom_chat_template=model.custom_chat_template,
+                               trust_remote_code=c.data.trust_remote_code if c.data.tokenizer else model.trust_remote_code,
+                               key="data.tokenizer" if c.data.tokenizer else "actor_rollout_ref.model.path")
+    dataset_kwargs = dict(max_prompt_length=c.data.max_prompt_length, prompt_key=c.data.prompt_key,
+                          reward_fn_key=c.data.reward_fn_key, truncation=c.data.truncation,
+                          filter_overlong_prompts=c.data.filter_overlong_prompts)
+    train = RLDataset(c.data.train_files, tokenizer, **dataset_kwargs)
+    val = RLDataset(c.data.val_files, tokenizer, **dataset_kwargs) if c.data.val_files else None
+    resolved = resolve(c, len(train))
+    actor_group, critic_group = make_worker_groups(resolved, device)
+    reward_model = None
+    if c.reward_model.enable:
+        micro = resolved.derived.reward_model_micro_batch
+        if c.reward_model.use_reward_loop:
+            from rlcamp.rewards.loop import RewardLoop
+
+            reward_model = RewardLoop(c, device, micro)
+        else:  # verl's legacy path: scored in this process, inside the step
+            from rlcamp.workers.reward_model import RewardModelWorker
+
+            reward_model = RewardModelWorker(c, device, micro)
+    return PPOTrainer(resolved, run_dir, actor_group, critic_group, tokenizer, train, val,
+                      make_scorer(c, tokenizer, reward_model))
+
+
+def make_scorer(c, tokenizer, reward_model=None) -> Scorer:
+    """The reward function (a user's, or the rule for each data source), its reward manager, and the reward model."""
+    reward_fn = get_reward_function(c.custom_reward_function.path, c.custom_reward_function.name,
+                                    c.custom_reward_function.reward_kwargs,
+                                    getattr(reward_model, "function_kwargs", None))
+    if reward_model is not None and not c.custom_reward_function.path:
+        reward_fn = rules_where_known(reward_fn)
+    sandbox = c.reward_model.sandbox_fusion
+    use_sandbox(sandbox.url, sandbox.max_concurrent, sandbox.memory_limit_mb)
+    if c.reward_model.reward_manager == "prime":
+        manager = PrimeRewardManager(tokenizer, reward_fn, sandbox.max_concurrent)
+    else:
+        manager = NaiveRewardManager(tokenizer, reward_fn)
+    return Scorer(manager, reward_model)
+
+
+def make_worker_groups(resolved: ResolvedConfig, device: str):
+    """In-process workers for one device, Ray workers (one process per device) otherwise."""
+    c, derived = resolved.config, resolved.derived
+    kind = c.trainer.worker_group
+    if kind == "auto":
+        kind = "ray" if derived.n_devices > 1 else "in_process"
+    if kind == "in_process":
+        from rlcamp.workers.actor import ActorRolloutRefWorker
+        from rlcamp.workers.critic import CriticWorker
+
+        actor = InProcessWorkerGroup([ActorRolloutRefWorker(c, derived, device)])
+        critic = InProcessWorkerGroup([CriticWorker(c, derived, device)]) if derived.uses_critic else None
+        return actor, critic
+    import os
+
+    from rlcamp.controller.ray_group import RayWorkerGroup, ensure_ray
+    from rlcamp.utils.device import collective_backend
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    groups = 2 if derived.uses_critic else 1
+    # on CPU a "device" is a process: Ray must offer at least one logical CPU to each
+    ensure_ray(c.ray_init.num_cpus or (max(cores, derived.n_devices * groups) if device == "cpu" else None))
+    cpus = max(1, cores // (derived.n_devices * groups)) if device == "cpu" else 1
+    common = dict(device=device, backend=collective_backend(device), stage_timeout_s=c.trainer.stage_timeout_s,
+                  startup_timeout_s=c.trainer.ray_wait_register_center_timeout, nnodes=c.trainer.nnodes,
+                  cpus_per_worker=cpus, runtime_env=nsight_runtime_env(c.global_profiler))
+    kwargs = {"config": c, "derived": derived, "device": device}
+    actor = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", derived.n_devices, kwargs,
+                           name="actor_rollout_ref", **common)
+    critic = RayWorkerGroup("rlcamp.workers.critic:CriticWorker", derived.n_devices, kwargs, name="critic",
+                            **common) if derived.uses_critic else None
+    return actor, critic
+
+
+def fit_from_config(resolved: ResolvedConfig, run_dir: Path) -> int:
+    trainer = build_trainer(resolved, run_dir)
+    try:
+        trainer.fit()
+    finally:
+        write_ray_timeline(resolved.config.ray_init.timeline_json_file)
+        trainer.shutdown()
+    return 0
+
+
+def write_ray_timeline(path: str | None) -> None:
+    """ray_init.timeline_json_file: Ray's task timeline (chrome://tracing / Perfetto) of the run so far."""
+    if not path:
+        return
+    import ray
+
+    if ray.is_initialized():
+        target = Path(path).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ray.timeline(filename=str(target))
+        print(f"ray timeline: {target}", flush=True)
