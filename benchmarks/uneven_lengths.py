@@ -51,7 +51,7 @@ def main() -> None:
     response_mask = (torch.arange(256)[None] < lengths[:, None]).long()
     responses = torch.randint(100, 40000, (32, 256), generator=g) * response_mask
     batch = Batch({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "responses": responses,
-                   "response_mask": response_mask})
+                   "response_mask": response_mask, "loss_mask": response_mask})
     batch.update(worker.compute_log_prob(batch))
     batch["advantages"] = torch.randn(responses.shape, generator=g) * response_mask
     real_tokens = int(enc["attention_mask"].sum() + response_mask.sum())

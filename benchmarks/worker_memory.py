@@ -81,7 +81,7 @@ def model_and_batch(model_arg: str, folder: Path):
     g = torch.Generator().manual_seed(0)
     responses = torch.randint(100, 40000, (32, 128), generator=g)
     batch = Batch({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "responses": responses,
-                   "response_mask": torch.ones_like(responses), "old_log_probs": torch.zeros(32, 128) - 2.0,
+                   "response_mask": torch.ones_like(responses), "loss_mask": torch.ones_like(responses), "old_log_probs": torch.zeros(32, 128) - 2.0,
                    "advantages": torch.randn(32, 128, generator=g)})
     return model, batch
 

@@ -1,6 +1,6 @@
 """Advantage estimators, registered by the name ``algorithm.adv_estimator`` uses.
 
-Shapes: ``token_level_rewards``, ``values``, ``response_mask`` are [batch, response_len];
+Shapes: ``token_level_rewards``, ``values``, ``loss_mask`` (1 on the tokens trained on) are [batch, response_len];
 ``index`` [batch] holds a group id per response (responses to the same prompt share it).
 Every estimator returns ``(advantages, returns)``, both [batch, response_len], zero on padding.
 """
@@ -31,7 +31,7 @@ def get_advantage_estimator(name: str):
     return ADVANTAGE_ESTIMATORS[name]
 
 
-def gae(token_level_rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float,
+def gae(token_level_rewards: torch.Tensor, values: torch.Tensor, loss_mask: torch.Tensor, gamma: float,
         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016), raw (not whitened).
 
@@ -43,21 +43,21 @@ def gae(token_level_rewards: torch.Tensor, values: torch.Tensor, response_mask: 
     next_advantage = torch.zeros_like(values[:, 0])
     advantages = torch.zeros_like(values)
     for t in reversed(range(values.shape[1])):
-        m = response_mask[:, t].to(values.dtype)
+        m = loss_mask[:, t].to(values.dtype)
         delta = token_level_rewards[:, t] + gamma * next_value - values[:, t]
         advantage = delta + gamma * lam * next_advantage
         advantages[:, t] = advantage * m
         next_value = values[:, t] * m + next_value * (1 - m)
         next_advantage = advantage * m + next_advantage * (1 - m)
-    returns = advantages + values * response_mask
+    returns = advantages + values * loss_mask
     return advantages, returns
 
 
 @register_advantage("gae")
-def gae_advantages(token_level_rewards, values, response_mask, gamma: float = 1.0, lam: float = 1.0, **_):
+def gae_advantages(token_level_rewards, values, loss_mask, gamma: float = 1.0, lam: float = 1.0, **_):
     """PPO's default: GAE, advantages whitened over the batch's response tokens (as verl and OpenAI do)."""
-    advantages, returns = gae(token_level_rewards, values, response_mask, gamma, lam)
-    return masked_whiten(advantages, response_mask) * response_mask, returns
+    advantages, returns = gae(token_level_rewards, values, loss_mask, gamma, lam)
+    return masked_whiten(advantages, loss_mask) * loss_mask, returns
 
 
 def _group_stats(scores: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,7 +80,7 @@ def _as_index(index) -> torch.Tensor:
 
 
 @register_advantage("grpo")
-def grpo_advantages(token_level_rewards, response_mask, index, norm_adv_by_std_in_grpo: bool = True,
+def grpo_advantages(token_level_rewards, loss_mask, index, norm_adv_by_std_in_grpo: bool = True,
                     epsilon: float = 1e-6, **_):
     """GRPO (Shao et al. 2024): outcome score minus its group's mean, divided by the group's std.
 
@@ -95,12 +95,12 @@ def grpo_advantages(token_level_rewards, response_mask, index, norm_adv_by_std_i
     advantage = scores - mean
     if norm_adv_by_std_in_grpo:
         advantage = advantage / (std + epsilon)
-    advantages = advantage.unsqueeze(-1) * response_mask
+    advantages = advantage.unsqueeze(-1) * loss_mask
     return advantages, advantages
 
 
 @register_advantage("rloo")
-def rloo_advantages(token_level_rewards, response_mask, index, **_):
+def rloo_advantages(token_level_rewards, loss_mask, index, **_):
     """REINFORCE leave-one-out (Ahmadian et al. 2024): score minus the mean of the *other* responses.
 
     With n responses: r_i - (sum_j r_j - r_i)/(n-1) = n/(n-1) * (r_i - mean). A group of one has no
@@ -109,37 +109,38 @@ def rloo_advantages(token_level_rewards, response_mask, index, **_):
     scores = token_level_rewards.sum(-1)
     mean, _, count = _group_stats(scores, _as_index(index))
     advantage = torch.where(count > 1, (scores - mean) * count / (count - 1).clamp(min=1), scores)
-    advantages = advantage.unsqueeze(-1) * response_mask
+    advantages = advantage.unsqueeze(-1) * loss_mask
     return advantages, advantages
 
 
 @register_advantage("reinforce_plus_plus")
-def reinforce_plus_plus_advantages(token_level_rewards, response_mask, gamma: float = 1.0, **_):
+def reinforce_plus_plus_advantages(token_level_rewards, loss_mask, gamma: float = 1.0, **_):
     """REINFORCE++ (Hu 2025): discounted return-to-go per token, whitened over the batch.
 
-    The running return restarts after padding, so nothing flows across a masked position.
+    A position not trained on (padding, a tool's output inside a multi-turn response) passes the running
+    return through unchanged, as GAE does: it adds no reward and no discount step.
     """
     returns = torch.zeros_like(token_level_rewards)
     running = torch.zeros_like(token_level_rewards[:, 0])
     for t in reversed(range(token_level_rewards.shape[1])):
-        running = token_level_rewards[:, t] + gamma * running
-        returns[:, t] = running
-        running = running * response_mask[:, t]
-    advantages = masked_whiten(returns, response_mask) * response_mask
+        m = loss_mask[:, t].to(running.dtype)
+        running = (token_level_rewards[:, t] + gamma * running) * m + running * (1 - m)
+        returns[:, t] = running * m
+    advantages = masked_whiten(returns, loss_mask) * loss_mask
     return advantages, returns
 
 
 @register_advantage("reinforce_plus_plus_baseline")
-def reinforce_plus_plus_baseline_advantages(token_level_rewards, response_mask, index, **_):
+def reinforce_plus_plus_baseline_advantages(token_level_rewards, loss_mask, index, **_):
     """REINFORCE++-baseline: score minus its group's mean, broadcast to tokens, whitened over the batch."""
     scores = token_level_rewards.sum(-1)
     mean, _, count = _group_stats(scores, _as_index(index))
     scores = scores - torch.where(count > 1, mean, torch.zeros_like(mean))
-    advantages = masked_whiten(scores.unsqueeze(-1) * response_mask, response_mask) * response_mask
+    advantages = masked_whiten(scores.unsqueeze(-1) * loss_mask, loss_mask) * loss_mask
     return advantages, advantages
 
 
-def compute_advantages(name: str, *, token_level_rewards, response_mask, values=None, index=None,
+def compute_advantages(name: str, *, token_level_rewards, loss_mask, values=None, index=None,
                        gamma: float = 1.0, lam: float = 1.0, norm_adv_by_std_in_grpo: bool = True):
     """Dispatch to the estimator ``name`` with the arguments it needs."""
     estimator = get_advantage_estimator(name)
@@ -147,5 +148,5 @@ def compute_advantages(name: str, *, token_level_rewards, response_mask, values=
         raise ValueError("adv_estimator=gae needs the critic's values")
     if name in ("grpo", "rloo", "reinforce_plus_plus_baseline") and index is None:
         raise ValueError(f"adv_estimator={name} needs the group index of each response")
-    return estimator(token_level_rewards=token_level_rewards, values=values, response_mask=response_mask,
+    return estimator(token_level_rewards=token_level_rewards, values=values, loss_mask=loss_mask,
                      index=index, gamma=gamma, lam=lam, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo)

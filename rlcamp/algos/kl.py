@@ -45,14 +45,14 @@ def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kl_type: st
 
 
 def apply_kl_penalty(token_level_scores: torch.Tensor, old_log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
-                     response_mask: torch.Tensor, kl_coef: float, kl_type: str = "kl"):
+                     loss_mask: torch.Tensor, kl_coef: float, kl_type: str = "kl"):
     """token_level_rewards = scores - kl_coef * KL per token (Ziegler et al. 2019).
 
     Returns the rewards and the batch's mean per-sequence KL (for the adaptive controller).
     """
-    kld = kl_penalty(old_log_probs, ref_log_probs, kl_type) * response_mask
+    kld = kl_penalty(old_log_probs, ref_log_probs, kl_type) * loss_mask
     rewards = token_level_scores - kl_coef * kld
-    current_kl = masked_mean(kld, response_mask, dim=-1).mean()
+    current_kl = masked_mean(kld, loss_mask, dim=-1).mean()
     return rewards, current_kl
 
 

@@ -1,6 +1,6 @@
 """PPO losses: clipped policy loss (asymmetric + dual clip), clipped value loss, entropy, aggregation.
 
-Shapes: per-token tensors are [batch, response_len]; ``response_mask`` is 1 on real tokens.
+Shapes: per-token tensors are [batch, response_len]; ``loss_mask`` is 1 on the tokens trained on.
 Losses return a scalar plus metrics as 0-d tensors (no ``.item()``: the caller decides when to sync).
 """
 
@@ -70,7 +70,7 @@ class PolicyLoss(NamedTuple):
 
 
 def policy_loss(old_log_probs: torch.Tensor, log_probs: torch.Tensor, advantages: torch.Tensor,
-                response_mask: torch.Tensor, clip_ratio_low: float = 0.2, clip_ratio_high: float = 0.2,
+                loss_mask: torch.Tensor, clip_ratio_low: float = 0.2, clip_ratio_high: float = 0.2,
                 clip_ratio_c: float = 3.0, loss_agg_mode: str = "token-mean", is_weights: torch.Tensor | None = None,
                 **norm) -> PolicyLoss:
     """PPO clipped surrogate (Schulman et al. 2017) with asymmetric clip and dual clip.
@@ -87,19 +87,19 @@ def policy_loss(old_log_probs: torch.Tensor, log_probs: torch.Tensor, advantages
     # the log-ratio is clamped before exp so one wild token cannot overflow the loss
     log_ratio = torch.clamp(log_probs - old_log_probs, -20.0, 20.0)
     ratio = torch.exp(log_ratio)
-    ppo_kl = masked_mean(-log_ratio, response_mask)
+    ppo_kl = masked_mean(-log_ratio, loss_mask)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)
     clip_loss = torch.maximum(unclipped, clipped)
-    clipfrac = masked_mean(torch.gt(clipped, unclipped).to(advantages.dtype), response_mask)
+    clipfrac = masked_mean(torch.gt(clipped, unclipped).to(advantages.dtype), loss_mask)
     dual_bound = -advantages * clip_ratio_c
     dual_loss = torch.minimum(dual_bound, clip_loss)
     clipfrac_lower = masked_mean((torch.gt(clip_loss, dual_bound) & (advantages < 0)).to(advantages.dtype),
-                                 response_mask)
+                                 loss_mask)
     token_loss = torch.where(advantages < 0, dual_loss, clip_loss)
     if is_weights is not None:
         token_loss = token_loss * is_weights.detach()
-    return PolicyLoss(agg_loss(token_loss, response_mask, loss_agg_mode, **norm), clipfrac, ppo_kl, clipfrac_lower)
+    return PolicyLoss(agg_loss(token_loss, loss_mask, loss_agg_mode, **norm), clipfrac, ppo_kl, clipfrac_lower)
 
 
 # actor.policy_loss.loss_mode -> the policy loss; verl has more modes (gspo, gpg, clip-cov, ...), each
@@ -120,7 +120,7 @@ class ValueLoss(NamedTuple):
     clipfrac: torch.Tensor  # fraction of tokens where the clipped value gave the larger loss
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor,
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, loss_mask: torch.Tensor,
                cliprange_value: float, loss_agg_mode: str = "token-mean", **norm) -> ValueLoss:
     """Clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- eps) - R)^2), aggregated.
 
@@ -130,8 +130,8 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * agg_loss(torch.maximum(loss_unclipped, loss_clipped), response_mask, loss_agg_mode, **norm)
-    clipfrac = masked_mean(torch.gt(loss_clipped, loss_unclipped).to(values.dtype), response_mask)
+    loss = 0.5 * agg_loss(torch.maximum(loss_unclipped, loss_clipped), loss_mask, loss_agg_mode, **norm)
+    clipfrac = masked_mean(torch.gt(loss_clipped, loss_unclipped).to(values.dtype), loss_mask)
     return ValueLoss(loss, clipfrac)
 
 

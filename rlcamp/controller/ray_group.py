@@ -16,8 +16,7 @@ import os
 import time
 from typing import Any
 
-from rlcamp.batch import Batch
-from rlcamp.controller.dispatch import engine_dp_size, gather, places_for, split_for_ranks
+from rlcamp.controller.worker_group import WorkerGroup
 
 
 class WorkerError(RuntimeError):
@@ -58,7 +57,7 @@ class _Host:
         return True
 
     def placements(self) -> dict:
-        return self.worker.placements() if hasattr(self.worker, "placements") else {}
+        return self.worker.placements()
 
     def execute(self, method: str, *args, **kwargs) -> Any:
         from rlcamp.trainer.profiling import call_stage
@@ -66,7 +65,7 @@ class _Host:
         return call_stage(self.worker, method, *args, **kwargs)
 
 
-class RayWorkerGroup:
+class RayWorkerGroup(WorkerGroup):
     def __init__(self, worker_path: str, world_size: int, kwargs: dict, *, device: str, backend: str,
                  stage_timeout_s: float, startup_timeout_s: float | None = None, nnodes: int = 1,
                  cpus_per_worker: int = 1, name: str = "workers", runtime_env: dict | None = None):
@@ -74,7 +73,7 @@ class RayWorkerGroup:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        self.world_size, self.stage_timeout_s, self.name = world_size, stage_timeout_s, name
+        self.stage_timeout_s, self.name = stage_timeout_s, name
         bundle = {"CPU": cpus_per_worker} | ({"GPU": 1} if device == "cuda" else {})
         strategy = "SPREAD" if nnodes > 1 and device == "cpu" else "PACK"
         self.pg = placement_group([dict(bundle) for _ in range(world_size)], strategy=strategy)
@@ -113,28 +112,25 @@ class RayWorkerGroup:
                 ray.get(ready[0])
             except RayError as exc:
                 rank = refs.index(ready[0])
-                self.shutdown()
+                self.shutdown(worker_timeout_s=5.0)  # the other ranks may be stuck in a collective
                 raise WorkerError(f"{self.name}: stage '{stage}' failed on rank {rank}:\n{exc}") from None
         return ray.get(refs)
 
-    @property
-    def dp_size(self) -> int:
-        return engine_dp_size(self.placements)
-
-    def call(self, method: str, batch: Batch | None = None, **kwargs) -> Any:
-        if batch is None:
-            return gather(self._wait([a.execute.remote(method, **kwargs) for a in self.actors], method))
-        places = places_for(method, self.placements)
-        parts = split_for_ranks(batch, places)
-        refs = [a.execute.remote(method, part, **kwargs) for a, part in zip(self.actors, parts)]
-        return gather(self._wait(refs, method), places)
+    def _run(self, method: str, args_per_rank, kwargs: dict) -> list[Any]:
+        return self._wait([a.execute.remote(method, *args, **kwargs) for a, args in zip(self.actors, args_per_rank)],
+                          method)
 
     def call_rank0(self, method: str, *args, **kwargs) -> Any:
         return self._wait([self.actors[0].execute.remote(method, *args, **kwargs)], method)[0]
 
-    def shutdown(self) -> None:
+    def shutdown(self, worker_timeout_s: float = 30.0) -> None:
+        """Each worker's own shutdown (its rollout engine's process), waited for at most ``worker_timeout_s``
+        (a rank that hangs or already failed is not waited on), then the processes and their placement go."""
         import ray
 
+        if self.actors:
+            ray.wait([a.execute.remote("shutdown") for a in self.actors], num_returns=len(self.actors),
+                     timeout=worker_timeout_s)
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []

@@ -139,7 +139,7 @@ class FSDPEngine:
 
     def forward_backward(self, mini_batch: Batch, head: LogProbs | Values, loss_fn: LossFn, micro: MicroBatching,
                          *, loss_scale_factor: int, accumulation: int) -> dict:
-        norm = self.loss_norm(mini_batch["response_mask"].float(), loss_scale_factor, accumulation)
+        norm = self.loss_norm(mini_batch["loss_mask"].float(), loss_scale_factor, accumulation)
         parts = micro_batches(mini_batch, micro.dynamic, micro.size, micro.max_tokens)
         reported = torch.zeros((), device=self.device)
         for _, part in parts:

@@ -25,7 +25,7 @@ def stats(prefix: str, values: torch.Tensor) -> dict[str, float]:
 def batch_metrics(batch: Batch, max_prompt_length: int, compare_rollout: bool) -> dict[str, float]:
     """Scores, rewards, advantages, returns, values, lengths and, unless ``compare_rollout`` is False
     (bypass mode: nothing was recomputed), how far the rollout's log-probs are from the trainer's."""
-    mask = batch["response_mask"].bool()
+    mask = batch["loss_mask"].bool()  # the statistics of what is trained on; lengths count every response token
     lengths = batch["response_mask"].sum(-1)
     prompt_lengths = batch["attention_mask"].sum(-1)
     out = {**stats("critic/score", batch["token_level_scores"].sum(-1)),

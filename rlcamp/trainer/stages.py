@@ -160,7 +160,7 @@ class KLInReward:
     def __call__(self, s: StepState) -> None:
         b = s.batch
         rewards, current_kl = apply_kl_penalty(b["token_level_scores"], b["old_log_probs"], b["ref_log_probs"],
-                                               b["response_mask"].float(), self.kl_ctrl.value, self.penalty)
+                                               b["loss_mask"].float(), self.kl_ctrl.value, self.penalty)
         b["token_level_rewards"] = rewards
         s.metrics["actor/reward_kl_penalty"] = current_kl.item()
         s.metrics["actor/reward_kl_penalty_coeff"] = self.kl_ctrl.value
@@ -178,7 +178,7 @@ class Advantages:
     def __call__(self, s: StepState) -> None:
         b, a = s.batch, self.algo
         b["advantages"], b["returns"] = compute_advantages(
-            a.adv_estimator, token_level_rewards=b["token_level_rewards"], response_mask=b["response_mask"].float(),
+            a.adv_estimator, token_level_rewards=b["token_level_rewards"], loss_mask=b["loss_mask"].float(),
             values=b["values"] if "values" in b else None, index=b["uid"], gamma=a.gamma, lam=a.lam,
             norm_adv_by_std_in_grpo=a.norm_adv_by_std_in_grpo)
 

@@ -20,7 +20,7 @@ from rlcamp.models.forward import actor_forward
 from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
 from rlcamp.rollout.engines import mask_through_first_eos
 from rlcamp.rollout.hf import HFRollout, SamplingParams
-from rlcamp.trainer.profiling import Profiled
+from rlcamp.workers.base import Worker
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype, torch_compile_problem
 from rlcamp.workers.common import MetricSink, mini_batches, seed_everything
@@ -38,7 +38,7 @@ def decodes_on_trainer_shards(rollout, actor, moe: bool) -> bool:
             m.expert_model_parallel_size == 1 and (moe or not m.sequence_parallel))
 
 
-class ActorRolloutRefWorker(Profiled):
+class ActorRolloutRefWorker(Worker):
     """The actor and reference as role adapters of a training engine (``rlcamp.engines``) that supply
     the head and the loss; the rollout engine next to them."""
 
@@ -214,6 +214,8 @@ class ActorRolloutRefWorker(Profiled):
         if self.rollout_cfg.ignore_eos:  # generated to full length; the response still ends at its first EOS
             out["response_mask"] = mask_through_first_eos(out["responses"], self.eos_token_ids)
             out["rollout_log_probs"] = out["rollout_log_probs"] * out["response_mask"]
+        if "loss_mask" not in out:  # a single-turn engine: every response token is the policy's, trained on
+            out["loss_mask"] = out["response_mask"].clone()
         return prompts.update(out)
 
     # ---------------------------------------------------------------------------- log-probs
@@ -264,7 +266,7 @@ class ActorRolloutRefWorker(Profiled):
         share of the mini batch's policy loss to report."""
         a = self.actor_cfg
         log_probs, entropy, aux_loss = outputs["log_probs"], outputs["entropy"], outputs["aux_loss"]
-        mask = micro["response_mask"].to(self.device).float()
+        mask = micro["loss_mask"].to(self.device).float()
         old_log_probs = micro["old_log_probs"].to(self.device)
         is_weights = None
         if a.tis_imp_ratio_cap > 0:  # correct for the rollout engine's numerics (see algos.tis_weights)

@@ -14,13 +14,13 @@ from rlcamp.engines.base import MicroBatching, Values
 from rlcamp.engines.fsdp import FSDPEngine, prepare
 from rlcamp.models.forward import critic_forward
 from rlcamp.models.loading import import_external_lib, load_critic, load_tokenizer
-from rlcamp.trainer.profiling import Profiled
+from rlcamp.workers.base import Worker
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype
 from rlcamp.workers.common import MetricSink, mini_batches, seed_everything
 
 
-class CriticWorker(Profiled):
+class CriticWorker(Worker):
     """The critic as a role adapter of a training engine: the value head and the clipped value loss."""
 
     ENGINE_METHODS = frozenset({"compute_values", "update_critic"})  # see the actor
@@ -74,7 +74,7 @@ class CriticWorker(Profiled):
         micro = MicroBatching(plan.micro_batch_per_device, c.use_dynamic_bsz, c.ppo_max_token_len_per_gpu)
 
         def loss_fn(outputs: dict, part: Batch, norm: dict):
-            values, mask = outputs["values"], part["response_mask"].to(self.device).float()
+            values, mask = outputs["values"], part["loss_mask"].to(self.device).float()
             out = value_loss(values, part["values"].to(self.device), part["returns"].to(self.device), mask,
                              c.cliprange_value, c.loss_agg_mode, **norm)
             sink.add("critic/vf_clipfrac", out.clipfrac)

@@ -14,7 +14,7 @@ import torch
 from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.models.loading import _check_path, import_external_lib, load_tokenizer
-from rlcamp.trainer.profiling import Profiled
+from rlcamp.workers.base import Worker
 from rlcamp.utils.device import to_dtype
 
 
@@ -31,7 +31,7 @@ def conversation_texts(tokenizer, raw_prompts: list[list[dict]], responses: list
     return out
 
 
-class RewardModelWorker(Profiled):
+class RewardModelWorker(Worker):
     def __init__(self, config: RLConfig, device: str = "cpu", micro_batch: int = 8):
         from transformers import AutoModelForSequenceClassification
 

@@ -76,7 +76,7 @@ def test_gae_skips_padding_inside_a_response():
 
 def test_gae_estimator_whitens_over_the_mask():
     rewards, values, mask = random_batch(seed=5)
-    adv, ret = compute_advantages("gae", token_level_rewards=rewards, values=values, response_mask=mask, gamma=1.0, lam=0.95)
+    adv, ret = compute_advantages("gae", token_level_rewards=rewards, values=values, loss_mask=mask, gamma=1.0, lam=0.95)
     raw, raw_ret = gae(rewards, values, mask, 1.0, 0.95)
     assert torch.allclose(adv, masked_whiten(raw, mask) * mask)
     assert torch.allclose(ret, raw_ret)
@@ -173,8 +173,8 @@ def test_registry_names_and_dispatch_errors():
     assert set(ADVANTAGE_ESTIMATORS) == {"gae", "grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"}
     rewards, values, mask = random_batch()
     with pytest.raises(ValueError, match="needs the critic's values"):
-        compute_advantages("gae", token_level_rewards=rewards, response_mask=mask)
+        compute_advantages("gae", token_level_rewards=rewards, loss_mask=mask)
     with pytest.raises(ValueError, match="group index"):
-        compute_advantages("grpo", token_level_rewards=rewards, response_mask=mask)
+        compute_advantages("grpo", token_level_rewards=rewards, loss_mask=mask)
     with pytest.raises(KeyError, match="unknown algorithm.adv_estimator 'ppo'"):
-        compute_advantages("ppo", token_level_rewards=rewards, response_mask=mask)
+        compute_advantages("ppo", token_level_rewards=rewards, loss_mask=mask)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from rlcamp.workers.base import Worker
 from rlcamp.batch import Batch
 from rlcamp.controller.dispatch import consecutive, engine_dp_size, gather, places_for, plain, split_for_ranks
 from rlcamp.engines.base import Place
@@ -63,7 +64,7 @@ def test_parts_follow_the_mesh_not_the_rank_order():
     assert engine_dp_size(mesh) == 2 and engine_dp_size([{}, {}]) == 2
 
 
-class Doubler:
+class Doubler(Worker):
     def __init__(self, rank):
         self.rank = rank
 

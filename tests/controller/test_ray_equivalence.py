@@ -8,6 +8,7 @@ ray = pytest.importorskip("ray", reason="Ray is installed by scripts/setup.sh (e
 from rlcamp.config import build_config, resolve  # noqa: E402
 from rlcamp.controller.ray_group import RayWorkerGroup, WorkerError  # noqa: E402
 from rlcamp.workers.actor import ActorRolloutRefWorker  # noqa: E402
+from rlcamp.workers.base import Worker  # noqa: E402
 from rlcamp.workers.critic import CriticWorker  # noqa: E402
 from tests.helpers import make_tiny_setup, tiny_run_overrides  # noqa: E402
 from tests.workers.test_actor_update import rollout_batch  # noqa: E402
@@ -80,12 +81,45 @@ def test_two_ranks_equal_one(tmp_path, ray_local):
     critic_group.shutdown()
 
 
-class Exploding:
+class Exploding(Worker):
     def __init__(self, **_):
         pass
 
     def boom(self, batch):
         raise ZeroDivisionError("worker-side failure")
+
+
+class StopRecorder(Worker):
+    """Writes ``<folder>/stopped_<rank>`` from its own process when its group shuts down."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def shutdown(self):
+        from rlcamp.utils.dist import rank
+
+        (self.folder / f"stopped_{rank()}").write_text(str(__import__("os").getpid()))
+
+
+def test_both_groups_keep_one_contract_and_stop_their_workers(tmp_path, ray_local):
+    """The Ray group and the in-process group are the same WorkerGroup: the same calls, and shutdown runs
+    every worker's own shutdown (its rollout engine's process) before the Ray processes go."""
+    import os
+
+    from rlcamp.controller.worker_group import InProcessWorkerGroup, WorkerGroup
+
+    group = RayWorkerGroup("tests.controller.test_ray_equivalence:StopRecorder", 2, {"folder": tmp_path}, device="cpu",
+                           backend="gloo", stage_timeout_s=60, name="recorders")
+    local = InProcessWorkerGroup([StopRecorder(tmp_path / "local")])
+    (tmp_path / "local").mkdir()
+    assert isinstance(group, WorkerGroup) and isinstance(local, WorkerGroup)
+    assert (group.world_size, group.dp_size, local.world_size) == (2, 2, 1)
+    group.shutdown()
+    local.shutdown()
+    pids = {(tmp_path / f"stopped_{r}").read_text() for r in range(2)}
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # each rank, in its own process
+    assert (tmp_path / "local" / "stopped_0").exists()
+    assert not group.actors
 
 
 def test_a_failing_worker_stops_the_stage_with_its_traceback(ray_local):

@@ -8,12 +8,13 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is installed by scripts/setup.sh (extra 'ray')")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from rlcamp.workers.base import Worker  # noqa: E402
 from rlcamp.controller.ray_group import RayWorkerGroup  # noqa: E402
 from rlcamp.trainer.main_ppo import main  # noqa: E402
 from tests.helpers import make_tiny_setup, tiny_run_overrides  # noqa: E402
 
 
-class NodeProbe:
+class NodeProbe(Worker):
     """A test-only worker (workers proper never import Ray)."""
 
     def __init__(self, **_):

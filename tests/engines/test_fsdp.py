@@ -19,7 +19,7 @@ def _batch(vocab: int, rows: int = 6) -> Batch:
     response_mask = torch.ones(rows, 4, dtype=torch.long)
     response_mask[1::3, 2:] = 0  # short responses
     return Batch({"input_ids": torch.randint(0, vocab, (rows, 5), generator=g), "attention_mask": prompt_mask,
-                  "responses": torch.randint(0, vocab, (rows, 4), generator=g), "response_mask": response_mask,
+                  "responses": torch.randint(0, vocab, (rows, 4), generator=g), "response_mask": response_mask, "loss_mask": response_mask,
                   "advantages": torch.randn(rows, 4, generator=g) * response_mask})
 
 

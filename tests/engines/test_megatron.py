@@ -24,7 +24,7 @@ def _batch(vocab: int) -> Batch:
     response_mask = torch.ones(4, 4, dtype=torch.long)
     response_mask[1, 2:] = 0
     return Batch({"input_ids": torch.randint(3, vocab, (4, 5), generator=g), "attention_mask": prompt_mask,
-                  "responses": torch.randint(3, vocab, (4, 4), generator=g), "response_mask": response_mask,
+                  "responses": torch.randint(3, vocab, (4, 4), generator=g), "response_mask": response_mask, "loss_mask": response_mask,
                   "advantages": torch.randn(4, 4, generator=g) * response_mask})
 
 
