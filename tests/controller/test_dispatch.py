@@ -12,20 +12,6 @@ def make(n):
     return Batch({"x": torch.arange(n), "y": torch.arange(n * 2).view(n, 2)}, {"s": [f"s{i}" for i in range(n)]})
 
 
-def test_batch_ops():
-    b = make(6)
-    assert len(b) == 6 and b["s"][2] == "s2"
-    assert b.index([5, 0])["x"].tolist() == [5, 0] and b.index([5, 0])["s"] == ["s5", "s0"]
-    assert [len(p) for p in b.split(4)] == [4, 2] and [len(p) for p in b.chunk(4)] == [2, 2, 1, 1]
-    assert Batch.concat(b.chunk(3))["s"] == b["s"]
-    r = make(2).repeat_interleave(3)
-    assert r["x"].tolist() == [0, 0, 0, 1, 1, 1] and r["s"] == ["s0"] * 3 + ["s1"] * 3
-    with pytest.raises(ValueError, match="has 3 rows, the batch has 6"):
-        b["z"] = torch.zeros(3)
-    with pytest.raises(ValueError, match="disagree"):
-        Batch({"a": torch.zeros(2)}, {"b": [1]})
-
-
 def test_split_and_gather_restore_order():
     b = make(8)
     parts = split_for_ranks(b, plain(4))
