@@ -1,4 +1,4 @@
-"""Advantage estimators, registered by the name ``algorithm.adv_estimator`` uses.
+"""Advantage estimators, one implementation per name declared in ``rlcamp.algos.registry.ADV_ESTIMATORS``.
 
 Shapes: ``token_level_rewards``, ``values``, ``loss_mask`` (1 on the tokens trained on) are [batch, response_len];
 ``index`` [batch] holds a group id per response (responses to the same prompt share it).
@@ -12,12 +12,16 @@ from typing import Callable
 import torch
 
 from rlcamp.algos.masked import masked_whiten
+from rlcamp.algos.registry import ADV_ESTIMATORS
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
 def register_advantage(name: str):
+    """The implementation of the estimator ``name`` declared in ``rlcamp.algos.registry.ADV_ESTIMATORS``."""
     def wrap(fn):
+        if name not in ADV_ESTIMATORS:
+            raise ValueError(f"advantage estimator '{name}' is not declared in rlcamp.algos.registry.ADV_ESTIMATORS")
         if name in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"advantage estimator '{name}' is registered twice")
         ADVANTAGE_ESTIMATORS[name] = fn
@@ -144,9 +148,9 @@ def compute_advantages(name: str, *, token_level_rewards, loss_mask, values=None
                        gamma: float = 1.0, lam: float = 1.0, norm_adv_by_std_in_grpo: bool = True):
     """Dispatch to the estimator ``name`` with the arguments it needs."""
     estimator = get_advantage_estimator(name)
-    if name == "gae" and values is None:
-        raise ValueError("adv_estimator=gae needs the critic's values")
-    if name in ("grpo", "rloo", "reinforce_plus_plus_baseline") and index is None:
+    if ADV_ESTIMATORS[name].needs_critic and values is None:
+        raise ValueError(f"adv_estimator={name} needs the critic's values")
+    if ADV_ESTIMATORS[name].needs_groups and index is None:
         raise ValueError(f"adv_estimator={name} needs the group index of each response")
     return estimator(token_level_rewards=token_level_rewards, values=values, loss_mask=loss_mask,
                      index=index, gamma=gamma, lam=lam, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo)

@@ -16,41 +16,43 @@ import math
 import torch
 
 from rlcamp.algos.masked import masked_mean
+from rlcamp.algos.registry import KL_ESTIMATORS as KL_TABLE
+from rlcamp.algos.registry import names
 
-KL_ESTIMATORS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "full")
+KL_ESTIMATORS = names(KL_TABLE)
 
 
-def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kl_type: str) -> torch.Tensor:
+def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-token KL estimate [batch, len].
 
     For ``full``, pass log-probabilities over the vocabulary, [batch, len, vocab]; the others take
     the sampled tokens' log-probs, [batch, len].
     """
-    if kl_type == "full":
+    if estimator == "full":
         if log_probs.dim() < 3:
-            raise ValueError("kl_type='full' needs log-probs over the whole vocabulary, [batch, len, vocab]")
+            raise ValueError("estimator='full' needs log-probs over the whole vocabulary, [batch, len, vocab]")
         return (log_probs.exp() * (log_probs - ref_log_probs)).sum(-1)
     log_ratio = log_probs - ref_log_probs
-    if kl_type in ("kl", "k1"):
+    if estimator in ("kl", "k1"):
         return log_ratio
-    if kl_type == "abs":
+    if estimator == "abs":
         return log_ratio.abs()
-    if kl_type in ("mse", "k2"):
+    if estimator in ("mse", "k2"):
         return 0.5 * log_ratio.square()
-    if kl_type in ("low_var_kl", "k3"):
+    if estimator in ("low_var_kl", "k3"):
         # k3 = r - log r - 1 with r = ref/pi; the clamps keep one wild token from dominating (as verl)
         neg_log_ratio = torch.clamp(-log_ratio, -20.0, 20.0)
         return torch.clamp(neg_log_ratio.exp() - neg_log_ratio - 1.0, -10.0, 10.0)
-    raise ValueError(f"unknown KL estimator '{kl_type}'; known: {KL_ESTIMATORS}")
+    raise ValueError(f"unknown KL estimator '{estimator}'; known: {KL_ESTIMATORS}")
 
 
 def apply_kl_penalty(token_level_scores: torch.Tensor, old_log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
-                     loss_mask: torch.Tensor, kl_coef: float, kl_type: str = "kl"):
+                     loss_mask: torch.Tensor, kl_coef: float, estimator: str = "kl"):
     """token_level_rewards = scores - kl_coef * KL per token (Ziegler et al. 2019).
 
     Returns the rewards and the batch's mean per-sequence KL (for the adaptive controller).
     """
-    kld = kl_penalty(old_log_probs, ref_log_probs, kl_type) * loss_mask
+    kld = kl_penalty(old_log_probs, ref_log_probs, estimator) * loss_mask
     rewards = token_level_scores - kl_coef * kld
     current_kl = masked_mean(kld, loss_mask, dim=-1).mean()
     return rewards, current_kl
@@ -92,11 +94,11 @@ class AdaptiveKLController:
         self.value = state["value"]
 
 
-def make_kl_controller(kl_type: str, kl_coef: float, target_kl: float = 0.1, horizon: int = 10000):
-    if kl_type == "fixed":
+def make_kl_controller(estimator: str, kl_coef: float, target_kl: float = 0.1, horizon: int = 10000):
+    if estimator == "fixed":
         return FixedKLController(kl_coef)
-    if kl_type == "adaptive":
+    if estimator == "adaptive":
         if not (target_kl > 0 and horizon > 0 and math.isfinite(target_kl)):
             raise ValueError(f"adaptive KL needs target_kl > 0 and horizon > 0 (got {target_kl}, {horizon})")
         return AdaptiveKLController(kl_coef, target_kl, horizon)
-    raise ValueError(f"unknown algorithm.kl_ctrl.type '{kl_type}'; known: fixed, adaptive")
+    raise ValueError(f"unknown algorithm.kl_ctrl.type '{estimator}'; known: fixed, adaptive")

@@ -10,9 +10,11 @@ from typing import NamedTuple
 
 import torch
 
+from rlcamp.algos import registry
 from rlcamp.algos.masked import masked_mean
+from rlcamp.algos.registry import check_registered, names
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+LOSS_AGG_MODES = names(registry.LOSS_AGG_MODES)
 
 
 def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str,
@@ -105,6 +107,7 @@ def policy_loss(old_log_probs: torch.Tensor, log_probs: torch.Tensor, advantages
 # actor.policy_loss.loss_mode -> the policy loss; verl has more modes (gspo, gpg, clip-cov, ...), each
 # a function with policy_loss's signature
 POLICY_LOSSES = {"vanilla": policy_loss}
+check_registered("actor.policy_loss.loss_mode", registry.POLICY_LOSS_MODES, POLICY_LOSSES)
 
 
 def tis_weights(old_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor, cap: float) -> torch.Tensor:

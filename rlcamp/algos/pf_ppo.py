@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-REWEIGHT_METHODS = ("pow", "max_min", "max_random")
+from rlcamp.algos.registry import PF_PPO_METHODS, names
+
+REWEIGHT_METHODS = names(PF_PPO_METHODS)
 
 
 def pf_ppo_weights(scores: torch.Tensor, reweight_method: str, weight_pow: float = 2.0) -> torch.Tensor:

@@ -55,7 +55,6 @@ def run(extra: list[str], data_dir: str = "~/data/rlcamp_arith", run_dir: str | 
     from rlcamp.data.arith import write_splits
     from rlcamp.models.prepare import prepare
     from rlcamp.trainer.main_ppo import main as train_main
-
     from rlcamp.trainer.report import summarize
     from rlcamp.trainer.run import quiet_libraries
 

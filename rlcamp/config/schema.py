@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
 
+from rlcamp.algos import registry
+
 
 def doc(text: str, default: Any = MISSING, *, factory: Any = None, follows: str | None = None):
     """A dataclass field with its one-line doc (and, optionally, the key its default follows)."""
@@ -29,8 +31,12 @@ def doc(text: str, default: Any = MISSING, *, factory: Any = None, follows: str 
     return field(default=default, metadata=metadata)
 
 
-LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-KLType = Literal["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "full"]
+# the algorithm choices come from rlcamp.algos.registry (one table each)
+LossAggMode = Literal[tuple(registry.LOSS_AGG_MODES)]
+KLType = Literal[tuple(registry.KL_ESTIMATORS)]
+AdvEstimator = Literal[tuple(registry.ADV_ESTIMATORS)]
+PolicyLossMode = Literal[tuple(registry.POLICY_LOSS_MODES)]
+PFPPOMethod = Literal[tuple(registry.PF_PPO_METHODS)]
 Strategy = Literal["fsdp", "fsdp2", "megatron"]
 
 
@@ -235,7 +241,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PolicyLossConfig:
-    loss_mode: Literal["vanilla"] = doc("Policy loss: vanilla PPO clip (with dual clip).", "vanilla")
+    loss_mode: PolicyLossMode = doc("Policy loss: vanilla PPO clip (with dual clip).", "vanilla")
 
 
 @dataclass(frozen=True)
@@ -527,7 +533,7 @@ class KLCtrlConfig:
 
 @dataclass(frozen=True)
 class PFPPOConfig:
-    reweight_method: Literal["pow", "max_min", "max_random"] = doc("PF-PPO sample weights from scores.", "pow")
+    reweight_method: PFPPOMethod = doc("PF-PPO sample weights from scores.", "pow")
     weight_pow: float = doc("Exponent of the pow method.", 2.0)
 
 
@@ -542,7 +548,7 @@ class RolloutCorrectionConfig:
 class AlgorithmConfig:
     gamma: float = doc("Discount factor.", 1.0)
     lam: float = doc("GAE lambda.", 1.0)
-    adv_estimator: Literal["gae", "grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"] = doc(
+    adv_estimator: AdvEstimator = doc(
         "Advantage estimator.", "gae")
     norm_adv_by_std_in_grpo: bool = doc("Divide GRPO advantages by the group's std (False = Dr. GRPO).", True)
     use_kl_in_reward: bool = doc("Subtract a KL(actor || reference) penalty from the token rewards.", False)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rlcamp.algos import registry
 from rlcamp.config.loader import ConfigError, LoadedConfig, get_key, with_key
 from rlcamp.config.schema import RLConfig
 from rlcamp.config.support import no_effect_warnings, unsupported_problems
 
-GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")
 CHECKPOINT_CONTENTS = ("model", "optimizer", "extra", "hf_model")
 
 
@@ -60,8 +60,8 @@ class ResolvedConfig:
 
 
 def uses_critic(cfg: RLConfig) -> bool:
-    """Only GAE needs values; the group estimators and REINFORCE++ have no critic."""
-    return cfg.algorithm.adv_estimator == "gae"
+    """The estimator's declaration says (rlcamp.algos.registry): GAE reads values; the others have no critic."""
+    return registry.uses_critic(cfg.algorithm.adv_estimator)
 
 
 def _micro_batch(problems: list[str], prefix: str, global_key: str, per_gpu_key: str, global_value: int | None,
@@ -270,7 +270,7 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
     if not rollout.val_kwargs.do_sample and rollout.val_kwargs.n > 1:
         problems.append(f"actor_rollout_ref.rollout.val_kwargs.n={rollout.val_kwargs.n} with do_sample=False gives "
                         "identical greedy samples; set val_kwargs.do_sample=True or val_kwargs.n=1")
-    if algo.adv_estimator in GROUP_ESTIMATORS and rollout.n < 2:
+    if registry.needs_groups(algo.adv_estimator) and rollout.n < 2:
         problems.append(f"algorithm.adv_estimator={algo.adv_estimator} compares responses within a prompt group and "
                         f"needs actor_rollout_ref.rollout.n >= 2 (got {rollout.n})")
     if algo.kl_ctrl.type == "adaptive" and (algo.kl_ctrl.target_kl <= 0 or algo.kl_ctrl.horizon <= 0):
@@ -278,9 +278,10 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
     if algo.use_kl_in_reward and actor.use_kl_loss:
         warnings.append("both algorithm.use_kl_in_reward and actor_rollout_ref.actor.use_kl_loss are on: the KL is "
                         "penalised twice (in the reward and in the loss)")
-    if algo.use_kl_in_reward and algo.kl_penalty == "full":
-        problems.append("algorithm.kl_penalty=full needs the full vocabulary distributions, which the reward stage "
-                        "does not have; use kl, abs, mse or low_var_kl")
+    if algo.use_kl_in_reward and registry.KL_ESTIMATORS[algo.kl_penalty].needs_vocabulary:
+        usable = [k for k, v in registry.KL_ESTIMATORS.items() if not v.needs_vocabulary]
+        problems.append(f"algorithm.kl_penalty={algo.kl_penalty} needs the full vocabulary distributions, which the "
+                        f"reward stage does not have; use one of {usable}")
     if trainer.resume_mode == "resume_path" and not trainer.resume_from_path:
         problems.append("trainer.resume_mode=resume_path needs trainer.resume_from_path=<checkpoint folder>")
     if trainer.resume_from_path and trainer.resume_mode != "resume_path":
@@ -386,7 +387,12 @@ def _cpu_precision(cfg: RLConfig, user_keys: frozenset[str], warnings: list[str]
     it costs. Anywhere else: unchanged."""
     if cfg.trainer.device not in ("cpu", "auto"):
         return cfg
-    from rlcamp.utils.device import cpu_features, cpu_matmul_is_fast, resolve_device, to_dtype
+    from rlcamp.utils.device import (
+        cpu_features,
+        cpu_matmul_is_fast,
+        resolve_device,
+        to_dtype,
+    )
 
     if cfg.trainer.device == "auto" and resolve_device("auto") != "cpu":
         return cfg

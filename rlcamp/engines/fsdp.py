@@ -24,6 +24,7 @@ from rlcamp.engines.base import LogProbs, LossFn, Mesh, MicroBatching, Values
 from rlcamp.engines.batching import gather_outputs, micro_batches
 from rlcamp.engines.local import LocalEngine
 from rlcamp.models import ulysses
+from rlcamp.models.families import ties_output_to_embeddings
 from rlcamp.models.forward import actor_forward, critic_forward, sequence_inputs
 from rlcamp.utils import dist
 
@@ -280,8 +281,7 @@ def _load_hf_weights(folder: Path, model, role: str) -> None:
     for file in sorted((folder / "huggingface").glob("*.safetensors")):
         weights.update(load_file(file))
     # a tied output layer is saved once (as the embedding); only models with an lm_head have one
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "lm_head") \
-        else set()
+    tied = {"lm_head.weight"} if ties_output_to_embeddings(model) else set()
     if dist.is_sharded(model):
         if "lm_head.weight" in tied and "lm_head.weight" not in weights:
             weights["lm_head.weight"] = weights["model.embed_tokens.weight"]

@@ -35,7 +35,11 @@ from rlcamp.config.schema import OptimConfig
 from rlcamp.engines.base import LogProbs, LossFn, Mesh, MicroBatching, Values
 from rlcamp.engines.batching import gather_outputs, micro_batches
 from rlcamp.engines.local import lr_lambda, place_optimizer_state
-from rlcamp.engines.tensor_parallel import parallelize, tp_problems, vocab_parallel_log_probs
+from rlcamp.engines.tensor_parallel import (
+    parallelize,
+    tp_problems,
+    vocab_parallel_log_probs,
+)
 from rlcamp.models.forward import critic_forward, decoder_hidden, sequence_inputs
 from rlcamp.utils import dist
 
@@ -140,7 +144,7 @@ class MegatronEngine:
         if fsdp and self.dp > 1:
             from torch.distributed.fsdp import fully_shard
 
-            from rlcamp.utils.dist import decoder_layers
+            from rlcamp.models.families import decoder_layers
 
             for layer in decoder_layers(model):
                 fully_shard(layer, mesh=self.device_mesh["dp"], reshard_after_forward=True)
@@ -723,14 +727,16 @@ def _aux_loss_fn(model):
 
 def _head_module(model):
     """The module the last stage applies to the final hidden states: the output layer, or a critic's value head."""
-    from rlcamp.models.loading import value_head
+    from rlcamp.models.families import value_head
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return head if head is not None else value_head(model)
 
 
 def _drop_head(model) -> None:
-    for name in ("lm_head", "score", "classifier"):
+    from rlcamp.models.families import OUTPUT_LAYERS
+
+    for name in OUTPUT_LAYERS:
         if isinstance(getattr(model, name, None), torch.nn.Module):
             setattr(model, name, None)
 
@@ -796,7 +802,7 @@ def recompute(model, megatron_cfg, key: str = "override_transformer_config") -> 
     N layers of each pipeline stage (each virtual stage), as Megatron; ``uniform`` (or none): every layer
     (Megatron's uniform checkpoints chunks of N layers: the same numbers, a boundary kept per layer here)."""
     from rlcamp.engines.pipeline import layer_bounds
-    from rlcamp.utils.dist import decoder_layers
+    from rlcamp.models.families import decoder_layers
 
     o = megatron_cfg.override_transformer_config
     granularity, method, n = o.get("recompute_granularity"), o.get("recompute_method"), o.get("recompute_num_layers")

@@ -30,7 +30,14 @@ import torch
 from torch import nn
 
 from rlcamp.batch import Batch
-from rlcamp.models.forward import SequenceInputs, _pad_back, _unpack, pack, sequence_inputs, to_multiple
+from rlcamp.models.forward import (
+    SequenceInputs,
+    _pad_back,
+    _unpack,
+    pack,
+    sequence_inputs,
+    to_multiple,
+)
 
 SCHEDULES = ("1f1b", "gpipe")
 
@@ -200,7 +207,11 @@ class Pipeline:
 
     def _schedule(self, n_micro: int, loss_fn):
         from torch.distributed.pipelining import PipelineStage
-        from torch.distributed.pipelining.schedules import Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+        from torch.distributed.pipelining.schedules import (
+            Schedule1F1B,
+            ScheduleGPipe,
+            ScheduleInterleaved1F1B,
+        )
 
         m = self.micros[0]
         k_out = self._k

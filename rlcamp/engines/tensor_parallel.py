@@ -91,10 +91,15 @@ def parallelize(model, tp_mesh, sequence_parallel: bool = False) -> None:
     (instead of all-reduce) on exit, and the final norm's output is gathered whole for the head. The
     same numbers; the activations between regions take 1/TP of the memory."""
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
-                                                   SequenceParallel, parallelize_module)
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
 
-    from rlcamp.utils.dist import decoder_layers
+    from rlcamp.models.families import decoder_layers
 
     layers = decoder_layers(model)
     for i, layer in enumerate(layers):

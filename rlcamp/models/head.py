@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from rlcamp.models.families import is_plain_decoder
+
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MB in fp32 (341 rows of a 49k vocabulary)
 # the backward's d loss / d logits per block of rows, in the compute dtype (64 MB in bf16): the two
 # matmuls that follow are per block, not per chunk (per chunk, adding up the [vocab, hidden] weight
@@ -159,7 +161,6 @@ def chunked_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
 # dense decoder-only families whose causal-LM head is exactly ``lm_head(decoder(...).last_hidden_state)``
 # (no logit soft-capping or scaling, no router loss added in the wrapper) and whose attention is
 # plain causal attention over position ids
-PLAIN_DECODERS = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "olmo2", "smollm3"})
 
 
 def has_plain_head(model) -> bool:
@@ -168,6 +169,6 @@ def has_plain_head(model) -> bool:
     hooks sit on the wrapper's forward, which this path goes around; a model can be sharded after
     its first call, so that part is checked every time)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    plain = (getattr(model.config, "model_type", None) in PLAIN_DECODERS and isinstance(head, torch.nn.Linear)
+    plain = (is_plain_decoder(model.config) and isinstance(head, torch.nn.Linear)
              and head.bias is None and hasattr(model, "get_decoder"))
     return plain and not hasattr(head.weight, "full_tensor")

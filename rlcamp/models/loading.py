@@ -105,6 +105,8 @@ def load_critic(path: str, *, dtype: torch.dtype = torch.float32, trust_remote_c
                                                                 trust_remote_code=trust_remote_code)
     finally:
         hf_logging.set_verbosity(verbosity)
+    from rlcamp.models.families import value_head
+
     head = value_head(model)
     if not is_critic_checkpoint:
         with torch.no_grad():
@@ -112,19 +114,3 @@ def load_critic(path: str, *, dtype: torch.dtype = torch.float32, trust_remote_c
             if head.bias is not None:
                 head.bias.zero_()
     return model
-
-
-def value_head(model) -> torch.nn.Linear:
-    for name in ("score", "classifier"):
-        head = getattr(model, name, None)
-        if isinstance(head, torch.nn.Linear):
-            return head
-    raise ModelError(f"{type(model).__name__} has no 'score' or 'classifier' head")
-
-
-def moe_aux_loss_coef(model) -> float:
-    """The router aux-loss weight the model defines (0 for dense models or when router logits are off)."""
-    config = model.config
-    if not getattr(config, "output_router_logits", False):
-        return 0.0
-    return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)

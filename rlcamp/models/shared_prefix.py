@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from rlcamp.models.cpu_attention import NAME as CPU_ATTENTION
-from rlcamp.models.head import PLAIN_DECODERS
+from rlcamp.models.families import has_sliding_window, is_plain_decoder
 
 _MASKABLE = frozenset({"sdpa", CPU_ATTENTION})  # attention functions that take a boolean 4D mask
 
@@ -42,9 +42,7 @@ class SharedLayout:
 def supported(model) -> bool:
     """Whether ``model``'s attention honours the shared layout's mask."""
     config = model.config
-    sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
-    sliding = sliding or any("sliding" in t for t in getattr(config, "layer_types", None) or ())
-    return (getattr(config, "model_type", None) in PLAIN_DECODERS and not sliding
+    return (is_plain_decoder(config) and not has_sliding_window(config)
             and getattr(config, "_attn_implementation", None) in _MASKABLE)
 
 

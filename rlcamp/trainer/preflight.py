@@ -9,9 +9,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from pathlib import Path
-
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rlcamp.config import RLConfig
 from rlcamp.config.validate import uses_critic
@@ -205,8 +204,9 @@ def cpu_vllm_moe_blockers(cfg: RLConfig) -> list[str]:
         return []
     import json
 
-    from rlcamp.engines.experts import num_experts
     from transformers import PretrainedConfig
+
+    from rlcamp.engines.experts import num_experts
 
     config = PretrainedConfig(**json.loads(path.read_text()))
     if not num_experts(config):

@@ -57,15 +57,6 @@ def all_reduce_max(value: int, group=None) -> int:
     return int(t.item())
 
 
-def decoder_layers(model) -> list[torch.nn.Module]:
-    """The repeated blocks FSDP wraps one by one (the classes HF marks as not to be split)."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:
-        raise RuntimeError(f"{type(model).__name__} declares no _no_split_modules; cannot choose FSDP units")
-    return layers
-
-
 def size_based_units(model, min_num_params: int) -> list[torch.nn.Module]:
     """The modules a size-based wrap policy makes FSDP units (``wrap_policy.min_num_params``): going
     up from the leaves, a module becomes a unit once the parameters not yet in a unit below it
@@ -110,11 +101,18 @@ def shard(model, param_dtype: torch.dtype | None = None, reduce_dtype: torch.dty
     ``offload``: FSDP2's CPUOffloadPolicy keeps the sharded parameters and gradients in host memory
     (copied to the device layer by layer for compute), so the optimizer step and its state live on
     the host too."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        OffloadPolicy,
+        fully_shard,
+    )
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     kwargs = {"mp_policy": policy, "reshard_after_forward": reshard_after_forward,
               "offload_policy": CPUOffloadPolicy(pin_memory=pin_memory) if offload else OffloadPolicy()}
+    from rlcamp.models.families import decoder_layers
+
     units = size_based_units(model, min_num_params) if min_num_params > 0 else decoder_layers(model)
     for unit in units:
         fully_shard(unit, **kwargs)
@@ -178,14 +176,20 @@ def full_state_dict(model, rank0_only: bool = False) -> dict[str, torch.Tensor]:
     """HF-named full weights; with ``rank0_only`` other ranks get an empty dict (collective either way)."""
     if not is_sharded(model):
         return model.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=rank0_only))
 
 
 def load_full_state_dict(model, state: dict[str, torch.Tensor]) -> None:
     """Rank 0's full weights into every rank's shards (collective)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+    )
 
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
@@ -208,7 +212,10 @@ def save_sharded(path, model, optimizer, weights: bool, optimizer_state: bool) -
 def load_sharded(path, model, optimizer, weights: bool, optimizer_state: bool) -> None:
     """Each rank reads back its own shards, in place; collective."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     state = _sharded_state(model, optimizer, weights, optimizer_state)
     dcp.load(state, checkpoint_id=str(path))

@@ -16,13 +16,19 @@ from rlcamp.config import RLConfig
 from rlcamp.config.validate import Derived
 from rlcamp.engines.base import LogProbs, MicroBatching
 from rlcamp.engines.fsdp import FSDPEngine, prepare
+from rlcamp.models.families import router_aux_loss_coef
 from rlcamp.models.forward import actor_forward
-from rlcamp.models.loading import eos_token_ids, import_external_lib, load_causal_lm, load_tokenizer
+from rlcamp.models.loading import (
+    eos_token_ids,
+    import_external_lib,
+    load_causal_lm,
+    load_tokenizer,
+)
 from rlcamp.rollout.engines import mask_through_first_eos
 from rlcamp.rollout.hf import HFRollout, SamplingParams
-from rlcamp.workers.base import Worker
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype, torch_compile_problem
+from rlcamp.workers.base import Worker
 from rlcamp.workers.common import MetricSink, mini_batches, seed_everything
 
 
@@ -103,7 +109,12 @@ class ActorRolloutRefWorker(Worker):
         steps = dict(total_steps=derived.total_training_steps or 1, warmup_steps=derived.actor_warmup_steps or 0,
                      grad_clip=a.grad_clip)
         if a.strategy == "megatron":
-            from rlcamp.engines.megatron import MegatronEngine, apply_transformer_overrides, layout, offload
+            from rlcamp.engines.megatron import (
+                MegatronEngine,
+                apply_transformer_overrides,
+                layout,
+                offload,
+            )
 
             compute = to_dtype(a.megatron.dtype)
             apply_transformer_overrides(self.model, a.megatron,
@@ -288,7 +299,7 @@ class ActorRolloutRefWorker(Worker):
             sink.add("actor/kl_loss", masked_mean(kl.detach(), mask))
         if aux_loss is not None:  # MoE router balance loss, weighted as the model's config says
             share = mask.sum() / norm["global_tokens"] / self.engine.mesh.sp_size
-            loss = loss + getattr(self.model.config, "router_aux_loss_coef", 0.0) * aux_loss * share
+            loss = loss + router_aux_loss_coef(self.model.config) * aux_loss * share
             sink.add("actor/moe_aux_loss", aux_loss.detach())
         sink.add("actor/pg_clipfrac", pg.clipfrac)
         sink.add("actor/ppo_kl", pg.ppo_kl)

@@ -14,9 +14,9 @@ from rlcamp.engines.base import MicroBatching, Values
 from rlcamp.engines.fsdp import FSDPEngine, prepare
 from rlcamp.models.forward import critic_forward
 from rlcamp.models.loading import import_external_lib, load_critic, load_tokenizer
-from rlcamp.workers.base import Worker
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype
+from rlcamp.workers.base import Worker
 from rlcamp.workers.common import MetricSink, mini_batches, seed_everything
 
 
@@ -40,7 +40,12 @@ class CriticWorker(Worker):
         steps = dict(optim=c.optim, total_steps=derived.total_training_steps or 1,
                      warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip)
         if (c.strategy or config.actor_rollout_ref.actor.strategy) == "megatron":
-            from rlcamp.engines.megatron import MegatronEngine, apply_transformer_overrides, layout, offload
+            from rlcamp.engines.megatron import (
+                MegatronEngine,
+                apply_transformer_overrides,
+                layout,
+                offload,
+            )
 
             apply_transformer_overrides(self.model, c.megatron,
                                         "critic.megatron.override_transformer_config")

@@ -14,8 +14,8 @@ import torch
 from rlcamp.batch import Batch
 from rlcamp.config import RLConfig
 from rlcamp.models.loading import _check_path, import_external_lib, load_tokenizer
-from rlcamp.workers.base import Worker
 from rlcamp.utils.device import to_dtype
+from rlcamp.workers.base import Worker
 
 
 def conversation_texts(tokenizer, raw_prompts: list[list[dict]], responses: list[str]) -> list[str]:

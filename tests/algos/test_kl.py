@@ -52,7 +52,7 @@ def test_apply_kl_penalty_hand_worked():
     scores = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     old, ref = torch.full((2, 3), -1.0), torch.full((2, 3), -1.1)
-    rewards, kl = apply_kl_penalty(scores, old, ref, mask, kl_coef=0.5, kl_type="kl")
+    rewards, kl = apply_kl_penalty(scores, old, ref, mask, kl_coef=0.5, estimator="kl")
     assert torch.allclose(rewards, torch.tensor([[-0.05, -0.05, 0.95], [-0.05, 1.95, 0.0]]))
     assert kl.item() == pytest.approx(0.1)
 
