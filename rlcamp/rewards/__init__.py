@@ -3,13 +3,13 @@
 from rlcamp.rewards.registry import (
                                      SCORERS,
                                      RewardError,
+                                     RewardServices,
                                      default_compute_score,
                                      get_reward_function,
                                      load_custom_reward_function,
                                      register_scorer,
                                      score_sample,
-                                     use_sandbox,
 )
 
-__all__ = ["SCORERS", "RewardError", "default_compute_score", "get_reward_function", "load_custom_reward_function",
-           "register_scorer", "score_sample", "use_sandbox"]
+__all__ = ["SCORERS", "RewardError", "RewardServices", "default_compute_score", "get_reward_function",
+           "load_custom_reward_function", "register_scorer", "score_sample"]

@@ -124,23 +124,10 @@ class MathVerifier:
             pass
 
 
-_VERIFIER: MathVerifier | None = None
-_VERIFIER_LOCK = threading.Lock()
-
-
-def shared_verifier() -> MathVerifier:
-    global _VERIFIER
-    with _VERIFIER_LOCK:
-        if _VERIFIER is None:
-            _VERIFIER = MathVerifier()
-        return _VERIFIER
-
-
-def compute_score(solution_str: str, ground_truth: str, format_score: float = 0.0, score: float = 1.0,
-                  verifier: MathVerifier | None = None) -> float:
+def compute_score(solution_str: str, ground_truth: str, format_score: float = 0.0, score: float = 1.0, *,
+                  verifier: MathVerifier) -> float:
     """``score`` when the last \\boxed{} equals the ground truth, ``format_score`` for a wrong boxed answer."""
     answer = last_boxed(solution_str)
     if answer is None:
         return 0.0
-    verifier = verifier or shared_verifier()
     return score if verifier.equivalent(str(ground_truth), answer) else format_score

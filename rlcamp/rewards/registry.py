@@ -2,6 +2,9 @@
 
 Every scorer has verl's signature ``compute_score(data_source, solution_str, ground_truth,
 extra_info, **reward_kwargs) -> float | dict`` (a dict carries ``score`` plus extra metrics).
+
+What the built-in scorers run on (the code sandbox, the math verifier's process) is a
+``RewardServices`` the run builds from its config and passes in (``get_reward_function``).
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import inspect
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,14 +26,47 @@ class RewardError(RuntimeError):
     """A reward function that failed; the message names the sample and its data_source."""
 
 
+@dataclass
+class RewardServices:
+    """What built-in scorers run on, made on first use: the code sandbox (``reward_model.sandbox_fusion``: a
+    SandboxFusion-compatible URL, or embedded when None) and the math verifier's worker process."""
+
+    sandbox_url: str | None = None
+    max_concurrent: int = 8
+    memory_limit_mb: int = 1024
+    _sandbox: Any = field(default=None, repr=False)
+    _verifier: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def sandbox(self):
+        with self._lock:
+            if self._sandbox is None:
+                from rlcamp.sandbox.client import make_sandbox
+
+                self._sandbox = make_sandbox(self.sandbox_url, self.max_concurrent, self.memory_limit_mb)
+            return self._sandbox
+
+    def verifier(self) -> "math.MathVerifier":
+        with self._lock:
+            if self._verifier is None:
+                self._verifier = math.MathVerifier()
+            return self._verifier
+
+
+_DEFAULT_SERVICES = RewardServices()  # for a direct call of default_compute_score without services
+
+
 SCORERS: dict[str, ScoreFn] = {}
+_USES_SERVICES: set[str] = set()  # the built-in scorers that take ``services``
 
 
-def register_scorer(*data_sources: str):
-    """Register ``fn(solution_str, ground_truth, extra_info=None, **kwargs)`` for these data sources."""
+def register_scorer(*data_sources: str, uses_services: bool = False):
+    """Register ``fn(solution_str, ground_truth, extra_info=None, **kwargs)`` for these data sources
+    (``uses_services``: it also takes ``services``, a ``RewardServices``)."""
     def wrap(fn):
         for source in data_sources:
             SCORERS[source] = fn
+            (_USES_SERVICES.add if uses_services else _USES_SERVICES.discard)(source)
         return fn
     return wrap
 
@@ -39,9 +77,9 @@ def _score_gsm8k(solution_str, ground_truth, extra_info=None, **kwargs):
 
 
 @register_scorer("lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500", "math",
-                 "math500", "MATH")
-def _score_math(solution_str, ground_truth, extra_info=None, **kwargs):
-    return math.compute_score(solution_str, ground_truth, **kwargs)
+                 "math500", "MATH", uses_services=True)
+def _score_math(solution_str, ground_truth, extra_info=None, *, services: RewardServices, **kwargs):
+    return math.compute_score(solution_str, ground_truth, verifier=services.verifier(), **kwargs)
 
 
 @register_scorer("math_dapo")
@@ -49,34 +87,18 @@ def _score_dapo(solution_str, ground_truth, extra_info=None, **kwargs):
     return dapo.compute_score(solution_str, ground_truth, **kwargs)
 
 
-_SANDBOX = {"url": None, "max_concurrent": 8, "memory_limit_mb": 1024, "instance": None}
-
-
-def use_sandbox(url: str | None, max_concurrent: int = 8, memory_limit_mb: int = 1024) -> None:
-    """Where code scorers run programs: a SandboxFusion-compatible URL, or embedded when None."""
-    _SANDBOX.update(url=url, max_concurrent=max_concurrent, memory_limit_mb=memory_limit_mb, instance=None)
-
-
-def code_sandbox():
-    if _SANDBOX["instance"] is None:
-        from rlcamp.sandbox.client import make_sandbox
-
-        _SANDBOX["instance"] = make_sandbox(_SANDBOX["url"], _SANDBOX["max_concurrent"], _SANDBOX["memory_limit_mb"])
-    return _SANDBOX["instance"]
-
-
 CODE_SOURCES = ("openai/openai_humaneval", "humaneval", "code", "codecontests", "apps", "taco", "rlcamp/code")
 
 
-@register_scorer(*CODE_SOURCES)
-def _score_code(solution_str, ground_truth, extra_info=None, **kwargs):
-    kwargs.setdefault("memory_limit_mb", _SANDBOX["memory_limit_mb"])
-    return code.compute_score(solution_str, ground_truth, code_sandbox(), **kwargs)
+@register_scorer(*CODE_SOURCES, uses_services=True)
+def _score_code(solution_str, ground_truth, extra_info=None, *, services: RewardServices, **kwargs):
+    kwargs.setdefault("memory_limit_mb", services.memory_limit_mb)
+    return code.compute_score(solution_str, ground_truth, services.sandbox(), **kwargs)
 
 
 def default_compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
-                          **reward_kwargs) -> float | dict[str, Any]:
-    """The built-in scorers, picked by data_source."""
+                          *, services: RewardServices | None = None, **reward_kwargs) -> float | dict[str, Any]:
+    """The built-in scorers, picked by data_source (code and math on ``services``: the run's, else a shared default)."""
     scorer = SCORERS.get(data_source)
     if scorer is None:
         raise RewardError(
@@ -84,6 +106,8 @@ def default_compute_score(data_source: str, solution_str: str, ground_truth: Any
             "custom_reward_function.path=my_reward.py custom_reward_function.name=compute_score (a function "
             "compute_score(data_source, solution_str, ground_truth, extra_info)), or register it in Python with "
             "rlcamp.rewards.register_scorer('<data_source>')")
+    if data_source in _USES_SERVICES:
+        reward_kwargs["services"] = services or _DEFAULT_SERVICES
     return scorer(solution_str, ground_truth, extra_info, **reward_kwargs)
 
 
@@ -126,13 +150,15 @@ def _synchronous(fn):
 
 
 def get_reward_function(path: str | None, name: str = "compute_score", reward_kwargs: dict | None = None,
-                        loop_kwargs: dict | None = None) -> ScoreFn:
-    """The scorer a run uses: the user's function when ``path`` is set, else the built-in dispatch.
+                        loop_kwargs: dict | None = None, services: RewardServices | None = None) -> ScoreFn:
+    """The scorer a run uses: the user's function when ``path`` is set, else the built-in dispatch on ``services``.
 
     ``loop_kwargs``: what the reward loop offers a user's function (``reward_router_address``,
     ``reward_model_tokenizer`` for a generative reward model), passed where its signature takes them."""
     fn = load_custom_reward_function(path, name) if path else default_compute_score
     kwargs = dict(reward_kwargs or {})
+    if not path and services is not None:
+        kwargs["services"] = services
     if path and loop_kwargs:
         params = inspect.signature(fn).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -7,7 +7,7 @@ from pathlib import Path
 from rlcamp.config import ResolvedConfig
 from rlcamp.controller.worker_group import InProcessWorkerGroup
 from rlcamp.data import RLDataset
-from rlcamp.rewards import get_reward_function, use_sandbox
+from rlcamp.rewards import RewardServices, get_reward_function
 from rlcamp.rewards.manager import NaiveRewardManager, PrimeRewardManager
 from rlcamp.rewards.registry import rules_where_known
 from rlcamp.trainer.ppo import PPOTrainer
@@ -56,13 +56,13 @@ def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
 
 def make_scorer(c, tokenizer, reward_model=None) -> Scorer:
     """The reward function (a user's, or the rule for each data source), its reward manager, and the reward model."""
+    sandbox = c.reward_model.sandbox_fusion
+    services = RewardServices(sandbox.url, sandbox.max_concurrent, sandbox.memory_limit_mb)
     reward_fn = get_reward_function(c.custom_reward_function.path, c.custom_reward_function.name,
                                     c.custom_reward_function.reward_kwargs,
-                                    getattr(reward_model, "function_kwargs", None))
+                                    getattr(reward_model, "function_kwargs", None), services)
     if reward_model is not None and not c.custom_reward_function.path:
         reward_fn = rules_where_known(reward_fn)
-    sandbox = c.reward_model.sandbox_fusion
-    use_sandbox(sandbox.url, sandbox.max_concurrent, sandbox.memory_limit_mb)
     if c.reward_model.reward_manager == "prime":
         manager = PrimeRewardManager(tokenizer, reward_fn, sandbox.max_concurrent)
     else:

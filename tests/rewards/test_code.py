@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from rlcamp.data import read_records
-from rlcamp.rewards import default_compute_score, use_sandbox
+from rlcamp.rewards import RewardServices, default_compute_score
 from rlcamp.rewards.code import build_runs, compute_score, extract_program
 from rlcamp.sandbox.client import EmbeddedSandbox, HTTPSandbox
 
@@ -54,14 +54,13 @@ def test_stdio_cases_fraction_and_all(embedded):
         build_runs("x", {"tests": []})
 
 
-def test_dispatch_by_data_source_uses_the_configured_sandbox(service):
-    use_sandbox(service["run_url"], max_concurrent=2)
-    try:
-        problem = HUMANEVAL[1]
-        score = default_compute_score("openai/openai_humaneval", problem["canonical_solution"], truth(problem))
-        assert score["score"] == 1.0
-    finally:
-        use_sandbox(None)
+def test_dispatch_by_data_source_uses_the_sandbox_it_is_given(service):
+    services = RewardServices(service["run_url"], max_concurrent=2)
+    problem = HUMANEVAL[1]
+    score = default_compute_score("openai/openai_humaneval", problem["canonical_solution"], truth(problem),
+                                  services=services)
+    assert score["score"] == 1.0
+    assert services.sandbox().url == service["run_url"]  # the one it was given, not an embedded one
 
 
 @pytest.mark.slow
