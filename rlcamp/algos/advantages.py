@@ -1,7 +1,7 @@
 """Advantage estimators, one implementation per name declared in ``rlcamp.algos.registry.ADV_ESTIMATORS``.
 
 Shapes: ``token_level_rewards``, ``values``, ``loss_mask`` (1 on the tokens trained on) are [batch, response_len];
-``index`` [batch] holds a group id per response (responses to the same prompt share it).
+``uid`` [batch] holds a group id per response (responses to the same prompt share it).
 Every estimator returns ``(advantages, returns)``, both [batch, response_len], zero on padding.
 """
 
@@ -64,9 +64,9 @@ def gae_advantages(token_level_rewards, values, loss_mask, gamma: float = 1.0, l
     return masked_whiten(advantages, loss_mask) * loss_mask, returns
 
 
-def _group_stats(scores: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _group_stats(scores: torch.Tensor, uid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-response group mean, unbiased group std and group size, gathered back to [batch]."""
-    _, group = torch.unique(index, return_inverse=True)
+    _, group = torch.unique(uid, return_inverse=True)
     n_groups = int(group.max()) + 1 if group.numel() else 0
     count = torch.zeros(n_groups, dtype=scores.dtype).index_add_(0, group, torch.ones_like(scores))
     mean = torch.zeros(n_groups, dtype=scores.dtype).index_add_(0, group, scores) / count
@@ -75,16 +75,16 @@ def _group_stats(scores: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tenso
     return mean[group], std[group], count[group]
 
 
-def _as_index(index) -> torch.Tensor:
-    if isinstance(index, torch.Tensor):
-        return index
+def _as_group_ids(uid) -> torch.Tensor:
+    if isinstance(uid, torch.Tensor):
+        return uid
     # group ids may be strings (prompt uids): map them to integers in order of appearance
     ids: dict = {}
-    return torch.tensor([ids.setdefault(x, len(ids)) for x in index], dtype=torch.long)
+    return torch.tensor([ids.setdefault(x, len(ids)) for x in uid], dtype=torch.long)
 
 
 @register_advantage("grpo")
-def grpo_advantages(token_level_rewards, loss_mask, index, norm_adv_by_std_in_grpo: bool = True,
+def grpo_advantages(token_level_rewards, loss_mask, uid, norm_adv_by_std_in_grpo: bool = True,
                     epsilon: float = 1e-6, **_):
     """GRPO (Shao et al. 2024): outcome score minus its group's mean, divided by the group's std.
 
@@ -93,7 +93,7 @@ def grpo_advantages(token_level_rewards, loss_mask, index, norm_adv_by_std_in_gr
     mean is taken as 0 and its std as 1, so it keeps its score.
     """
     scores = token_level_rewards.sum(-1)
-    mean, std, count = _group_stats(scores, _as_index(index))
+    mean, std, count = _group_stats(scores, _as_group_ids(uid))
     mean = torch.where(count > 1, mean, torch.zeros_like(mean))
     std = torch.where(count > 1, std, torch.ones_like(std))
     advantage = scores - mean
@@ -104,14 +104,14 @@ def grpo_advantages(token_level_rewards, loss_mask, index, norm_adv_by_std_in_gr
 
 
 @register_advantage("rloo")
-def rloo_advantages(token_level_rewards, loss_mask, index, **_):
+def rloo_advantages(token_level_rewards, loss_mask, uid, **_):
     """REINFORCE leave-one-out (Ahmadian et al. 2024): score minus the mean of the *other* responses.
 
     With n responses: r_i - (sum_j r_j - r_i)/(n-1) = n/(n-1) * (r_i - mean). A group of one has no
     baseline and keeps its score.
     """
     scores = token_level_rewards.sum(-1)
-    mean, _, count = _group_stats(scores, _as_index(index))
+    mean, _, count = _group_stats(scores, _as_group_ids(uid))
     advantage = torch.where(count > 1, (scores - mean) * count / (count - 1).clamp(min=1), scores)
     advantages = advantage.unsqueeze(-1) * loss_mask
     return advantages, advantages
@@ -135,22 +135,22 @@ def reinforce_plus_plus_advantages(token_level_rewards, loss_mask, gamma: float 
 
 
 @register_advantage("reinforce_plus_plus_baseline")
-def reinforce_plus_plus_baseline_advantages(token_level_rewards, loss_mask, index, **_):
+def reinforce_plus_plus_baseline_advantages(token_level_rewards, loss_mask, uid, **_):
     """REINFORCE++-baseline: score minus its group's mean, broadcast to tokens, whitened over the batch."""
     scores = token_level_rewards.sum(-1)
-    mean, _, count = _group_stats(scores, _as_index(index))
+    mean, _, count = _group_stats(scores, _as_group_ids(uid))
     scores = scores - torch.where(count > 1, mean, torch.zeros_like(mean))
     advantages = masked_whiten(scores.unsqueeze(-1) * loss_mask, loss_mask) * loss_mask
     return advantages, advantages
 
 
-def compute_advantages(name: str, *, token_level_rewards, loss_mask, values=None, index=None,
+def compute_advantages(name: str, *, token_level_rewards, loss_mask, values=None, uid=None,
                        gamma: float = 1.0, lam: float = 1.0, norm_adv_by_std_in_grpo: bool = True):
     """Dispatch to the estimator ``name`` with the arguments it needs."""
     estimator = get_advantage_estimator(name)
     if ADV_ESTIMATORS[name].needs_critic and values is None:
         raise ValueError(f"adv_estimator={name} needs the critic's values")
-    if ADV_ESTIMATORS[name].needs_groups and index is None:
-        raise ValueError(f"adv_estimator={name} needs the group index of each response")
+    if ADV_ESTIMATORS[name].needs_groups and uid is None:
+        raise ValueError(f"adv_estimator={name} needs the group uid of each response")
     return estimator(token_level_rewards=token_level_rewards, values=values, loss_mask=loss_mask,
-                     index=index, gamma=gamma, lam=lam, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo)
+                     uid=uid, gamma=gamma, lam=lam, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo)

@@ -15,8 +15,6 @@ from rlcamp.config.schema import RLConfig
 from rlcamp.utils.device import npu_available
 from rlcamp.utils.imports import has_module as _has
 
-ENGINES_ISSUE = "issue 'Training engines as one seam; Megatron-style parallelism'"
-
 
 def _cuda_devices() -> int:
     import torch
@@ -99,7 +97,7 @@ def _megatron_blockers(cfg: RLConfig) -> list[str]:
                     value == defaults.get(key, object()):
                 continue
             out.append(f"{role}.megatron.override_transformer_config.{key}={value!r} has no counterpart in rlcamp's "
-                       f"Megatron engine yet ({ENGINES_ISSUE}; it reads recompute_granularity / recompute_method / "
+                       "Megatron engine (it reads recompute_granularity / recompute_method / "
                        "recompute_num_layers as activation checkpointing, attention_dropout, and "
                        "num_layers_in_{first,last}_pipeline_stage as the pipeline's cut); remove it")
         out += _transformer_override_problems(f"{role}.megatron.override_transformer_config",

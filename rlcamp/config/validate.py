@@ -45,8 +45,8 @@ class Derived:
     n_train_prompts: int | None
     steps_per_epoch: int | None
     total_training_steps: int | None
-    actor_warmup_steps: int | None
-    critic_warmup_steps: int | None
+    actor_lr_warmup_steps: int | None
+    critic_lr_warmup_steps: int | None
 
 
 @dataclass(frozen=True)
@@ -519,7 +519,7 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
         ref_log_prob_micro_batch_per_device=ref_micro, critic_forward_micro_batch_per_device=critic_forward,
         reward_model_micro_batch=rm_micro, n_train_prompts=n_train_prompts,
         steps_per_epoch=steps_per_epoch, total_training_steps=total,
-        actor_warmup_steps=warmup(actor.optim), critic_warmup_steps=warmup(critic.optim) if needs_critic else None,
+        actor_lr_warmup_steps=warmup(actor.optim), critic_lr_warmup_steps=warmup(critic.optim) if needs_critic else None,
     )
     from rlcamp.config.blockers import machine_notes, run_blockers
 

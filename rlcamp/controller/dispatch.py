@@ -20,9 +20,9 @@ def plain(world_size: int) -> list[Place]:
     return [Place(rank, world_size) for rank in range(world_size)]
 
 
-def consecutive(world_size: int, replicas: int) -> list[Place]:
-    """Groups of ``replicas`` consecutive ranks share a part; the first of each returns it."""
-    return [Place(rank // replicas, world_size // replicas, rank % replicas == 0) for rank in range(world_size)]
+def consecutive(world_size: int, group_size: int) -> list[Place]:
+    """Groups of ``group_size`` consecutive ranks share a part; the first of each returns it."""
+    return [Place(rank // group_size, world_size // group_size, rank % group_size == 0) for rank in range(world_size)]
 
 
 def places_for(method: str, placements: Sequence[dict[str, Place]]) -> list[Place]:

@@ -121,7 +121,7 @@ class RewardEngine:
 
     def __init__(self, config: RLConfig, device: str, micro_batch: int):
         rm = config.reward_model
-        self.cfg = rm
+        self.rm_cfg = rm
         # as verl's reward loop: a judge is a causal LM that the user's function talks to; without a
         # function the model is scored as a classifier (a causal LM then gets a new score head)
         self.generative = is_generative(rm.model.path) and bool(config.custom_reward_function.path)
@@ -202,7 +202,7 @@ class RewardEngine:
 
     def _run_scores(self, todo: list[_Request]) -> list[float]:
         if self.generative:
-            raise ValueError(f"reward_model.model.path={self.cfg.model.path} is a generative model (a causal LM): "
+            raise ValueError(f"reward_model.model.path={self.rm_cfg.model.path} is a generative model (a causal LM): "
                              "it answers chat requests, and custom_reward_function turns its answers into scores")
         return self.backend.score([r.payload for r in todo])
 
@@ -247,7 +247,7 @@ class ChatServer:
             text = await asyncio.wrap_future(self.engine.chat(messages, body))
         except Exception as exc:
             return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
-        return web.json_response({"object": "chat.completion", "model": self.engine.cfg.model.path,
+        return web.json_response({"object": "chat.completion", "model": self.engine.rm_cfg.model.path,
                                   "choices": [{"index": 0, "finish_reason": "stop",
                                                "message": {"role": "assistant", "content": text}}]})
 

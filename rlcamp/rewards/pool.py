@@ -80,7 +80,7 @@ class PooledRewardEngine:
         from rlcamp.rewards.loop import is_generative
 
         rm = config.reward_model
-        self.cfg = rm
+        self.rm_cfg = rm
         self.generative = is_generative(rm.model.path) and bool(config.custom_reward_function.path)
         self.tokenizer = load_tokenizer(rm.model.path, trust_remote_code=rm.model.trust_remote_code,
                                         key="reward_model.model.path")

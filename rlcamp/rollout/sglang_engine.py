@@ -41,7 +41,7 @@ class SGLangRollout(RolloutEngine):
         r = rollout_cfg
         if r.tensor_model_parallel_size != 1:
             raise ValueError(f"tensor_model_parallel_size={r.tensor_model_parallel_size}: {TP_ONE}")
-        self.cfg, self.dtype = r, dtype
+        self.rollout_cfg, self.dtype = r, dtype
         self.eos, self.pad_token_id = sorted(set(eos_token_ids)), pad_token_id
         kwargs = dict(model_path=model_path, skip_tokenizer_init=True, dtype=str(dtype).removeprefix("torch."),
                       random_seed=r.seed, context_length=max_model_len, mem_fraction_static=r.gpu_memory_utilization,
@@ -50,7 +50,7 @@ class SGLangRollout(RolloutEngine):
                       if r.enable_chunked_prefill else -1, disable_cuda_graph=r.enforce_eager,
                       load_format="dummy" if r.load_format.startswith("dummy") and initial_state is not None else "auto")
         kwargs.update(r.engine_kwargs.get("sglang", {}))
-        self.engine = sglang.Engine(**kwargs)
+        self.llm = sglang.Engine(**kwargs)
         self.asleep = False
         if initial_state is not None:
             self.load_weights(initial_state)
@@ -58,22 +58,22 @@ class SGLangRollout(RolloutEngine):
     def load_weights(self, state: NamedTensors, bucket_mb: int = 512) -> None:
         self.wake()
         for bucket in weight_buckets(state, self.dtype, "cuda", bucket_mb << 20):
-            self.engine.update_weights_from_tensor(named_tensors=bucket, flush_cache=False)
-        self.engine.flush_cache()  # KV entries of the old weights
+            self.llm.update_weights_from_tensor(named_tensors=bucket, flush_cache=False)
+        self.llm.flush_cache()  # KV entries of the old weights
 
     def sleep(self) -> None:
-        if self.cfg.free_cache_engine and not self.asleep:
-            self.engine.release_memory_occupation()
+        if self.rollout_cfg.free_cache_engine and not self.asleep:
+            self.llm.release_memory_occupation()
             self.asleep = True
 
     def wake(self) -> None:
         if self.asleep:
-            self.engine.resume_memory_occupation()
+            self.llm.resume_memory_occupation()
             self.asleep = False
 
     def shutdown(self) -> None:
         """Stop the engine's scheduler and its processes."""
-        self.engine.shutdown()
+        self.llm.shutdown()
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
@@ -84,10 +84,10 @@ class SGLangRollout(RolloutEngine):
         sampling = {"temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
                     "top_k": -1 if greedy or params.top_k is None or params.top_k < 0 else params.top_k,
                     "max_new_tokens": params.max_new_tokens, "stop_token_ids": self.eos,
-                    "ignore_eos": self.cfg.ignore_eos}
+                    "ignore_eos": self.rollout_cfg.ignore_eos}
         prompts = prompt_lists(input_ids, attention_mask)
         seeds = request_seeds(len(prompts), generator)
-        outputs = self.engine.generate(input_ids=prompts,
+        outputs = self.llm.generate(input_ids=prompts,
                                        sampling_params=[dict(sampling, sampling_seed=s) for s in seeds],
                                        return_logprob=True)
         tokens = [list(out["output_ids"]) for out in outputs]

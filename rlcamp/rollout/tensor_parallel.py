@@ -125,7 +125,7 @@ class _GroupDecoding(RolloutEngine):
         self.tp, self.device = tp, device
         self.ranks = RolloutGroup(tp, device)
         self.group = self.ranks.group
-        self.engine: HFRollout | None = None
+        self.decoder: HFRollout | None = None
 
     # ------------------------------------------------------------------------- generation
     def _agree(self, tokens: torch.Tensor, log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,8 +139,8 @@ class _GroupDecoding(RolloutEngine):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """This rank's prompts in, its responses out; the group generates all of its prompts at once."""
-        ids, mask, sizes = self.ranks.prompts(input_ids, attention_mask, self.engine.pad_token_id)
-        out = self.engine.generate(ids.to(self.device), mask.to(self.device), params, generator)
+        ids, mask, sizes = self.ranks.prompts(input_ids, attention_mask, self.decoder.pad_token_id)
+        out = self.decoder.generate(ids.to(self.device), mask.to(self.device), params, generator)
         return self.ranks.mine(out, sizes)
 
 
@@ -173,7 +173,7 @@ class TensorParallelRollout(_GroupDecoding):
         model.eval()
         self.model = model
         self.params = dict(model.named_parameters(remove_duplicate=False))
-        self.engine = HFRollout(model, eos_token_ids, pad_token_id, agree=self._agree)
+        self.decoder = HFRollout(model, eos_token_ids, pad_token_id, agree=self._agree)
 
     # --------------------------------------------------------------------------- sharding
     def _split_experts(self, name: str, experts: torch.nn.Module) -> None:
@@ -244,7 +244,7 @@ class TrainerShardsRollout(_GroupDecoding):
         super().__init__(tp, device)
         self.model, self.dtype = model, dtype
         self.head: torch.Tensor | None = None  # this rank's vocabulary rows of the output layer, in dtype
-        self.engine = HFRollout(model, eos_token_ids, pad_token_id, dtype=dtype, agree=self._agree, logits=self._logits)
+        self.decoder = HFRollout(model, eos_token_ids, pad_token_id, dtype=dtype, agree=self._agree, logits=self._logits)
 
     def _logits(self, model, **inputs) -> torch.Tensor:
         hidden = model.get_decoder()(**inputs).last_hidden_state[:, -1]

@@ -127,7 +127,7 @@ class _AsyncEngine:
         async def build():
             return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
 
-        self.engine = self._run(build())
+        self.llm = self._run(build())
         self.requests = 0
 
     def _run(self, coro):
@@ -137,7 +137,7 @@ class _AsyncEngine:
 
     async def _one(self, prompt: dict, params, request_id: str):
         final = None
-        async for out in self.engine.generate(prompt, params, request_id):
+        async for out in self.llm.generate(prompt, params, request_id):
             final = out
         return final
 
@@ -153,10 +153,10 @@ class _AsyncEngine:
         return self._run(all_requests())
 
     def call(self, method: str, *args, **kwargs):
-        return self._run(getattr(self.engine, method)(*args, **kwargs))
+        return self._run(getattr(self.llm, method)(*args, **kwargs))
 
     def shutdown(self) -> None:
-        self.engine.shutdown()
+        self.llm.shutdown()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
 
@@ -167,7 +167,7 @@ class VLLMRollout(RolloutEngine):
                  dtype: torch.dtype = torch.bfloat16):
         vllm = require("vllm", INSTALL_HINT)
         r = rollout_cfg
-        self.cfg, self.device, self.dtype, self.model_path = r, device, dtype, model_path
+        self.rollout_cfg, self.device, self.dtype, self.model_path = r, device, dtype, model_path
         self.group = None
         tp = r.tensor_model_parallel_size
         # tp > 1: vLLM's external launcher runs the offline engine, so rollout.mode=async generates as
@@ -199,11 +199,11 @@ class VLLMRollout(RolloutEngine):
         if device != "cpu":
             kwargs.update(gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep_mode=r.free_cache_engine)
         kwargs.update(r.engine_kwargs.get("vllm", {}))
-        self.engine = (_AsyncEngine if async_mode else _SyncEngine)(vllm, kwargs)
+        self.llm = (_AsyncEngine if async_mode else _SyncEngine)(vllm, kwargs)
         self.asleep = False
         # a model whose engine class has no lm_head of its own (it reuses the embedding): the actor's tied
         # lm_head.weight is not sent (Llama and Qwen2 keep the attribute even when tied, and take it)
-        self.skip_head = not all(self.engine.call("collective_rpc", "rlcamp_has_attribute", args=("lm_head",)))
+        self.skip_head = not all(self.llm.call("collective_rpc", "rlcamp_has_attribute", args=("lm_head",)))
         if initial_state is not None:
             self.load_weights(initial_state)
 
@@ -213,7 +213,7 @@ class VLLMRollout(RolloutEngine):
         from safetensors.torch import save
 
         if self.asleep:
-            self.engine.call("wake_up", tags=["weights"])
+            self.llm.call("wake_up", tags=["weights"])
         from multiprocessing import shared_memory
 
         if self.skip_head:
@@ -225,25 +225,25 @@ class VLLMRollout(RolloutEngine):
             segment = shared_memory.SharedMemory(create=True, size=len(blob))
             try:
                 segment.buf[:len(blob)] = blob
-                self.engine.call("collective_rpc", "rlcamp_load_weights", args=(segment.name, len(blob)))
+                self.llm.call("collective_rpc", "rlcamp_load_weights", args=(segment.name, len(blob)))
             finally:
                 segment.close()
                 segment.unlink()
-        self.engine.call("reset_prefix_cache")
+        self.llm.call("reset_prefix_cache")
 
     def shutdown(self) -> None:
         """Stop the engine process now (it would otherwise go when this process exits)."""
-        self.engine.shutdown()
+        self.llm.shutdown()
 
     def sleep(self) -> None:
         """Free the engine's device memory while the actor trains (GPU only; vLLM's CPU backend has no sleep)."""
-        if self.device != "cpu" and self.cfg.free_cache_engine and not self.asleep:
-            self.engine.call("sleep", level=1)
+        if self.device != "cpu" and self.rollout_cfg.free_cache_engine and not self.asleep:
+            self.llm.call("sleep", level=1)
             self.asleep = True
 
     def wake(self) -> None:
         if self.asleep:
-            self.engine.call("wake_up")
+            self.llm.call("wake_up")
             self.asleep = False
 
     # ----------------------------------------------------------------------------- generate
@@ -258,7 +258,7 @@ class VLLMRollout(RolloutEngine):
                                top_p=1.0 if greedy else params.top_p,
                                top_k=0 if greedy or params.top_k is None or params.top_k < 0 else params.top_k,
                                max_tokens=params.max_new_tokens, logprobs=0, stop_token_ids=self.eos,
-                               ignore_eos=self.cfg.ignore_eos, detokenize=False)
+                               ignore_eos=self.rollout_cfg.ignore_eos, detokenize=False)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
@@ -270,7 +270,7 @@ class VLLMRollout(RolloutEngine):
         if self.group is not None:  # the engine's ranks generate the group's prompts together
             input_ids, attention_mask, sizes = self.group.prompts(input_ids, attention_mask, self.pad_token_id)
         prompts = [{"prompt_token_ids": p} for p in prompt_lists(input_ids, attention_mask)]
-        outputs = self.engine.generate(prompts, [self.sampling_params(params)] * len(prompts))
+        outputs = self.llm.generate(prompts, [self.sampling_params(params)] * len(prompts))
         completions = [out.outputs[0] for out in outputs]
         tokens = [list(c.token_ids) for c in completions]
         log_probs = [[lp[t].logprob for t, lp in zip(ids, c.logprobs)] for ids, c in zip(tokens, completions)]

@@ -91,7 +91,7 @@ def describe(resolved: ResolvedConfig) -> str:
     if d.total_training_steps is not None:
         per_epoch = f"{d.steps_per_epoch} steps/epoch over {d.n_train_prompts} prompts, " if d.steps_per_epoch else ""
         lines.append(f"training steps: {per_epoch}{d.total_training_steps} in total; actor warm-up "
-                     f"{d.actor_warmup_steps} steps")
+                     f"{d.actor_lr_warmup_steps} steps")
     else:
         lines.append("training steps: unknown until the training files exist")
     arr = resolved.config.actor_rollout_ref

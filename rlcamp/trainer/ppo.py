@@ -35,9 +35,9 @@ from rlcamp.trainer.validation import Validator, prompt_batch
 class PPOTrainer:
     def __init__(self, resolved: ResolvedConfig, run_dir: Path, actor_group, critic_group, tokenizer,
                  train_dataset: RLDataset, val_dataset: RLDataset | None, scorer: Scorer):
-        self.cfg, self.derived, self.run_dir = resolved.config, resolved.derived, run_dir
+        self.config, self.derived, self.run_dir = resolved.config, resolved.derived, run_dir
         self.actor, self.critic, self.tokenizer, self.scorer = actor_group, critic_group, tokenizer, scorer
-        c = self.cfg
+        c = self.config
         self.loader = PromptLoader(train_dataset, c.data.train_batch_size, pad_token_id=tokenizer.pad_token_id,
                                    shuffle=c.data.shuffle, seed=c.data.seed, num_workers=c.data.dataloader_num_workers)
         self.validator = Validator(c, val_dataset, actor_group, scorer, tokenizer) if val_dataset is not None else None
@@ -52,7 +52,7 @@ class PPOTrainer:
         self.stages = build_stages(c, self.derived, actor_group, critic_group, scorer, self.reward_pool,
                                    self.kl_ctrl, self.pf_generator, tokenizer)
         # what the step's metrics need to know, resolved once
-        self.compare_rollout = not c.algorithm.rollout_correction.bypass_mode
+        self.compare_rollout = self.stages.old_log_prob.recomputed  # bypass_mode: nothing to compare
         self.generates_past_eos = c.actor_rollout_ref.rollout.ignore_eos
         self.global_step = 0
         self.total_steps = self.derived.total_training_steps
@@ -72,8 +72,8 @@ class PPOTrainer:
 
     # -------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
-        t = self.cfg.trainer
-        info = RunInfo(t.project_name, t.experiment_name, self.run_dir, config_to_dict(self.cfg), self.total_steps)
+        t = self.config.trainer
+        info = RunInfo(t.project_name, t.experiment_name, self.run_dir, config_to_dict(self.config), self.total_steps)
         self.tracking = tracking = Tracking(t.logger, info)
         try:
             return self._fit(tracking)
@@ -88,7 +88,7 @@ class PPOTrainer:
 
     def _fit(self, tracking: Tracking) -> dict[str, float]:
         self.load_checkpoint()
-        t = self.cfg.trainer
+        t = self.config.trainer
         if self.validator is not None and (t.val_only or (t.val_before_train and self.global_step == 0)):
             self.last_val_metrics = self.validate()
             tracking.log(self.last_val_metrics, self.global_step)
@@ -159,7 +159,7 @@ class PPOTrainer:
         self._run(st.dump, s)
         s.timing["step"] = time.perf_counter() - step_start
         self.timing = s.timing
-        return {**batch_metrics(s.batch, self.cfg.data.max_prompt_length, compare_rollout=self.compare_rollout),
+        return {**batch_metrics(s.batch, self.config.data.max_prompt_length, compare_rollout=self.compare_rollout),
                 **s.metrics, **self.timing_metrics(s), "training/global_step": self.global_step,
                 "training/epoch": self.loader.epoch}
 
@@ -179,7 +179,7 @@ class PPOTrainer:
 
     # -------------------------------------------------------------------------- checkpoint
     def save_checkpoint(self) -> Path:
-        t = self.cfg.trainer
+        t = self.config.trainer
         tmp = self.run_dir / f".global_step_{self.global_step}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -200,7 +200,7 @@ class PPOTrainer:
         return folder
 
     def load_checkpoint(self) -> None:
-        t = self.cfg.trainer
+        t = self.config.trainer
         folder = ckpt.resume_folder(t.resume_mode, t.resume_from_path, self.run_dir)
         if folder is None:
             return

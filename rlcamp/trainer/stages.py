@@ -110,6 +110,7 @@ class OldLogProb:
     """The actor's log-probs of the responses before the update (PPO's ratio anchor) and its entropy."""
 
     name = "old_log_prob"
+    recomputed = True  # the trainer's own log-probs: compared with the rollout's in the metrics
 
     def __init__(self, actor):
         self.actor = actor
@@ -123,6 +124,7 @@ class RolloutLogProbAnchor:
     recomputation pass, so no ``timing_s/old_log_prob``)."""
 
     name = "old_log_prob_bypass"
+    recomputed = False
 
     def __call__(self, s: StepState) -> None:
         s.batch["old_log_probs"] = s.batch["rollout_log_probs"].clone()
@@ -179,7 +181,7 @@ class Advantages:
         b, a = s.batch, self.algo
         b["advantages"], b["returns"] = compute_advantages(
             a.adv_estimator, token_level_rewards=b["token_level_rewards"], loss_mask=b["loss_mask"].float(),
-            values=b["values"] if "values" in b else None, index=b["uid"], gamma=a.gamma, lam=a.lam,
+            values=b["values"] if "values" in b else None, uid=b["uid"], gamma=a.gamma, lam=a.lam,
             norm_adv_by_std_in_grpo=a.norm_adv_by_std_in_grpo)
 
 

@@ -106,7 +106,7 @@ class ActorRolloutRefWorker(Worker):
         """The actor's training engine (``actor.strategy``) and the reference's, on the actor's mesh."""
         arr, derived = self.config.actor_rollout_ref, self.derived
         a = arr.actor
-        steps = dict(total_steps=derived.total_training_steps or 1, warmup_steps=derived.actor_warmup_steps or 0,
+        steps = dict(total_steps=derived.total_training_steps or 1, warmup_steps=derived.actor_lr_warmup_steps or 0,
                      grad_clip=a.grad_clip)
         if a.strategy == "megatron":
             from rlcamp.engines.megatron import (
@@ -254,9 +254,8 @@ class ActorRolloutRefWorker(Worker):
         a, plan = self.actor_cfg, self.derived.actor
         sink = MetricSink()
         self.model.train()
-        # with bypass_mode no recomputation pass reports the entropy: the update's forward does
-        head = LogProbs(self.rollout_cfg.temperature,
-                        entropy=a.entropy_coeff != 0 or self.config.algorithm.rollout_correction.bypass_mode)
+        # no recomputation pass reported the entropy (bypass_mode): the update's forward does
+        head = LogProbs(self.rollout_cfg.temperature, entropy=a.entropy_coeff != 0 or "entropys" not in batch)
         micro = MicroBatching(plan.micro_batch_per_device, a.use_dynamic_bsz, a.ppo_max_token_len_per_gpu)
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle,
                                  self.shuffle_generator):

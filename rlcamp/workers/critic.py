@@ -27,7 +27,7 @@ class CriticWorker(Worker):
 
     def __init__(self, config: RLConfig, derived: Derived, device: str = "cpu"):
         c = config.critic
-        self.config, self.cfg, self.derived, self.device = config, c, derived, torch.device(device)
+        self.config, self.critic_cfg, self.derived, self.device = config, c, derived, torch.device(device)
         self.init_profiler(config, {"critic": c.profiler}, "critic")
         seed_everything(config.trainer.seed + 1)
         import_external_lib(c.model.external_lib)
@@ -38,7 +38,7 @@ class CriticWorker(Worker):
                                         key="critic.model.tokenizer_path")
         remove_padding = prepare(self.model, c.model, critic_forward, "critic.model.use_remove_padding")
         steps = dict(optim=c.optim, total_steps=derived.total_training_steps or 1,
-                     warmup_steps=derived.critic_warmup_steps or 0, grad_clip=c.grad_clip)
+                     warmup_steps=derived.critic_lr_warmup_steps or 0, grad_clip=c.grad_clip)
         if (c.strategy or config.actor_rollout_ref.actor.strategy) == "megatron":
             from rlcamp.engines.megatron import (
                 MegatronEngine,
@@ -65,15 +65,15 @@ class CriticWorker(Worker):
         return {method: self.engine.mesh.place for method in self.ENGINE_METHODS}
 
     def compute_values(self, batch: Batch) -> Batch:
-        micro = MicroBatching(self.derived.critic_forward_micro_batch_per_device, self.cfg.use_dynamic_bsz,
-                              self.cfg.forward_max_token_len_per_gpu)
+        micro = MicroBatching(self.derived.critic_forward_micro_batch_per_device, self.critic_cfg.use_dynamic_bsz,
+                              self.critic_cfg.forward_max_token_len_per_gpu)
         values = self.engine.forward(batch, Values(), micro)["values"]
         self.engine.offload()
         self.model.train()
         return Batch({"values": values * batch["response_mask"]})
 
     def update_critic(self, batch: Batch) -> dict[str, float]:
-        c, plan = self.cfg, self.derived.critic
+        c, plan = self.critic_cfg, self.derived.critic
         sink = MetricSink()
         self.model.train()
         micro = MicroBatching(plan.micro_batch_per_device, c.use_dynamic_bsz, c.ppo_max_token_len_per_gpu)
@@ -99,9 +99,9 @@ class CriticWorker(Worker):
         return sink.means()
 
     def save_checkpoint(self, folder: Path) -> None:
-        self.engine.save(folder, self.cfg.checkpoint.save_contents, {"shuffle": self.generator}, self.tokenizer)
+        self.engine.save(folder, self.critic_cfg.checkpoint.save_contents, {"shuffle": self.generator}, self.tokenizer)
         self.engine.offload()
 
     def load_checkpoint(self, folder: Path) -> None:
-        self.engine.load(folder, self.cfg.checkpoint.load_contents, {"shuffle": self.generator}, "critic")
+        self.engine.load(folder, self.critic_cfg.checkpoint.load_contents, {"shuffle": self.generator}, "critic")
         self.engine.offload()

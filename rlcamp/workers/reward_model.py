@@ -36,7 +36,7 @@ class RewardModelWorker(Worker):
         from transformers import AutoModelForSequenceClassification
 
         rm = config.reward_model
-        self.cfg, self.device = rm, torch.device(device)
+        self.rm_cfg, self.device = rm, torch.device(device)
         self.init_profiler(config, {"reward_model": rm.profiler}, "reward_model")
         import_external_lib(rm.model.external_lib)
         path = _check_path(rm.model.path, "reward_model.model.path")
@@ -78,14 +78,14 @@ class RewardModelWorker(Worker):
         return scores
 
     def _micro_batches(self, texts: list[str]) -> list[list[int]]:
-        if not self.cfg.use_dynamic_bsz:
+        if not self.rm_cfg.use_dynamic_bsz:
             return [list(range(s, min(s + self.micro_batch, len(texts)))) for s in range(0, len(texts), self.micro_batch)]
         from rlcamp.controller.balance import token_budget_micro_batches
 
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         if self.max_length is not None:
             lengths = [min(n, self.max_length) for n in lengths]
-        return token_budget_micro_batches(lengths, self.cfg.forward_max_token_len_per_gpu)
+        return token_budget_micro_batches(lengths, self.rm_cfg.forward_max_token_len_per_gpu)
 
     def close(self) -> None:
         """Nothing to stop: the model lives in this process."""

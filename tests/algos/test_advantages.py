@@ -93,16 +93,16 @@ def test_grpo_hand_worked():
     rewards = torch.zeros(5, 2)
     rewards[0, 1], rewards[3, 0], rewards[4, 1] = 1.0, 2.0, 4.0
     mask = torch.ones(5, 2)
-    adv, ret = grpo_advantages(rewards, mask, index=["a", "a", "a", "b", "b"], epsilon=0.0)
+    adv, ret = grpo_advantages(rewards, mask, uid=["a", "a", "a", "b", "b"], epsilon=0.0)
     expected = torch.tensor([1.1547005, -0.5773503, -0.5773503, -0.7071068, 0.7071068])
     assert torch.allclose(adv[:, 0], expected, atol=1e-6)
     assert torch.equal(adv, ret)
 
 
-def slow_grpo(scores, index, norm, eps=1e-6):
+def slow_grpo(scores, uid, norm, eps=1e-6):
     out = torch.zeros_like(scores)
     for i in range(len(scores)):
-        group = torch.stack([scores[j] for j in range(len(scores)) if index[j] == index[i]])
+        group = torch.stack([scores[j] for j in range(len(scores)) if uid[j] == uid[i]])
         if len(group) == 1:
             mean, std = torch.tensor(0.0), torch.tensor(1.0)
         else:
@@ -114,18 +114,18 @@ def slow_grpo(scores, index, norm, eps=1e-6):
 @pytest.mark.parametrize("norm", [True, False])
 def test_grpo_matches_slow_loop_and_has_zero_group_mean(norm):
     rewards, _, mask = random_batch(batch=12, seed=7)
-    index = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])[torch.randperm(12, generator=torch.Generator().manual_seed(1))]
-    adv, _ = grpo_advantages(rewards, mask, index, norm_adv_by_std_in_grpo=norm)
-    expected = slow_grpo(rewards.sum(-1), index.tolist(), norm)
+    uid = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])[torch.randperm(12, generator=torch.Generator().manual_seed(1))]
+    adv, _ = grpo_advantages(rewards, mask, uid, norm_adv_by_std_in_grpo=norm)
+    expected = slow_grpo(rewards.sum(-1), uid.tolist(), norm)
     assert torch.allclose(adv, expected[:, None] * mask)
     per_seq = expected
     for g in range(4):
-        assert abs(per_seq[index == g].mean()) < 1e-6
+        assert abs(per_seq[uid == g].mean()) < 1e-6
 
 
 def test_grpo_singleton_group_keeps_its_score_and_equal_scores_give_zero():
     rewards = torch.tensor([[3.0], [1.0], [1.0]])
-    adv, _ = grpo_advantages(rewards, torch.ones(3, 1), index=[0, 1, 1])  # default epsilon keeps 0/0 finite
+    adv, _ = grpo_advantages(rewards, torch.ones(3, 1), uid=[0, 1, 1])  # default epsilon keeps 0/0 finite
     assert torch.allclose(adv[:, 0], torch.tensor([3.0, 0.0, 0.0]), atol=1e-5)
 
 
@@ -133,15 +133,15 @@ def test_grpo_singleton_group_keeps_its_score_and_equal_scores_give_zero():
 def test_rloo_hand_worked_and_slow_loop():
     # scores 1, 0, 0 -> baselines (0+0)/2, (1+0)/2, (1+0)/2 -> advantages 1, -0.5, -0.5
     rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
-    adv, _ = rloo_advantages(rewards, torch.ones(3, 2), index=[7, 7, 7])
+    adv, _ = rloo_advantages(rewards, torch.ones(3, 2), uid=[7, 7, 7])
     assert torch.allclose(adv[:, 0], torch.tensor([1.0, -0.5, -0.5]))
 
     rewards, _, mask = random_batch(batch=8, seed=9)
-    index = [0, 0, 1, 1, 1, 2, 2, 3]
-    adv, _ = rloo_advantages(rewards, mask, index)
+    uid = [0, 0, 1, 1, 1, 2, 2, 3]
+    adv, _ = rloo_advantages(rewards, mask, uid)
     scores = rewards.sum(-1)
     for i in range(8):
-        others = [scores[j] for j in range(8) if index[j] == index[i] and j != i]
+        others = [scores[j] for j in range(8) if uid[j] == uid[i] and j != i]
         baseline = sum(others) / len(others) if others else 0.0
         assert torch.allclose(adv[i], (scores[i] - baseline) * mask[i])
 
@@ -161,10 +161,10 @@ def test_reinforce_plus_plus_returns_and_whitening():
 
 def test_reinforce_plus_plus_baseline_matches_slow_loop():
     rewards, _, mask = random_batch(batch=6, seed=13)
-    index = [0, 0, 0, 1, 1, 1]
-    adv, _ = reinforce_plus_plus_baseline_advantages(rewards, mask, index)
+    uid = [0, 0, 0, 1, 1, 1]
+    adv, _ = reinforce_plus_plus_baseline_advantages(rewards, mask, uid)
     scores = rewards.sum(-1)
-    centred = torch.stack([scores[i] - scores[[j for j in range(6) if index[j] == index[i]]].mean() for i in range(6)])
+    centred = torch.stack([scores[i] - scores[[j for j in range(6) if uid[j] == uid[i]]].mean() for i in range(6)])
     expected = masked_whiten(centred[:, None] * mask, mask) * mask
     assert torch.allclose(adv, expected)
 
@@ -174,7 +174,7 @@ def test_registry_names_and_dispatch_errors():
     rewards, values, mask = random_batch()
     with pytest.raises(ValueError, match="needs the critic's values"):
         compute_advantages("gae", token_level_rewards=rewards, loss_mask=mask)
-    with pytest.raises(ValueError, match="group index"):
+    with pytest.raises(ValueError, match="group uid"):
         compute_advantages("grpo", token_level_rewards=rewards, loss_mask=mask)
     with pytest.raises(KeyError, match="unknown algorithm.adv_estimator 'ppo'"):
         compute_advantages("ppo", token_level_rewards=rewards, loss_mask=mask)

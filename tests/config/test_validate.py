@@ -34,7 +34,7 @@ def test_derived_batch_plan():
 def test_total_steps_and_warmup():
     d = ok("trainer.total_training_steps=50", "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1",
            "critic.optim.lr_warmup_steps=3", n_prompts=100).derived
-    assert d.total_training_steps == 50 and d.actor_warmup_steps == 5 and d.critic_warmup_steps == 3
+    assert d.total_training_steps == 50 and d.actor_lr_warmup_steps == 5 and d.critic_lr_warmup_steps == 3
     assert ok().derived.total_training_steps is None
     assert any("fewer than one batch" in p for p in problems(n_prompts=5))
 

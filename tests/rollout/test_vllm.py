@@ -86,7 +86,7 @@ def test_async_mode_serves_the_same_outputs(setup):
     output as our engine after the initial in-place sync, and the trainer's log-probs when sampling."""
     model, engine, ours, ids, mask = setup
     path = engine.model_path
-    cfg = dataclasses.replace(engine.cfg, mode="async")
+    cfg = dataclasses.replace(engine.rollout_cfg, mode="async")
     served = VLLMRollout(path, cfg, eos_token_ids=engine.eos, pad_token_id=engine.pad_token_id, max_model_len=128,
                          device="cpu", initial_state=model.state_dict(), dtype=torch.float32)
     try:

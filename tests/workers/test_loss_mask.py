@@ -92,7 +92,7 @@ def test_returns_flow_through_an_untrained_span_as_if_it_were_not_there(estimato
     mask = torch.ones(4, 8)
     mask[:, SPAN] = 0
     keep = mask[0].bool()
-    kwargs = dict(values=values, index=list(range(4)), gamma=0.9, lam=0.8)
+    kwargs = dict(values=values, uid=list(range(4)), gamma=0.9, lam=0.8)
     _, returns = compute_advantages(estimator, token_level_rewards=rewards * mask, loss_mask=mask, **kwargs)
     cut = dict(kwargs, values=values[:, keep])
     _, returns_cut = compute_advantages(estimator, token_level_rewards=rewards[:, keep], loss_mask=mask[:, keep], **cut)
