@@ -19,14 +19,15 @@ class Scored:
     the reward model's score and the scorer's extras (a pass fraction, timeouts, ...)."""
 
     def __init__(self, scores: torch.Tensor, texts: list[str], extra: dict[str, list[Any]], rm: torch.Tensor | None,
-                 seconds: float):
+                 seconds: float, rm_seconds: float = 0.0):
         self.scores, self.texts, self.extra, self.rm, self.seconds = scores, texts, extra, rm, seconds
+        self.rm_seconds = rm_seconds  # the reward model's part of ``seconds``
 
     def index(self, order: torch.Tensor) -> "Scored":
         rows = order.tolist()
         return Scored(self.scores[order], [self.texts[i] for i in rows],
                       {k: [v[i] for i in rows] for k, v in self.extra.items()},
-                      None if self.rm is None else self.rm[order], self.seconds)
+                      None if self.rm is None else self.rm[order], self.seconds, self.rm_seconds)
 
     @staticmethod
     def concat(parts: list["Scored"]) -> "Scored":
@@ -35,7 +36,8 @@ class Scored:
         extra = {k: [v for p in parts for v in p.extra.get(k, [None] * len(p.texts))] for k in keys}
         rms = [p.rm for p in parts]
         return Scored(torch.cat([p.scores for p in parts]), [t for p in parts for t in p.texts], extra,
-                      None if any(r is None for r in rms) else torch.cat(rms), sum(p.seconds for p in parts))
+                      None if any(r is None for r in rms) else torch.cat(rms), sum(p.seconds for p in parts),
+                      sum(p.rm_seconds for p in parts))
 
 
 class Scorer:
@@ -50,13 +52,15 @@ class Scorer:
     def __call__(self, batch: Batch) -> Scored:
         start = time.perf_counter()
         scores, extra, texts = self.manager(batch)
-        rm = None
+        rm, rm_seconds = None, 0.0
         if self.reward_model is not None:
+            rm_start = time.perf_counter()
             last = (batch["response_mask"].sum(-1) - 1).clamp(min=0)
             rm = call_stage(self.reward_model, "__call__", batch)  # None: a generative RM scores via the function
             if rm is not None:
                 scores[torch.arange(len(batch)), last] += rm
-        return Scored(scores, texts, extra, rm, time.perf_counter() - start)
+            rm_seconds = time.perf_counter() - rm_start
+        return Scored(scores, texts, extra, rm, time.perf_counter() - start, rm_seconds)
 
     def close(self) -> None:
         if self.reward_model is not None:

@@ -64,6 +64,8 @@ class Balance:
 
 def _place_scores(s: StepState, scored: Scored) -> None:
     s.scored = scored
+    if scored.rm is not None:  # the reward model's share of the reward stage (part of timing_s/reward)
+        s.timing["reward_model"] = scored.rm_seconds
     s.batch["token_level_scores"] = scored.scores
     s.batch["token_level_rewards"] = scored.scores  # minus the KL penalty, when that stage runs
     if scored.rm is not None:
