@@ -18,13 +18,12 @@ python -m rlcamp.trainer.main_ppo \
   actor_rollout_ref.model.enable_gradient_checkpointing=False \
   actor_rollout_ref.rollout.n=4 \
   actor_rollout_ref.rollout.temperature=0.8 \
-  actor_rollout_ref.actor.optim.lr=1e-5 \
+  actor_rollout_ref.actor.optim.lr=2e-5 \
   actor_rollout_ref.actor.ppo_mini_batch_size=8 \
   actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32 \
   critic.optim.lr=5e-5 \
   critic.ppo_micro_batch_size_per_gpu=32 \
   critic.model.enable_gradient_checkpointing=False \
-  +custom_reward_function.reward_kwargs.format_score=0.1 \
   trainer.device=cpu \
   trainer.n_gpus_per_node=1 \
   trainer.nnodes=1 \

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# the work order's settings (the .sh script lists the same keys; a test keeps them equal)
+# the work order's settings (the .sh script lists the same keys; a test keeps them equal). No format bonus
+# (verl's default format_score 0): with one, advantage normalisation turns the few "#### <number>" replies
+# of the first steps into a full-strength push, and the model settles on echoing the operands after
+# "####" (strict score 0.1) instead of the sum; lr 2e-5 then learns the sum in 14 steps (RESULTS.md,
+# "The main job on five seeds").
 MAIN_JOB = [
     "algorithm.adv_estimator=gae",
     "data.train_batch_size=16",
@@ -18,14 +22,13 @@ MAIN_JOB = [
     "data.max_response_length=32",
     "actor_rollout_ref.rollout.n=4",
     "actor_rollout_ref.rollout.temperature=0.8",
-    "actor_rollout_ref.actor.optim.lr=1e-5",
+    "actor_rollout_ref.actor.optim.lr=2e-5",
     "actor_rollout_ref.actor.ppo_mini_batch_size=8",
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
     "actor_rollout_ref.model.enable_gradient_checkpointing=False",
     "critic.optim.lr=5e-5",
     "critic.ppo_micro_batch_size_per_gpu=32",
     "critic.model.enable_gradient_checkpointing=False",
-    "+custom_reward_function.reward_kwargs.format_score=0.1",
     "trainer.device=cpu",
     "trainer.n_gpus_per_node=1",
     "trainer.nnodes=1",
@@ -38,6 +41,19 @@ MAIN_JOB = [
     "trainer.project_name=rlcamp_quickstart",
     "trainer.experiment_name=smollm2_135m_arith_ppo",
 ]
+
+
+# the harder work order: 2-digit sums and 1-digit products mixed, on the same model
+HARD_JOB = [o for o in MAIN_JOB if not o.startswith(("trainer.total_training_steps=", "trainer.experiment_name="))] + [
+    "trainer.total_training_steps=40",
+    "trainer.experiment_name=smollm2_135m_arith_hard_ppo",
+]
+
+
+def hard_splits(data_dir: str | Path = "~/data/rlcamp_arith_hard"):
+    from rlcamp.data.arith import write_hard_splits
+
+    return write_hard_splits(data_dir)
 
 
 def free_run_folder(base: Path) -> Path:

@@ -40,6 +40,29 @@ def make_splits(n_test: int, digits: int = 1, ops: tuple[str, ...] = ("+",), see
     return train, test
 
 
+def make_hard_splits(n_test_each: int = 32, n_add_train: int = 136, seed: int = 0):
+    """The harder task: 2-digit addition (both terms 10-99) and 1-digit multiplication, mixed. The test set
+    holds ``n_test_each`` of each kind; training gets the other 1-digit products and ``n_add_train`` sums."""
+    rng = random.Random(seed)
+    products = all_problems(1, ("*",))
+    sums = [(a, "+", b) for a in range(10, 100) for b in range(10, 100)]
+    rng.shuffle(products)
+    rng.shuffle(sums)
+    test = products[:n_test_each] + sums[:n_test_each]
+    train = products[n_test_each:] + sums[n_test_each:n_test_each + n_add_train]
+    rng.shuffle(test)
+    rng.shuffle(train)
+    return ([row(*p, i, "train") for i, p in enumerate(train)], [row(*p, i, "test") for i, p in enumerate(test)])
+
+
+def write_hard_splits(folder: str | Path, seed: int = 0):
+    from rlcamp.data.preprocess import write_parquet
+
+    folder = Path(folder).expanduser()
+    train, test = make_hard_splits(seed=seed)
+    return write_parquet(train, folder / "train.parquet"), write_parquet(test, folder / "test.parquet")
+
+
 def write_splits(folder: str | Path, n_test: int, digits: int = 1, ops: tuple[str, ...] = ("+",), seed: int = 0):
     from rlcamp.data.preprocess import write_parquet
 

@@ -71,9 +71,17 @@ def register_scorer(*data_sources: str, uses_services: bool = False):
     return wrap
 
 
-@register_scorer("openai/gsm8k", "gsm8k", "rlcamp/arith")
+@register_scorer("openai/gsm8k", "gsm8k")
 def _score_gsm8k(solution_str, ground_truth, extra_info=None, **kwargs):
     return gsm8k.compute_score(solution_str, ground_truth, **kwargs)
+
+
+@register_scorer("rlcamp/arith")
+def _score_arith(solution_str, ground_truth, extra_info=None, **kwargs):
+    """The GSM8K rule, plus ``flexible``: 1 when the reply's last number is right wherever "####" is (the
+    model can do the sum even when it has not learned the format), logged, not rewarded."""
+    flexible = gsm8k.compute_score(solution_str, ground_truth, method="flexible")
+    return {"score": gsm8k.compute_score(solution_str, ground_truth, **kwargs), "flexible": float(flexible >= 1.0)}
 
 
 @register_scorer("lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500", "math",

@@ -23,9 +23,17 @@ def custom_file(tmp_path):
 
 def test_dispatch_by_data_source():
     assert default_compute_score("openai/gsm8k", "#### 7", "7") == 1.0
-    assert default_compute_score("rlcamp/arith", "#### 8", "7") == 0.0
+    assert default_compute_score("rlcamp/arith", "#### 8", "7") == {"score": 0.0, "flexible": 0.0}
     assert default_compute_score("HuggingFaceH4/MATH-500", r"\boxed{\frac12}", "0.5") == 1.0
     assert default_compute_score("openai/gsm8k", "#### 8", "7", None, format_score=0.1) == 0.1
+
+
+def test_arith_logs_flexible_accuracy_beside_the_strict_score():
+    # the right sum without the format: strict 0, flexible 1; "#### 3 + 4 = 7" reads 3 under the strict rule
+    assert default_compute_score("rlcamp/arith", "3 + 4 = 7", "7", format_score=0.1) == {"score": 0.0, "flexible": 1.0}
+    assert default_compute_score("rlcamp/arith", "#### 3 + 4 = 7", "7", format_score=0.1) == {"score": 0.1, "flexible": 1.0}
+    assert default_compute_score("rlcamp/arith", "3 + 4 = 7\n#### 7", "7") == {"score": 1.0, "flexible": 1.0}
+    assert default_compute_score("rlcamp/arith", "#### 7 is 8", "7") == {"score": 1.0, "flexible": 0.0}
 
 
 def test_unknown_data_source_lists_known_ones_and_how_to_add():
