@@ -56,16 +56,15 @@ def make_hard_splits(n_test_each: int = 32, n_add_train: int = 136, seed: int = 
 
 
 def write_hard_splits(folder: str | Path, seed: int = 0):
-    from rlcamp.data.preprocess import write_parquet
-
-    folder = Path(folder).expanduser()
-    train, test = make_hard_splits(seed=seed)
-    return write_parquet(train, folder / "train.parquet"), write_parquet(test, folder / "test.parquet")
+    return _write(folder, *make_hard_splits(seed=seed))
 
 
 def write_splits(folder: str | Path, n_test: int, digits: int = 1, ops: tuple[str, ...] = ("+",), seed: int = 0):
+    return _write(folder, *make_splits(n_test, digits, ops, seed))
+
+
+def _write(folder: str | Path, train: list[dict], test: list[dict]):
     from rlcamp.data.preprocess import write_parquet
 
     folder = Path(folder).expanduser()
-    train, test = make_splits(n_test, digits, ops, seed)
     return write_parquet(train, folder / "train.parquet"), write_parquet(test, folder / "test.parquet")
