@@ -44,8 +44,8 @@ def cpu_kind() -> str:
 
 
 def task_overrides(task: str, data_root: Path) -> list[str]:
-    from rlcamp.cli.quickstart import HARD_JOB, MAIN_JOB, hard_splits
-    from rlcamp.data.arith import write_splits
+    from rlcamp.cli.quickstart import HARD_JOB, MAIN_JOB
+    from rlcamp.data.arith import write_hard_splits, write_splits
     from rlcamp.models.prepare import prepare
 
     model = prepare("smollm2-135m-instruct")
@@ -53,7 +53,7 @@ def task_overrides(task: str, data_root: Path) -> list[str]:
         train, test = write_splits(data_root / "main", n_test=32, digits=1)
         keys = MAIN_JOB
     else:
-        train, test = hard_splits(data_root / "hard")
+        train, test = write_hard_splits(data_root / "hard")
         keys = HARD_JOB
     return keys + [f"actor_rollout_ref.model.path={model}", f"data.train_files={train}", f"data.val_files={test}"]
 

@@ -50,12 +50,6 @@ HARD_JOB = [o for o in MAIN_JOB if not o.startswith(("trainer.total_training_ste
 ]
 
 
-def hard_splits(data_dir: str | Path = "~/data/rlcamp_arith_hard"):
-    from rlcamp.data.arith import write_hard_splits
-
-    return write_hard_splits(data_dir)
-
-
 def free_run_folder(base: Path) -> Path:
     """``base``, or ``base_2``, ``base_3``, ... : the first that holds no run yet."""
     from rlcamp.trainer.run import holds_a_run
