@@ -5,6 +5,7 @@ against the training wall-clock.
     python benchmarks/learning.py --task main --algos gae grpo --seeds 0 1 2 3 4
     python benchmarks/learning.py --task hard --algos gae grpo --seeds 0 1 2
     python benchmarks/learning.py ... --extra key=value ...   (applied to every run, e.g. a recipe under test)
+    python benchmarks/learning.py --merge a b c --label all       (one table and plot from earlier labels' runs)
 
 Each run is a real ``python -m rlcamp.trainer.main_ppo`` process on the task's own key list (``main`` =
 ``rlcamp quickstart``'s), one at a time, interleaved by seed (seed 0 gae, seed 0 grpo, seed 1 gae, ...), so a
@@ -12,6 +13,10 @@ noisy machine hits both algorithms alike. Writes ``benchmarks/results/learning_<
 ``learning_<label>.svg`` (accuracy against training seconds, one line per run) and prints the markdown table
 that goes into RESULTS.md. "Training seconds" is the sum of ``timing_s/step`` (validations not counted);
 "whole run" is the process's wall clock (model load and validations included).
+
+A run is deterministic given its seed and config (the same curve step for step on a rerun), so runs made in
+several invocations with the same ``--extra`` can be merged into one table (``--merge``, which refuses labels
+whose task or extra keys differ).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -67,8 +73,16 @@ def one_run(base: list[str], algo: str, seed: int, run_dir: Path, extra: list[st
     proc = subprocess.run([sys.executable, "-m", "rlcamp.trainer.main_ppo", *overrides], cwd=ROOT,
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
+    # the final checkpoint (weights and optimizer state of actor and critic, ~3 GB) is not what this measures
+    for folder in run_dir.glob("global_step_*"):
+        shutil.rmtree(folder, ignore_errors=True)
     if proc.returncode != 0:
         raise SystemExit(f"{algo} seed {seed} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return record(run_dir, algo, seed, wall)
+
+
+def record(run_dir: Path, algo: str, seed: int, wall: float) -> dict:
+    """One run's curve from its metrics.jsonl."""
     from rlcamp.trainer.report import read_metrics
 
     rows, clock, curve = read_metrics(run_dir), 0.0, []
@@ -133,10 +147,15 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every run")
     parser.add_argument("--label", default=None, help="names the output files (default: the task)")
     parser.add_argument("--work", default="/tmp/rlcamp_learning", help="where the runs' folders go")
+    parser.add_argument("--merge", nargs="+", default=None, help="labels of earlier invocations to combine")
     args = parser.parse_args()
     label = args.label or args.task
+    if args.merge:
+        return write(label, *merged(args.merge))
     work = Path(args.work) / label
     base = task_overrides(args.task, Path(args.work) / "data")
+    meta = {"task": args.task, "extra": args.extra, "cpu": cpu_kind(), "cores": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d")}
     runs = []
     for seed in args.seeds:
         for algo in args.algos:
@@ -145,12 +164,30 @@ def main() -> None:
             print(f"{algo} seed {seed}: {c[0]['acc']:.1%} -> {c[-1]['acc']:.1%} in {run['train_s']:.0f} s of training "
                   f"({run['wall_s']:.0f} s whole run)", flush=True)
             runs.append(run)
+            write(label, meta, runs, quiet=True)  # after every run: a later failure keeps the runs made so far
+    write(label, meta, runs)
+
+
+def merged(labels: list[str]) -> tuple[dict, list[dict]]:
+    """The runs of earlier invocations, which must share the task, the extra keys and the CPU kind."""
+    parts = [json.loads((RESULTS / f"learning_{name}.json").read_text()) for name in labels]
+    first = parts[0]["meta"]
+    for name, part in zip(labels, parts):
+        differ = [k for k in ("task", "extra", "cpu", "cores") if part["meta"][k] != first[k]]
+        if differ:
+            raise SystemExit(f"learning_{name}.json differs from learning_{labels[0]}.json in {differ}: "
+                             "only runs of one recipe on one kind of machine merge")
+    runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: (r["seed"], r["algo"] != "gae"))
+    dates = sorted({part["meta"]["date"] for part in parts})
+    return {**first, "date": ", ".join(dates), "merged_from": labels}, runs
+
+
+def write(label: str, meta: dict, runs: list[dict], quiet: bool = False) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"task": args.task, "extra": args.extra, "cpu": cpu_kind(), "cores": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d")}
     (RESULTS / f"learning_{label}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1) + "\n")
     (RESULTS / f"learning_{label}.svg").write_text(svg(runs, f"{label}: {meta['cpu']}, {meta['cores']} cores"))
-    print(f"\n{meta}\n\n{table(runs)}\n\nwrote {RESULTS / f'learning_{label}.json'} and .svg")
+    if not quiet:
+        print(f"\n{meta}\n\n{table(runs)}\n\nwrote {RESULTS / f'learning_{label}.json'} and .svg")
 
 
 if __name__ == "__main__":

