@@ -25,9 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def rate(m: int, k: int, n: int, dtype: torch.dtype, min_s: float = 0.2) -> float:
-    """GFLOP/s of an [m, k] x [k, n] product, best of repeated timings."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+def rate(m: int, k: int, n: int, dtype: torch.dtype, min_s: float = 0.2, a_t: bool = False, b_t: bool = False) -> float:
+    """GFLOP/s of an [m, k] x [k, n] product, best of repeated timings; ``a_t`` / ``b_t``: that operand is the
+    transposed view of a contiguous tensor, as nn.Linear's products see them."""
+    a = torch.randn(k, m, dtype=dtype).t() if a_t else torch.randn(m, k, dtype=dtype)
+    b = torch.randn(n, k, dtype=dtype).t() if b_t else torch.randn(k, n, dtype=dtype)
     for _ in range(3):
         a @ b
     best, spent = float("inf"), 0.0
@@ -39,15 +41,20 @@ def rate(m: int, k: int, n: int, dtype: torch.dtype, min_s: float = 0.2) -> floa
     return 2 * m * k * n / best / 1e9
 
 
-def layer_gemms(tokens: int, hidden: int, inter: int, q_out: int, kv_out: int) -> list[tuple[str, int, int, int]]:
-    """(name, m, k, n) of one layer's linear maps: forward y = x W, input gradient dX = dY W^T, weight
-    gradient dW = X^T dY."""
+def linear_gemms(name: str, tokens: int, fan_in: int, fan_out: int) -> list[tuple[str, int, int, int, bool, bool]]:
+    """(name, m, k, n, a transposed, b transposed) of one nn.Linear (weight W [out, in]): forward y = x W^T,
+    input gradient dX = dY W, weight gradient dW = dY^T x."""
+    return [(f"{name} forward", tokens, fan_in, fan_out, False, True), (f"{name} dX", tokens, fan_out, fan_in, False, False),
+            (f"{name} dW", fan_out, tokens, fan_in, True, False)]
+
+
+def layer_gemms(tokens: int, hidden: int, inter: int, q_out: int, kv_out: int) -> list[tuple]:
+    """The GEMMs of one decoder layer's linear maps."""
     out = []
     for name, fan_in, fan_out in (("q", hidden, q_out), ("k", hidden, kv_out), ("v", hidden, kv_out),
                                   ("o", q_out, hidden), ("gate", hidden, inter), ("up", hidden, inter),
                                   ("down", inter, hidden)):
-        out += [(f"{name} forward", tokens, fan_in, fan_out), (f"{name} dX", tokens, fan_out, fan_in),
-                (f"{name} dW", fan_in, tokens, fan_out)]
+        out += linear_gemms(name, tokens, fan_in, fan_out)
     return out
 
 
@@ -68,12 +75,10 @@ def main() -> None:
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     gemms = layer_gemms(args.tokens, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * head_dim,
                         cfg.num_key_value_heads * head_dim)
-    head = [("head forward", args.head_rows, cfg.hidden_size, cfg.vocab_size),
-            ("head dX", args.head_rows, cfg.vocab_size, cfg.hidden_size),
-            ("head dW", cfg.hidden_size, args.head_rows, cfg.vocab_size)]
+    head = linear_gemms("head", args.head_rows, cfg.hidden_size, cfg.vocab_size)
     rows, flops, seconds = [], 0.0, 0.0
-    for name, m, k, n in gemms + head:
-        r = rate(m, k, n, dtype)
+    for name, m, k, n, a_t, b_t in gemms + head:
+        r = rate(m, k, n, dtype, a_t=a_t, b_t=b_t)
         count = cfg.num_hidden_layers if name.split()[0] != "head" else 1
         f = 2.0 * m * k * n * count
         flops, seconds = flops + f, seconds + f / (r * 1e9)
