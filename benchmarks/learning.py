@@ -16,7 +16,7 @@ that goes into RESULTS.md. "Training seconds" is the sum of ``timing_s/step`` (v
 
 A run is deterministic given its seed and config (the same curve step for step on a rerun), so runs made in
 several invocations with the same ``--extra`` can be merged into one table (``--merge``, which refuses labels
-whose task or extra keys differ).
+whose task, extra keys or machine kind differ).
 """
 
 from __future__ import annotations
