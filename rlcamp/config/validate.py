@@ -219,6 +219,12 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
             problems.append(f"{key}={value} must be -1 (off) or a positive number of steps")
     if trainer.critic_warmup < 0:
         problems.append(f"trainer.critic_warmup={trainer.critic_warmup} must be >= 0")
+    marked = cfg.custom_reward_function.reward_kwargs.get("marked_score")
+    if marked is not None and not cfg.custom_reward_function.path and not (
+            isinstance(marked, (int, float)) and 0.0 <= marked < 1.0):
+        problems.append(f"custom_reward_function.reward_kwargs.marked_score={marked!r} must be a number in [0, 1): "
+                        "the built-in rlcamp/arith scorer's credit for a right number that does not read strictly "
+                        "stays below a right, formatted answer's 1")
     for name, opt in (("actor_rollout_ref.actor.optim", actor.optim), ("critic.optim", cfg.critic.optim)):
         if not 0.0 <= opt.lr_warmup_steps_ratio <= 1.0:
             problems.append(f"{name}.lr_warmup_steps_ratio={opt.lr_warmup_steps_ratio} must be in [0, 1]")

@@ -1,4 +1,5 @@
-"""GSM8K scoring: the number after the last "####" (strict) or the last number at all (flexible).
+"""GSM8K scoring: the number after the last "####" (strict) or the last number at all (flexible); rlcamp adds
+``marked``, the last number after the last "####" ("#### 4 * 6 = 24" reads 24 where strict reads 4).
 
 Numbers are compared by value, not by text: "1,000", "$1000", "1000.00" and "1000." all equal a
 ground truth of "1000".
@@ -26,14 +27,17 @@ def to_number(text: str) -> Decimal | None:
 
 
 def extract_answer(solution_str: str, method: str = "strict") -> str | None:
-    """The answer text: strict = the number right after the last "####"; flexible = the last number."""
+    """The answer text: strict = the number right after the last "####"; flexible = the last number;
+    marked = the last number after the last "####"."""
     text = solution_str.replace("\u2212", "-")
     if method == "strict":
         matches = _STRICT.findall(text)
     elif method == "flexible":
         matches = _ANY_NUMBER.findall(text)
+    elif method == "marked":
+        matches = _ANY_NUMBER.findall(text.rsplit("####", 1)[1]) if "####" in text else []
     else:
-        raise ValueError(f"unknown gsm8k method '{method}'; use strict or flexible")
+        raise ValueError(f"unknown gsm8k method '{method}'; use strict, flexible or marked")
     return matches[-1].strip() if matches else None
 
 

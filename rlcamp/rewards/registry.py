@@ -77,11 +77,21 @@ def _score_gsm8k(solution_str, ground_truth, extra_info=None, **kwargs):
 
 
 @register_scorer("rlcamp/arith")
-def _score_arith(solution_str, ground_truth, extra_info=None, **kwargs):
+def _score_arith(solution_str, ground_truth, extra_info=None, marked_score: float = 0.0, **kwargs):
     """The GSM8K rule, plus ``flexible``: 1 when the reply's last number is right wherever "####" is (the
-    model can do the sum even when it has not learned the format), logged, not rewarded."""
-    flexible = gsm8k.compute_score(solution_str, ground_truth, method="flexible")
-    return {"score": gsm8k.compute_score(solution_str, ground_truth, **kwargs), "flexible": float(flexible >= 1.0)}
+    model can do the sum even when it has not learned the format), logged, not rewarded; and ``marked_score``
+    (``custom_reward_function.reward_kwargs.marked_score``, default 0) for a reply whose last number after its
+    last "####" is right where the strict rule gives less ("#### answer: 24", "#### 4 * 6 = 24"): the format
+    tried and the number right, one edit from a strict answer. A partial score stays below 1, so ``val/acc``
+    stays the strict accuracy. A right number with no "####" earns nothing: credit for it let PPO settle on
+    bare sums and never write the format (RESULTS.md, "The harder work order")."""
+    if not 0.0 <= marked_score < 1.0:
+        raise RewardError(f"reward_kwargs.marked_score={marked_score} must be in [0, 1): a right number without "
+                          "the strict format earns less than a right, formatted answer")
+    flexible = float(gsm8k.compute_score(solution_str, ground_truth, method="flexible") >= 1.0)
+    strict = gsm8k.compute_score(solution_str, ground_truth, **kwargs)
+    marked = gsm8k.compute_score(solution_str, ground_truth, method="marked") >= 1.0
+    return {"score": max(strict, marked_score if marked else 0.0), "flexible": flexible}
 
 
 @register_scorer("lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500", "math",

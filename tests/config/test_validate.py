@@ -85,6 +85,13 @@ def test_range_checks():
         assert fragment in text, fragment
 
 
+def test_arith_partial_credit_is_checked_before_any_model_loads():
+    ok("+custom_reward_function.reward_kwargs.marked_score=0.2")
+    for bad in ("1.0", "-0.5", "high"):
+        found = problems(f"+custom_reward_function.reward_kwargs.marked_score={bad}")
+        assert any("marked_score" in p and "[0, 1)" in p for p in found), found
+
+
 def test_known_but_unimplemented_options_fail_loudly():
     text = "\n".join(problems("actor_rollout_ref.rollout.mode=async", "reward_model.reward_manager=dapo",
                               "reward_model.ulysses_sequence_parallel_size=2"))

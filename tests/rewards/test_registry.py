@@ -36,6 +36,22 @@ def test_arith_logs_flexible_accuracy_beside_the_strict_score():
     assert default_compute_score("rlcamp/arith", "#### 7 is 8", "7") == {"score": 1.0, "flexible": 0.0}
 
 
+def test_arith_marked_score_is_partial_credit_for_the_right_number_after_the_marker():
+    # the right number last after "####" but not right after it earns marked_score; strict still earns 1
+    assert default_compute_score("rlcamp/arith", "#### answer: 7", "7", marked_score=0.2) == {"score": 0.2, "flexible": 1.0}
+    assert default_compute_score("rlcamp/arith", "3 + 4 = 7\n#### 3 + 4 = 7", "7", marked_score=0.2)["score"] == 0.2
+    assert default_compute_score("rlcamp/arith", "3 + 4 = 7\n#### 7", "7", marked_score=0.2)["score"] == 1.0
+    # no marker, or the right number only before it: nothing (bare sums are not what the task asks)
+    assert default_compute_score("rlcamp/arith", "3 + 4 = 7", "7", marked_score=0.2)["score"] == 0.0
+    assert default_compute_score("rlcamp/arith", "3 + 4 = 7\n#### 3", "7", marked_score=0.2)["score"] == 0.0
+    # the larger of two partial credits: a formatted wrong number and the marked right one
+    assert default_compute_score("rlcamp/arith", "#### 3 + 4 = 7", "7", format_score=0.1,
+                                 marked_score=0.3)["score"] == 0.3
+    for bad in (1.0, -0.1):
+        with pytest.raises(RewardError, match="marked_score"):
+            default_compute_score("rlcamp/arith", "7", "7", marked_score=bad)
+
+
 def test_unknown_data_source_lists_known_ones_and_how_to_add():
     with pytest.raises(RewardError) as err:
         default_compute_score("my/dataset", "x", "y")
