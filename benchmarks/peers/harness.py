@@ -85,21 +85,16 @@ def summarise(r: dict, spec: dict) -> dict:
             "rss_gb": r["peak_rss_gb"], "final_reward": r["steps"][-1]["reward"], "accuracy": r["accuracy"]}
 
 
-def matmul_peak_gflops(dtype, n: int = 2048, reps: int = 5) -> float:
-    """This machine's measured matmul throughput (all cores), the ceiling for the training figure."""
-    import time
-
+def matmul_peak_gflops(dtype, n: int = 2048) -> float:
+    """This machine's measured square matmul throughput (all cores), the ceiling for the training figure:
+    the same timing as ``benchmarks/gemm_ceiling.py``'s per-shape ceiling, so the two compare."""
     import torch
 
+    sys.path.insert(0, str(HERE.parent))
+    from gemm_ceiling import rate
+
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return rate(n, n, n, dtype, min_s=1.0)
 
 
 def model_flops_per_token(pair: str, model: str) -> tuple[float, int]:

@@ -22,7 +22,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import model_path  # noqa: E402
+from harness import matmul_peak_gflops, model_flops_per_token, model_path  # noqa: E402
 from rlcamp_run import make_trainer  # noqa: E402
 
 
@@ -69,10 +69,18 @@ def main() -> None:
             trainer.fit()
         finally:
             trainer.shutdown()
-        for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines():
-            m = json.loads(line)
-            if "timing_s/step" in m:
-                print({k.split("/")[-1]: round(v, 2) for k, v in m.items() if k.startswith("timing_s")})
+        rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+    _, n_params = model_flops_per_token(args.pair, spec["model"])
+    peak = matmul_peak_gflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    passes = {"old_log_prob": 2, "ref": 2, "values": 2, "update_actor": 6, "update_critic": 6}
+    for m in rows:
+        if "timing_s/step" not in m:
+            continue
+        print({k.split("/")[-1]: round(v, 2) for k, v in m.items() if k.startswith("timing_s")})
+        rates = {stage: k * n_params * m["perf/total_num_tokens"] / m[f"timing_s/{stage}"] / 1e9
+                 for stage, k in passes.items() if m.get(f"timing_s/{stage}")}
+        print("  GFLOP/s of the work: " + ", ".join(f"{stage} {r:.0f} ({r / peak:.0%})" for stage, r in rates.items())
+              + f"  [square {args.precision} peak {peak:.0f}]")
 
 
 if __name__ == "__main__":
