@@ -73,6 +73,8 @@ ZH = {
     "data.trust_remote_code": "允许运行 data.tokenizer 分词器的远程代码。",
     # rewards
     "custom_reward_function.reward_kwargs.format_score": "（自由字典）传给评分函数的参数：格式正确但答案错误时的部分分。",
+    "custom_reward_function.reward_kwargs.marked_score":
+        "（自由字典）rlcamp/arith 评分的参数：最后一个 \"####\" 之后的最后一个数字正确、但不符合严格格式时的部分分（如 \"#### 4 * 6 = 24\"；小于 1，验证准确率不计）。",
     "reward_model.enable": "用学习得到的奖励模型给回答打分。",
     "reward_model.micro_batch_size_per_gpu": "单卡每次奖励模型前向的序列数。",
     "reward_model.num_workers": "奖励循环中并发准备并打分的 worker 数。",
@@ -118,6 +120,9 @@ FREE_EN = {
         "(free-form) layers of the last pipeline stage, handed to Megatron's TransformerConfig.",
     "custom_reward_function.reward_kwargs.format_score":
         "(free-form) an argument of the scoring function: partial credit for a well-formed wrong answer.",
+    "custom_reward_function.reward_kwargs.marked_score":
+        "(free-form) an argument of the rlcamp/arith scorer: partial credit (below 1, so not counted by val/acc) "
+        "when the last number after the last \"####\" is right but does not read strictly (\"#### 4 * 6 = 24\").",
     "global_profiler.global_tool_config.nsys.discrete": "(tool setting) nsys records each stage as its own NVTX range.",
 }
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The harder arithmetic work order: 2-digit sums (10-99) and 1-digit products mixed, GSM8K format, held-out
-# test problems of both kinds; the main job's model and recipe, 16 steps. One CPU.
+# test problems of both kinds; the main job's model and recipe, 16 steps, and partial credit (0.2) for the right
+# number after a "####" that does not read strictly, as in "#### 4 * 6 = 24" (validation accuracy counts only
+# strict answers). One CPU.
 #   bash examples/ppo_trainer/run_smollm2_135m_arith_hard_cpu.sh [more key=value overrides]
 set -euo pipefail
 MODEL=$(rlcamp models prepare smollm2-135m-instruct)
@@ -24,6 +26,7 @@ python -m rlcamp.trainer.main_ppo \
   critic.optim.lr=5e-5 \
   critic.ppo_micro_batch_size_per_gpu=32 \
   critic.model.enable_gradient_checkpointing=False \
+  +custom_reward_function.reward_kwargs.marked_score=0.2 \
   trainer.device=cpu \
   trainer.n_gpus_per_node=1 \
   trainer.nnodes=1 \

@@ -45,8 +45,13 @@ MAIN_JOB = [
 
 
 # the harder work order (examples/ppo_trainer/run_smollm2_135m_arith_hard_cpu.sh): 2-digit sums and 1-digit
-# products mixed, on the same model and recipe, for longer
+# products mixed, on the same model and recipe, for longer, with partial credit (0.2) for the right number after
+# a "####" that does not read strictly ("#### 4 * 6 = 24"). The base model writes a strict right answer in ~0.3%
+# of its samples and such a near miss in ~2.3%: without the credit whether a seed finds the format is luck (seed
+# 1: PPO 18.8%, GRPO 33.6% after 16 steps); credit for a right number anywhere let PPO seed 0 settle on bare
+# sums (strict 0%). RESULTS.md, "The harder work order". val/acc counts only full (strict) scores.
 HARD_JOB = [o for o in MAIN_JOB if not o.startswith(("trainer.total_training_steps=", "trainer.experiment_name="))] + [
+    "+custom_reward_function.reward_kwargs.marked_score=0.2",
     "trainer.total_training_steps=16",
     "trainer.experiment_name=smollm2_135m_arith_hard_ppo",
 ]
