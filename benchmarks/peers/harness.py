@@ -201,8 +201,9 @@ def main() -> None:
     from task import train_rows
 
     tok = AutoTokenizer.from_pretrained(spec["model"])
-    prompt_tokens = statistics.mean(len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True))
-                                    for r in train_rows(spec))
+    # (return_dict=False: transformers 5 returns a BatchEncoding by default, whose len() is its 2 keys)
+    prompt_tokens = statistics.mean(len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True,
+                                                                return_dict=False)) for r in train_rows(spec))
     per_token, n_params = model_flops_per_token(args.pair, spec["model"])
     tokens = spec["prompts_per_step"] * spec["samples"] * (prompt_tokens + spec["response_tokens"])
     # (no bf16 figure where torch has no bf16 kernels: its reference loop takes minutes per product)
