@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from rlcamp.data import arith
 from rlcamp.data.preprocess import GSM8K_SOURCE, HH_SOURCE, MATH_SOURCE
 
 # the model's name (its last path part, lower case) -> the tiny family of the same architecture
@@ -47,11 +48,12 @@ def is_reward_model(value: str) -> bool:
 
 
 DATA_KINDS = (("hh_rlhf", "preference"), ("hh-rlhf", "preference"), ("eurus", "code"), ("code", "code"),
-              ("humaneval", "code"), ("dapo", "dapo_math"), ("math", "math"))
+              ("humaneval", "code"), ("dapo", "dapo_math"), ("math", "math"), ("arith", "arith"))
 
 
 def data_kind(path: str) -> str:
-    """What a data file holds, by its path: math (GSM8K-style when nothing else fits), code, preference."""
+    """What a data file holds, by its path: math (GSM8K-style when nothing else fits), code, preference, or
+    rlcamp's arithmetic (scored by ``rlcamp/arith``, whose reward kwargs the GSM8K scorer does not take)."""
     low = path.lower()
     return next((kind for part, kind in DATA_KINDS if part in low), "gsm8k")
 
@@ -72,6 +74,8 @@ def tiny_rows(kind: str, n: int = 4) -> list[dict]:
                                                                                      "'Answer: <number>'."}],
                  "ability": "MATH", "reward_model": {"style": "rule-lighteval/MATH_v2", "ground_truth": str(i + 1)},
                  "extra_info": {"index": i}} for i in range(n)]
+    if kind == "arith":
+        return [arith.row(i, "+", 1, i, "train") for i in range(n)]
     source = MATH_SOURCE if kind == "math" else GSM8K_SOURCE
     return [{"data_source": source, "prompt": [{"role": "user", "content": f"What is {i} + 1?"}], "ability": "math",
              "reward_model": {"style": "rule", "ground_truth": str(i + 1)}, "extra_info": {"index": i}}

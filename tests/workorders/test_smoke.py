@@ -69,6 +69,26 @@ def test_a_smoke_plan_drops_no_key_silently(name, tmp_path):
         assert p.processes == 4 and "tensor_model_parallel_size=2" in " ".join(p.args)
 
 
+@pytest.mark.parametrize("name", [n for n in SCRIPTS if "reward_kwargs." in (FOLDER / n).read_text()])
+def test_the_stand_in_data_takes_the_work_orders_reward_kwargs(name, tmp_path):
+    """The stand-in rows go to a scorer that takes the work order's reward kwargs (the hard arithmetic
+    order's marked_score once reached the GSM8K scorer, which has no such argument, and its smoke failed)."""
+    import pyarrow.parquet as pq
+
+    from rlcamp.rewards.registry import get_reward_function
+
+    line = read_launch_line(FOLDER / name)
+    prefix = "custom_reward_function.reward_kwargs."
+    kwargs = {a.split("=", 1)[0].lstrip("+")[len(prefix):]: float(a.split("=", 1)[1])
+              for a in line.args if a.lstrip("+").startswith(prefix)}
+    p = plan(line, tmp_path)
+    train = next(a.split("=", 1)[1] for a in p.args if a.startswith("data.train_files="))
+    fn = get_reward_function(None, reward_kwargs=kwargs)
+    for row in pq.read_table(train).to_pylist():
+        truth = row["reward_model"]["ground_truth"]
+        fn(row["data_source"], f"#### {truth}", truth, row["extra_info"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_every_work_order_passes_smoke(name, tmp_path):
