@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from rlcamp.data.arith import write_splits
 from rlcamp.models.tiny import build_tiny_model
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_metrics(run_dir: Path) -> dict[int, dict]:
+    rows = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rows[row["step"]] = row  # a resumed run's rows replace the killed run's
+    return rows
+
+
+def assert_same_metrics(a: dict[int, dict], b: dict[int, dict], steps) -> None:
+    """Two runs' metrics agree at ``steps`` (timings aside)."""
+    for step in steps:
+        for key, value in a[step].items():
+            if key.startswith(("timing_s/", "timing_per_token_ms/", "perf/")) and key != "perf/total_num_tokens":
+                continue
+            assert b[step][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, key)
+
+
+def start_trainer(overrides: list[str], log) -> subprocess.Popen:
+    """``python -m rlcamp.trainer.main_ppo`` as a real process, its output to the file ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "rlcamp.trainer.main_ppo", *overrides], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 def tiny_run_overrides(model: Path, data: Path, run_dir: Path, **extra) -> list[str]:

@@ -597,6 +597,14 @@ class TrainerConfig:
     worker_group: Literal["auto", "in_process", "ray"] = doc(
         "How workers run: in_process (one device), ray (one process per device); auto picks by device count.", "auto")
     stage_timeout_s: float = doc("A stage (or collective) that takes longer fails the run, naming the stage.", 1800.0)
+    max_restarts: int = doc(
+        "Worker processes (Ray) that die, or a stage past stage_timeout_s: restart the workers up to this many "
+        "times in the run, each time resuming from the last complete checkpoint; 0 = the run stops with the error "
+        "(which rank, node, pid and stage). Exceptions raised by a worker's own code are not retried.", 0)
+    preemption_grace_s: float | None = doc(
+        "SIGTERM / SIGINT to the driver: the run saves a checkpoint at the end of the step in progress and exits 0; "
+        "if that step has not ended this many seconds after the signal, it stops at once without saving (the last "
+        "complete checkpoint stays usable). null = wait for the step. A second signal always stops at once.", None)
     use_legacy_worker_impl: Literal["auto", "enable", "disable"] = doc(
         "verl: choose its legacy fsdp/megatron workers or its newer engine workers; rlcamp has one implementation.",
         "auto")

@@ -212,11 +212,15 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
         positive["data.val_batch_size"] = data.val_batch_size
     if trainer.total_training_steps is not None:
         positive["trainer.total_training_steps"] = trainer.total_training_steps
+    if trainer.preemption_grace_s is not None:
+        positive["trainer.preemption_grace_s"] = trainer.preemption_grace_s
     problems += [f"{k}={v} must be positive" for k, v in positive.items() if v <= 0]
     for key in ("trainer.save_freq", "trainer.test_freq"):
         value = getattr(trainer, key.split(".")[1])
         if value == 0 or value < -1:
             problems.append(f"{key}={value} must be -1 (off) or a positive number of steps")
+    if trainer.max_restarts < 0:
+        problems.append(f"trainer.max_restarts={trainer.max_restarts} must be >= 0")
     if trainer.critic_warmup < 0:
         problems.append(f"trainer.critic_warmup={trainer.critic_warmup} must be >= 0")
     marked = cfg.custom_reward_function.reward_kwargs.get("marked_score")

@@ -20,7 +20,13 @@ from rlcamp.controller.worker_group import WorkerGroup
 
 
 class WorkerError(RuntimeError):
-    pass
+    """A stage failed on a worker. ``restartable``: a worker process died or a stage outlived
+    trainer.stage_timeout_s (trainer.max_restarts may restart the workers); not when a worker's own
+    code raised, which a restart would only repeat."""
+
+    def __init__(self, message: str, restartable: bool = False):
+        super().__init__(message)
+        self.restartable = restartable
 
 
 def ensure_ray(num_cpus: int | None = None):
@@ -45,11 +51,18 @@ class _Host:
 
         return ray.util.get_node_ip_address(), free_port("")
 
+    def whereabouts(self) -> str:
+        import ray
+
+        return f"node {ray.util.get_node_ip_address()}, pid {os.getpid()}"
+
     def setup(self, worker_path: str, rank: int, world_size: int, master: tuple[str, int], backend: str,
               timeout_s: float, threads: int, kwargs: dict) -> bool:
+        from rlcamp.trainer.preemption import ignore_interrupts_in_workers
         from rlcamp.utils.device import tune_cpu
         from rlcamp.utils.dist import init_distributed
 
+        ignore_interrupts_in_workers()
         tune_cpu(threads)
         init_distributed(rank, world_size, master[0], master[1], backend, timeout_s)
         module, name = worker_path.split(":")
@@ -90,6 +103,7 @@ class RayWorkerGroup(WorkerGroup):
         master = self._wait([self.actors[0].address.remote()], "finding rank 0's address", **startup)[0]
         self._wait([a.setup.remote(worker_path, i, world_size, master, backend, stage_timeout_s, cpus_per_worker,
                                    kwargs) for i, a in enumerate(self.actors)], f"starting {name}")
+        self.whereabouts = self._wait([a.whereabouts.remote() for a in self.actors], "reading the workers' pids")
         # how each rank's engine splits its methods' batches (data-parallel rank of its mesh)
         self.placements = self._wait([a.placements.remote() for a in self.actors], "reading the engines' meshes")
 
@@ -107,14 +121,39 @@ class RayWorkerGroup(WorkerGroup):
                 why = ("a collective is probably stuck" if key == "trainer.stage_timeout_s" else
                        "the cluster may not have the resources asked for (see `ray status`)")
                 raise WorkerError(f"{self.name}: stage '{stage}' did not finish within {timeout_s:.0f} s "
-                                  f"({key}) on rank(s) {ranks}; {why}")
+                                  f"({key}) on rank(s) {ranks}; {why}", restartable=key == "trainer.stage_timeout_s")
             try:
                 ray.get(ready[0])
             except RayError as exc:
-                rank = refs.index(ready[0])
-                self.shutdown(worker_timeout_s=5.0)  # the other ranks may be stuck in a collective
-                raise WorkerError(f"{self.name}: stage '{stage}' failed on rank {rank}:\n{exc}") from None
+                raise self._failure(refs, refs.index(ready[0]), exc, stage) from None
         return ray.get(refs)
+
+    def _failure(self, refs: list, rank: int, exc, stage: str) -> WorkerError:
+        """The error for a failed stage, naming the rank that died if one did. A peer of a dead rank may
+        fail first (its collective lost the connection): the others' outcomes decide which it was."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        dead = {rank: exc} if isinstance(exc, RayActorError) else {}
+        if not dead:  # a worker that dies is reported within seconds; wait that long for it
+            ray.wait(refs, num_returns=len(refs), timeout=5.0)
+            for i, ref in enumerate(refs):
+                try:
+                    ray.get(ref, timeout=0)
+                except RayActorError as other:
+                    dead[i] = other
+                except Exception:  # a result, a task error or not ready: not a death
+                    pass
+        self.shutdown(worker_timeout_s=5.0)  # the other ranks may be stuck in a collective
+        where = getattr(self, "whereabouts", None)
+        if dead:
+            first = min(dead)
+            place = f" ({where[first]})" if where else ""
+            return WorkerError(f"{self.name}: rank {first}{place} died during stage '{stage}' "
+                               f"(dead ranks: {sorted(dead)}): {type(dead[first]).__name__}: "
+                               f"{str(dead[first]).splitlines()[0] if str(dead[first]) else ''}", restartable=True)
+        place = f" ({where[rank]})" if where else ""
+        return WorkerError(f"{self.name}: stage '{stage}' failed on rank {rank}{place}:\n{exc}")
 
     def _run(self, method: str, args_per_rank, kwargs: dict) -> list[Any]:
         return self._wait([a.execute.remote(method, *args, **kwargs) for a, args in zip(self.actors, args_per_rank)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from rlcamp.config import ResolvedConfig
@@ -11,12 +12,13 @@ from rlcamp.rewards import RewardServices, get_reward_function
 from rlcamp.rewards.manager import NaiveRewardManager, PrimeRewardManager
 from rlcamp.rewards.registry import rules_where_known
 from rlcamp.trainer.ppo import PPOTrainer
+from rlcamp.trainer.preemption import StopSignals
 from rlcamp.trainer.profiling import nsight_runtime_env
 from rlcamp.trainer.scoring import Scorer
 from rlcamp.utils.device import resolve_device, tune_cpu
 
 
-def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
+def build_trainer(resolved: ResolvedConfig, run_dir: Path, stop: StopSignals | None = None) -> PPOTrainer:
     """Datasets, workers (in-process, one device) and the trainer, from a resolved config.
 
     The plan is re-derived from the prompts actually kept (after filtering overlong ones), so the
@@ -51,7 +53,7 @@ def build_trainer(resolved: ResolvedConfig, run_dir: Path) -> PPOTrainer:
 
             reward_model = RewardModelWorker(c, device, micro)
     return PPOTrainer(resolved, run_dir, actor_group, critic_group, tokenizer, train, val,
-                      make_scorer(c, tokenizer, reward_model))
+                      make_scorer(c, tokenizer, reward_model), stop)
 
 
 def make_scorer(c, tokenizer, reward_model=None) -> Scorer:
@@ -105,12 +107,33 @@ def make_worker_groups(resolved: ResolvedConfig, device: str):
 
 
 def fit_from_config(resolved: ResolvedConfig, run_dir: Path) -> int:
-    trainer = build_trainer(resolved, run_dir)
-    try:
-        trainer.fit()
-    finally:
-        write_ray_timeline(resolved.config.ray_init.timeline_json_file)
-        trainer.shutdown()
+    """Build and fit. A worker that dies (or a stage past trainer.stage_timeout_s) ends the attempt; with
+    trainer.max_restarts=K the workers are built again, up to K times, and the run resumes from its
+    last complete checkpoint (the driver's state comes back with it, so the steps after it are redone
+    exactly); without restarts left the error ends the run."""
+    from rlcamp.controller.ray_group import WorkerError
+    from rlcamp.trainer import checkpoint as ckpt
+
+    limit = resolved.config.trainer.max_restarts
+    # from before the models load: a signal while they load stops the run before its first step
+    with StopSignals(resolved.config.trainer.preemption_grace_s) as stop:
+        for attempt in range(limit + 1):
+            trainer = build_trainer(resolved, run_dir, stop)
+            try:
+                trainer.fit()
+                return 0
+            except WorkerError as exc:
+                if not exc.restartable or attempt == limit or stop.requested:
+                    raise
+                last = ckpt.latest(run_dir)
+                print(f"rlcamp: {exc}\nrlcamp: restarting the workers ({attempt + 1} of trainer.max_restarts="
+                      f"{limit}), resuming from {last or 'the start (no checkpoint yet)'}", flush=True)
+                if last is not None:  # this run's own checkpoint, whatever resume_mode first said
+                    t = replace(resolved.config.trainer, resume_mode="auto")
+                    resolved = replace(resolved, config=replace(resolved.config, trainer=t))
+            finally:
+                write_ray_timeline(resolved.config.ray_init.timeline_json_file)
+                trainer.shutdown()
     return 0
 
 

@@ -27,10 +27,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from rlcamp.models.loading import ModelError
     from rlcamp.rewards.registry import RewardError
     from rlcamp.sandbox.client import SandboxUnavailable
+    from rlcamp.trainer.checkpoint import CheckpointError
     from rlcamp.trainer.preflight import PreflightError
     from rlcamp.trainer.run import RunFolderError
 
-    return ConfigError, DataError, ModelError, RewardError, SandboxUnavailable, PreflightError, RunFolderError
+    return (ConfigError, DataError, ModelError, RewardError, SandboxUnavailable, PreflightError, RunFolderError,
+            CheckpointError)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -147,6 +149,7 @@ def load(argv: list[str]) -> tuple[argparse.Namespace, ResolvedConfig]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rlcamp.controller.ray_group import WorkerError
     from rlcamp.trainer.preflight import PreflightError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -168,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"rlcamp: {exc}", file=sys.stderr)
         return 2
+    except WorkerError as exc:  # the workers were torn down; the last complete checkpoint is intact
+        restarts = resolved.config.trainer.max_restarts
+        hint = ("; trainer.max_restarts=K restarts the workers and resumes from the last checkpoint by itself"
+                if exc.restartable and not restarts else f" (after {restarts} restart(s))" if exc.restartable else "")
+        print(f"rlcamp: the run stopped: {exc}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

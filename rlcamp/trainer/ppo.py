@@ -25,6 +25,7 @@ from rlcamp.config import ResolvedConfig, config_to_dict
 from rlcamp.data import PromptLoader, RLDataset
 from rlcamp.trainer import checkpoint as ckpt
 from rlcamp.trainer.metrics import batch_metrics, timing_metrics
+from rlcamp.trainer.preemption import StopSignals
 from rlcamp.trainer.profiling import step_windows
 from rlcamp.trainer.scoring import Scorer
 from rlcamp.trainer.stages import StepState, build_stages
@@ -34,7 +35,9 @@ from rlcamp.trainer.validation import Validator, prompt_batch
 
 class PPOTrainer:
     def __init__(self, resolved: ResolvedConfig, run_dir: Path, actor_group, critic_group, tokenizer,
-                 train_dataset: RLDataset, val_dataset: RLDataset | None, scorer: Scorer):
+                 train_dataset: RLDataset, val_dataset: RLDataset | None, scorer: Scorer,
+                 stop: StopSignals | None = None):
+        self.stop = stop or StopSignals()  # SIGTERM / SIGINT: stop at the next step boundary, with a checkpoint
         self.config, self.derived, self.run_dir = resolved.config, resolved.derived, run_dir
         self.actor, self.critic, self.tokenizer, self.scorer = actor_group, critic_group, tokenizer, scorer
         c = self.config
@@ -96,6 +99,9 @@ class PPOTrainer:
                 return self.last_val_metrics
         metrics: dict[str, float] = {}
         carried: dict[str, float] = {}  # reported with the next step (the checkpoint time)
+        if self.stop.requested and self.global_step < self.total_steps:
+            self._stopped(saved=None)
+            return metrics
         while self.global_step < self.total_steps:
             for prompts in self.loader:
                 self.global_step += 1
@@ -114,13 +120,25 @@ class PPOTrainer:
                 metrics.update(carried)
                 tracking.log(metrics, self.global_step)
                 carried = {}
+                saved = None
                 if last or (t.save_freq > 0 and self.global_step % t.save_freq == 0):
                     with self._timer("save_checkpoint"):
-                        self.save_checkpoint()
+                        saved = self.save_checkpoint()
                     carried["timing_s/last_save_checkpoint"] = self.timing["save_checkpoint"]
                 if last:
                     break
+                if self.stop.requested:  # here the loader has not yet taken the next batch: its state is this step's
+                    self._stopped(saved or self.save_checkpoint())
+                    return metrics
         return metrics
+
+    def _stopped(self, saved: Path | None) -> None:
+        """The end of a run stopped by a signal at a step boundary."""
+        where = (f"checkpoint {saved}" if saved is not None else
+                 "no step trained since " + (f"the checkpoint at step {self.global_step}" if self.global_step
+                                             else "the start: nothing to save"))
+        print(f"rlcamp: stopped by {self.stop.requested} after step {self.global_step} of {self.total_steps} "
+              f"({where}); resume with trainer.resume_mode=auto", flush=True)
 
     def _profile(self, method: str, now: bool, **kwargs) -> None:
         if not now:
@@ -180,15 +198,28 @@ class PPOTrainer:
     # -------------------------------------------------------------------------- checkpoint
     def save_checkpoint(self) -> Path:
         t = self.config.trainer
+        ckpt.clear_partial(self.run_dir)
         tmp = self.run_dir / f".global_step_{self.global_step}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.actor.call("save_checkpoint", folder=tmp / "actor")  # every rank: sharded state is gathered
-        if self.critic is not None:
-            self.critic.call("save_checkpoint", folder=tmp / "critic")
-        torch.save({"global_step": self.global_step, "loader": self.loader.state_dict(),
-                    "kl_ctrl": self.kl_ctrl.state_dict(), "pf_generator": self.pf_generator.get_state(),
-                    **ckpt.rng_state()}, tmp / "trainer_state.pt")
+        try:
+            self.actor.call("save_checkpoint", folder=tmp / "actor")  # every rank: sharded state is gathered
+            if self.critic is not None:
+                self.critic.call("save_checkpoint", folder=tmp / "critic")
+            torch.save({"global_step": self.global_step, "loader": self.loader.state_dict(),
+                        "kl_ctrl": self.kl_ctrl.state_dict(), "pf_generator": self.pf_generator.get_state(),
+                        **ckpt.rng_state()}, tmp / "trainer_state.pt")
+            ckpt.write_manifest(tmp)
+        except Exception as exc:  # a full disk, a read-only or vanished folder, on any rank
+            if getattr(exc, "restartable", False):  # a worker died while saving: trainer.max_restarts handles it
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = ckpt.latest(self.run_dir)
+            size = f" (it takes {ckpt.size_mib(previous):.1f} MiB)" if previous is not None else ""
+            raise ckpt.CheckpointError(
+                f"writing the checkpoint of step {self.global_step} into {tmp} failed ({_last_error_line(exc)}); "
+                f"{ckpt.free_space(self.run_dir)} on the disk of {self.run_dir}. The previous checkpoint "
+                f"{previous if previous is not None else '(none: this run saved none yet)'} is intact{size}: free "
+                "space (trainer.max_actor_ckpt_to_keep / max_critic_ckpt_to_keep bound what the run keeps) or set "
+                "trainer.default_local_dir elsewhere, then resume with trainer.resume_mode=auto") from exc
         folder = ckpt.commit(self.run_dir, tmp, self.global_step)
         ckpt.prune(self.run_dir, t.max_actor_ckpt_to_keep, t.max_critic_ckpt_to_keep)
         if self.loaded_checkpoint is not None and self.loaded_checkpoint.resolve() != folder.resolve():
@@ -216,3 +247,10 @@ class PPOTrainer:
         print(f"resumed from {folder} at step {self.global_step}", flush=True)
         if t.del_local_ckpt_after_load:
             self.loaded_checkpoint = folder
+
+
+def _last_error_line(exc: BaseException) -> str:
+    """The line that says what went wrong: a worker's error arrives as its whole traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or [type(exc).__name__])[-1]

@@ -50,11 +50,19 @@ def run_training(resolved: ResolvedConfig) -> int:
     folder = prepare_run_folder(resolved)
     print(f"run folder: {folder} (resolved_config.yaml written)")
     quiet_libraries()
+    from rlcamp.trainer import checkpoint as ckpt
     from rlcamp.trainer.build import fit_from_config
+    from rlcamp.trainer.preemption import Interrupted
     from rlcamp.trainer.report import summarize, write_report
 
     try:
         code = fit_from_config(resolved, folder)
+    except Interrupted as exc:
+        last = ckpt.latest(folder)
+        print(f"rlcamp: stopped at once: {exc}; the last complete checkpoint is "
+              f"{last if last is not None else 'none (this run saved none)'}; resume with trainer.resume_mode=auto",
+              flush=True)
+        code = exc.exit_code
     finally:
         if (folder / "metrics.jsonl").exists():
             try:

@@ -1,10 +1,7 @@
 """End-to-end runs of the trainer on tiny models: a short run, learning, checkpoints and exact resume."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from rlcamp.trainer.main_ppo import main
-from tests.helpers import make_tiny_setup, tiny_run_overrides
+from tests.helpers import assert_same_metrics, make_tiny_setup, read_metrics, start_trainer, tiny_run_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 SEVEN = '''
@@ -20,14 +17,6 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
     """1 for an answer that starts with the digit 7."""
     return float(solution_str.strip().startswith("7"))
 '''
-
-
-def read_metrics(run_dir: Path) -> dict[int, dict]:
-    rows = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        rows[row["step"]] = row  # a resumed run's rows replace the killed run's
-    return rows
 
 
 def test_short_run_writes_config_metrics_and_loadable_checkpoints(tmp_path, capsys):
@@ -136,11 +125,6 @@ def test_tiny_model_learns_to_answer_seven(tmp_path):
     assert time.monotonic() - start < 60
 
 
-def _run(overrides, log):
-    return subprocess.Popen([sys.executable, "-m", "rlcamp.trainer.main_ppo", *overrides], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-
-
 @pytest.mark.parametrize("kill_after", [3, 4])  # mid-epoch (2 steps per epoch) and at an epoch boundary
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, kill_after):
     model, data = make_tiny_setup(tmp_path)
@@ -153,7 +137,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, kill_after):
     broken = tmp_path / "broken"
     overrides = tiny_run_overrides(model, data, broken, **common)
     with open(tmp_path / "killed.log", "w") as log:
-        proc = _run(overrides, log)
+        proc = start_trainer(overrides, log)
         marker = broken / "latest_checkpointed_iteration.txt"
         deadline = time.monotonic() + 120
         while not (marker.exists() and int(marker.read_text() or 0) >= kill_after):
@@ -165,16 +149,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, kill_after):
     killed_at = int(marker.read_text())
     assert killed_at < total
     with open(tmp_path / "resumed.log", "w") as log:
-        assert _run(overrides, log).wait() == 0
+        assert start_trainer(overrides, log).wait() == 0
     assert f"resumed from {broken / f'global_step_{killed_at}'}" in (tmp_path / "resumed.log").read_text()
 
     a, b = read_metrics(straight), read_metrics(broken)
     assert set(a) == set(b) == set(range(1, total + 1))
-    for step in range(1, total + 1):
-        for key, value in a[step].items():
-            if key.startswith(("timing_s/", "timing_per_token_ms/", "perf/")) and key != "perf/total_num_tokens":
-                continue
-            assert b[step][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, key)
+    assert_same_metrics(a, b, range(1, total + 1))
 
 
 def test_val_only_validates_and_trains_nothing(tmp_path):
