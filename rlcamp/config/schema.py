@@ -601,6 +601,10 @@ class TrainerConfig:
         "Worker processes (Ray) that die, or a stage past stage_timeout_s: restart the workers up to this many "
         "times in the run, each time resuming from the last complete checkpoint; 0 = the run stops with the error "
         "(which rank, node, pid and stage). Exceptions raised by a worker's own code are not retried.", 0)
+    max_consecutive_nonfinite_steps: int = doc(
+        "An optimizer step whose gradient norm is NaN or inf is skipped on every rank (counted as "
+        "<role>/nonfinite_grad_steps); this many training steps in a row with such a skip stop the run, naming "
+        "the step and stage. 0 = never stop.", 5)
     preemption_grace_s: float | None = doc(
         "SIGTERM / SIGINT to the driver: the run saves a checkpoint at the end of the step in progress and exits 0; "
         "if that step has not ended this many seconds after the signal, it stops at once without saving (the last "

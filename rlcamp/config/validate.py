@@ -219,6 +219,9 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
         value = getattr(trainer, key.split(".")[1])
         if value == 0 or value < -1:
             problems.append(f"{key}={value} must be -1 (off) or a positive number of steps")
+    if trainer.max_consecutive_nonfinite_steps < 0:
+        problems.append(f"trainer.max_consecutive_nonfinite_steps={trainer.max_consecutive_nonfinite_steps} must be "
+                        ">= 0 (0 = never stop)")
     if trainer.max_restarts < 0:
         problems.append(f"trainer.max_restarts={trainer.max_restarts} must be >= 0")
     if trainer.critic_warmup < 0:

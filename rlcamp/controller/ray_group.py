@@ -58,7 +58,7 @@ class _Host:
 
     def setup(self, worker_path: str, rank: int, world_size: int, master: tuple[str, int], backend: str,
               timeout_s: float, threads: int, kwargs: dict) -> bool:
-        from rlcamp.trainer.preemption import ignore_interrupts_in_workers
+        from rlcamp.trainer.faults import ignore_interrupts_in_workers
         from rlcamp.utils.device import tune_cpu
         from rlcamp.utils.dist import init_distributed
 

@@ -12,7 +12,7 @@ from rlcamp.rewards import RewardServices, get_reward_function
 from rlcamp.rewards.manager import NaiveRewardManager, PrimeRewardManager
 from rlcamp.rewards.registry import rules_where_known
 from rlcamp.trainer.ppo import PPOTrainer
-from rlcamp.trainer.preemption import StopSignals
+from rlcamp.trainer.faults import StopSignals
 from rlcamp.trainer.profiling import nsight_runtime_env
 from rlcamp.trainer.scoring import Scorer
 from rlcamp.utils.device import resolve_device, tune_cpu

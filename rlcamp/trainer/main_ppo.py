@@ -28,11 +28,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from rlcamp.rewards.registry import RewardError
     from rlcamp.sandbox.client import SandboxUnavailable
     from rlcamp.trainer.checkpoint import CheckpointError
+    from rlcamp.trainer.faults import NonFiniteError
     from rlcamp.trainer.preflight import PreflightError
     from rlcamp.trainer.run import RunFolderError
 
     return (ConfigError, DataError, ModelError, RewardError, SandboxUnavailable, PreflightError, RunFolderError,
-            CheckpointError)
+            CheckpointError, NonFiniteError)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

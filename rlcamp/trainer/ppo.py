@@ -25,7 +25,7 @@ from rlcamp.config import ResolvedConfig, config_to_dict
 from rlcamp.data import PromptLoader, RLDataset
 from rlcamp.trainer import checkpoint as ckpt
 from rlcamp.trainer.metrics import batch_metrics, timing_metrics
-from rlcamp.trainer.preemption import StopSignals
+from rlcamp.trainer.faults import NonFiniteGuard, StopSignals
 from rlcamp.trainer.profiling import step_windows
 from rlcamp.trainer.scoring import Scorer
 from rlcamp.trainer.stages import StepState, build_stages
@@ -58,6 +58,7 @@ class PPOTrainer:
         self.compare_rollout = self.stages.old_log_prob.recomputed  # bypass_mode: nothing to compare
         self.generates_past_eos = c.actor_rollout_ref.rollout.ignore_eos
         self.global_step = 0
+        self.nonfinite = NonFiniteGuard(c.trainer.max_consecutive_nonfinite_steps)
         self.total_steps = self.derived.total_training_steps
         self.timing: dict[str, float] = {}
         self.last_val_metrics: dict[str, float] = {}
@@ -118,8 +119,10 @@ class PPOTrainer:
                 # the step's metrics are written before its checkpoint: a run killed in between
                 # redoes the step and writes it again, instead of resuming past a step never logged
                 metrics.update(carried)
+                skipped = self.nonfinite.count(metrics)
                 tracking.log(metrics, self.global_step)
                 carried = {}
+                self.nonfinite.check(self.global_step, skipped, lambda: ckpt.latest(self.run_dir))
                 saved = None
                 if last or (t.save_freq > 0 and self.global_step % t.save_freq == 0):
                     with self._timer("save_checkpoint"):
@@ -206,7 +209,7 @@ class PPOTrainer:
                 self.critic.call("save_checkpoint", folder=tmp / "critic")
             torch.save({"global_step": self.global_step, "loader": self.loader.state_dict(),
                         "kl_ctrl": self.kl_ctrl.state_dict(), "pf_generator": self.pf_generator.get_state(),
-                        **ckpt.rng_state()}, tmp / "trainer_state.pt")
+                        "nonfinite_in_a_row": self.nonfinite.in_a_row, **ckpt.rng_state()}, tmp / "trainer_state.pt")
             ckpt.write_manifest(tmp)
         except Exception as exc:  # a full disk, a read-only or vanished folder, on any rank
             if getattr(exc, "restartable", False):  # a worker died while saving: trainer.max_restarts handles it
@@ -243,6 +246,7 @@ class PPOTrainer:
         self.loader.load_state_dict(state["loader"])
         self.kl_ctrl.load_state_dict(state["kl_ctrl"])
         self.pf_generator.set_state(state["pf_generator"])
+        self.nonfinite.in_a_row = state.get("nonfinite_in_a_row", 0)
         ckpt.set_rng_state(state)
         print(f"resumed from {folder} at step {self.global_step}", flush=True)
         if t.del_local_ckpt_after_load:

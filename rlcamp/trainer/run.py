@@ -52,7 +52,7 @@ def run_training(resolved: ResolvedConfig) -> int:
     quiet_libraries()
     from rlcamp.trainer import checkpoint as ckpt
     from rlcamp.trainer.build import fit_from_config
-    from rlcamp.trainer.preemption import Interrupted
+    from rlcamp.trainer.faults import Interrupted
     from rlcamp.trainer.report import summarize, write_report
 
     try:

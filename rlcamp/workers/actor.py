@@ -29,7 +29,7 @@ from rlcamp.rollout.hf import HFRollout, SamplingParams
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype, torch_compile_problem
 from rlcamp.workers.base import Worker
-from rlcamp.workers.common import MetricSink, mini_batches, seed_everything
+from rlcamp.workers.common import MetricSink, mini_batches, nonfinite_metrics, seed_everything
 
 
 def decodes_on_trainer_shards(rollout, actor, moe: bool) -> bool:
@@ -257,6 +257,7 @@ class ActorRolloutRefWorker(Worker):
         # no recomputation pass reported the entropy (bypass_mode): the update's forward does
         head = LogProbs(self.rollout_cfg.temperature, entropy=a.entropy_coeff != 0 or "entropys" not in batch)
         micro = MicroBatching(plan.micro_batch_per_device, a.use_dynamic_bsz, a.ppo_max_token_len_per_gpu)
+        norms = []
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle,
                                  self.shuffle_generator):
             out = self.engine.forward_backward(mini, head, lambda o, m, n: self._policy_loss(o, m, n, sink), micro,
@@ -264,8 +265,9 @@ class ActorRolloutRefWorker(Worker):
                                                accumulation=plan.grad_accum_steps)
             sink.add("actor/pg_loss", out["loss"])
             sink.add("actor/micro_batches", out["micro_batches"])
-            sink.add("actor/grad_norm", self.engine.optimizer_step())
+            norms.append(self.engine.optimizer_step())  # skipped on every rank when not finite
         sink.add("actor/lr", self.engine.lr)
+        sink.values.update(nonfinite_metrics("actor", norms))
         sink.add("perf/actor_peak_memory_gb", dist.peak_memory_gb(self.device))
         self.engine.scheduler_step()
         self.engine.offload()

@@ -41,3 +41,12 @@ class MetricSink:
             tensors = [torch.as_tensor(v, dtype=torch.float32) for v in values]
             out[key] = torch.stack(tensors).mean().item()
         return out
+
+
+def nonfinite_metrics(role: str, norms: list) -> dict[str, list]:
+    """A role's update metrics from its optimizer steps' gradient norms: ``grad_norm``, the mean over
+    the steps whose norm was finite (NaN when none was), and ``nonfinite_grad_steps``, how many were
+    not: the engine skipped those, on every rank alike (the norm is the global one)."""
+    finite = [n for n in norms if torch.isfinite(torch.as_tensor(n))]
+    return {f"{role}/grad_norm": finite or [float("nan")],
+            f"{role}/nonfinite_grad_steps": [float(len(norms) - len(finite))]}

@@ -17,7 +17,7 @@ from rlcamp.models.loading import import_external_lib, load_critic, load_tokeniz
 from rlcamp.utils import dist
 from rlcamp.utils.device import to_dtype
 from rlcamp.workers.base import Worker
-from rlcamp.workers.common import MetricSink, mini_batches, seed_everything
+from rlcamp.workers.common import MetricSink, mini_batches, nonfinite_metrics, seed_everything
 
 
 class CriticWorker(Worker):
@@ -86,13 +86,15 @@ class CriticWorker(Worker):
             sink.add("critic/vpred_mean", masked_mean(values.detach(), mask))
             return out.loss, out.loss
 
+        norms = []
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, c.ppo_epochs, c.shuffle, self.generator):
             out = self.engine.forward_backward(
                 mini, Values(), loss_fn, micro, accumulation=plan.grad_accum_steps,
                 loss_scale_factor=c.loss_scale_factor or self.config.actor_rollout_ref.rollout.response_length)
             sink.add("critic/vf_loss", out["loss"])
-            sink.add("critic/grad_norm", self.engine.optimizer_step())
+            norms.append(self.engine.optimizer_step())  # skipped on every rank when not finite
         sink.add("critic/lr", self.engine.lr)
+        sink.values.update(nonfinite_metrics("critic", norms))
         sink.add("perf/critic_peak_memory_gb", dist.peak_memory_gb(self.device))
         self.engine.scheduler_step()
         self.engine.offload()

@@ -1,4 +1,4 @@
-"""Preemption: real SIGTERM / SIGINT to a real training process (rlcamp.trainer.preemption)."""
+"""Preemption: real SIGTERM / SIGINT to a real training process (rlcamp.trainer.faults)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlcamp.trainer.preemption import Interrupted, StopSignals
+from rlcamp.trainer.faults import Interrupted, StopSignals
 from tests.helpers import assert_same_metrics, make_tiny_setup, read_metrics, start_trainer, tiny_run_overrides
 
 SLOW_REWARD = '''

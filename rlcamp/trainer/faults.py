@@ -1,4 +1,6 @@
-"""Preemption: SIGTERM or SIGINT to the driver ends the run at the next step boundary, with a checkpoint.
+"""How the driver meets faults: preemption signals, and gradients that stay NaN or inf.
+
+Preemption: SIGTERM or SIGINT to the driver ends the run at the next step boundary, with a checkpoint.
 
 Clusters preempt by signal: Slurm and Kubernetes send SIGTERM and, a grace period later, SIGKILL; a
 terminal sends SIGINT. The first signal asks the loop to stop after the step in progress; the
@@ -80,3 +82,38 @@ def ignore_interrupts_in_workers() -> None:
     the driver alone decides when the run stops (at a step boundary, with a checkpoint)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class NonFiniteError(RuntimeError):
+    """The gradients stayed NaN/inf for trainer.max_consecutive_nonfinite_steps steps in a row."""
+
+
+class NonFiniteGuard:
+    """Counts the steps in a row in which an update skipped optimizer steps (the engines skip a step
+    whose global gradient norm is NaN or inf, on every rank alike) and stops the run at ``limit``."""
+
+    STAGES = (("critic", "update_critic"), ("actor", "update_actor"))
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_a_row = 0
+
+    def count(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Record this step (adds ``training/nonfinite_steps_in_a_row``); the stages that skipped, and how often."""
+        skipped = {stage: metrics.get(f"{role}/nonfinite_grad_steps", 0.0) for role, stage in self.STAGES}
+        skipped = {stage: n for stage, n in skipped.items() if n > 0}
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        metrics["training/nonfinite_steps_in_a_row"] = self.in_a_row
+        return skipped
+
+    def check(self, step: int, skipped: dict[str, float], last_checkpoint) -> None:
+        """Raise NonFiniteError at the limit; ``last_checkpoint()`` names the run's last checkpoint."""
+        if not skipped or not self.limit or self.in_a_row < self.limit:
+            return
+        stages = ", ".join(f"{stage}: {n:g} optimizer step(s) skipped" for stage, n in skipped.items())
+        raise NonFiniteError(
+            f"step {step}: a NaN or inf gradient in {self.in_a_row} steps in a row "
+            f"(trainer.max_consecutive_nonfinite_steps={self.limit}); this step's {stages}, each on every rank. "
+            f"The skipped steps changed no weights; the last checkpoint is {last_checkpoint() or 'none'}. Look for "
+            "NaN in critic/score/* (a reward function returning NaN or inf), lower the learning rate or "
+            "actor_rollout_ref.actor.grad_clip; 0 never stops")
