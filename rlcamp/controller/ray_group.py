@@ -82,14 +82,27 @@ class RayWorkerGroup(WorkerGroup):
     def __init__(self, worker_path: str, world_size: int, kwargs: dict, *, device: str, backend: str,
                  stage_timeout_s: float, startup_timeout_s: float | None = None, nnodes: int = 1,
                  cpus_per_worker: int = 1, name: str = "workers", runtime_env: dict | None = None):
-        ray = ensure_ray()
+        ensure_ray()
         from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.stage_timeout_s, self.name = stage_timeout_s, name
         bundle = {"CPU": cpus_per_worker} | ({"GPU": 1} if device == "cuda" else {})
         strategy = "SPREAD" if nnodes > 1 and device == "cpu" else "PACK"
+        self.actors: list = []
         self.pg = placement_group([dict(bundle) for _ in range(world_size)], strategy=strategy)
+        try:
+            self._start(world_size, worker_path, kwargs, bundle, backend, cpus_per_worker, startup_timeout_s,
+                        runtime_env)
+        except BaseException:  # a worker that dies or hangs while starting: free what was started
+            self.shutdown(worker_timeout_s=5.0)
+            raise
+
+    def _start(self, world_size, worker_path, kwargs, bundle, backend, cpus_per_worker, startup_timeout_s,
+               runtime_env) -> None:
+        ray = ensure_ray()
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        name, stage_timeout_s = self.name, self.stage_timeout_s
         # placing and starting the workers is bounded by trainer.ray_wait_register_center_timeout
         startup = {"timeout_s": startup_timeout_s, "key": "trainer.ray_wait_register_center_timeout"} \
             if startup_timeout_s else {}

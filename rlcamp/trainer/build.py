@@ -41,6 +41,17 @@ def build_trainer(resolved: ResolvedConfig, run_dir: Path, stop: StopSignals | N
     val = RLDataset(c.data.val_files, tokenizer, **dataset_kwargs) if c.data.val_files else None
     resolved = resolve(c, len(train))
     actor_group, critic_group = make_worker_groups(resolved, device)
+    try:
+        return _trainer(resolved, run_dir, device, tokenizer, train, val, actor_group, critic_group, stop)
+    except BaseException:
+        for group in (actor_group, critic_group):
+            if group is not None:
+                group.shutdown()
+        raise
+
+
+def _trainer(resolved, run_dir, device, tokenizer, train, val, actor_group, critic_group, stop) -> PPOTrainer:
+    c = resolved.config
     reward_model = None
     if c.reward_model.enable:
         micro = resolved.derived.reward_model_micro_batch
@@ -101,8 +112,12 @@ def make_worker_groups(resolved: ResolvedConfig, device: str):
     kwargs = {"config": c, "derived": derived, "device": device}
     actor = RayWorkerGroup("rlcamp.workers.actor:ActorRolloutRefWorker", derived.n_devices, kwargs,
                            name="actor_rollout_ref", **common)
-    critic = RayWorkerGroup("rlcamp.workers.critic:CriticWorker", derived.n_devices, kwargs, name="critic",
-                            **common) if derived.uses_critic else None
+    try:
+        critic = RayWorkerGroup("rlcamp.workers.critic:CriticWorker", derived.n_devices, kwargs, name="critic",
+                                **common) if derived.uses_critic else None
+    except BaseException:
+        actor.shutdown(worker_timeout_s=5.0)
+        raise
     return actor, critic
 
 
@@ -118,8 +133,9 @@ def fit_from_config(resolved: ResolvedConfig, run_dir: Path) -> int:
     # from before the models load: a signal while they load stops the run before its first step
     with StopSignals(resolved.config.trainer.preemption_grace_s) as stop:
         for attempt in range(limit + 1):
-            trainer = build_trainer(resolved, run_dir, stop)
+            trainer = None
             try:
+                trainer = build_trainer(resolved, run_dir, stop)
                 trainer.fit()
                 return 0
             except WorkerError as exc:
@@ -133,7 +149,8 @@ def fit_from_config(resolved: ResolvedConfig, run_dir: Path) -> int:
                     resolved = replace(resolved, config=replace(resolved.config, trainer=t))
             finally:
                 write_ray_timeline(resolved.config.ray_init.timeline_json_file)
-                trainer.shutdown()
+                if trainer is not None:
+                    trainer.shutdown()
     return 0
 
 
