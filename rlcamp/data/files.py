@@ -41,12 +41,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from exc
     elif suffix in (".jsonl", ".json"):
-        if compressed:
-            import gzip
-
-            text = gzip.decompress(path.read_bytes()).decode("utf-8")
-        else:
-            text = path.read_text(encoding="utf-8")
+        text = _read_text(path, compressed)
         if suffix == ".json" and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
@@ -69,6 +64,25 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if not rows:
         raise DataError(f"{path}: file has no rows")
     return rows
+
+
+def _read_text(path: Path, compressed: bool) -> str:
+    """The file as UTF-8 text; a file that is not gzip (or cut short) or not UTF-8 is named with where."""
+    raw = path.read_bytes()
+    if compressed:
+        import gzip
+        import zlib
+
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise DataError(f"{path}: not a readable gzip file ({type(exc).__name__}: {exc})") from exc
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: line {line} is not valid UTF-8 (byte {exc.start}: "
+                        f"{raw[exc.start:exc.start + 4]!r}); re-encode the file as UTF-8") from exc
 
 
 def count_records(path: str | Path) -> int:
