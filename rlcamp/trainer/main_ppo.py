@@ -29,11 +29,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from rlcamp.sandbox.client import SandboxUnavailable
     from rlcamp.trainer.checkpoint import CheckpointError
     from rlcamp.trainer.faults import NonFiniteError
+    from rlcamp.workers.memory import OutOfMemory
     from rlcamp.trainer.preflight import PreflightError
     from rlcamp.trainer.run import RunFolderError
 
     return (ConfigError, DataError, ModelError, RewardError, SandboxUnavailable, PreflightError, RunFolderError,
-            CheckpointError, NonFiniteError)
+            CheckpointError, NonFiniteError, OutOfMemory)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

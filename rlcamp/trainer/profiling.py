@@ -254,7 +254,15 @@ class Profiled:
 
 
 def call_stage(worker, method: str, *args, **kwargs):
-    """``worker.method(...)``, inside a named profiler range when the worker is recording."""
+    """``worker.method(...)``, inside a named profiler range when the worker is recording; an out-of-memory
+    comes out as ``OutOfMemory`` naming the role, its micro batch and the change that should fit."""
     profiler = getattr(worker, "profiler", None)
-    with profiler.stage(method) if profiler is not None else nullcontext():
-        return getattr(worker, method)(*args, **kwargs)
+    try:
+        with profiler.stage(method) if profiler is not None else nullcontext():
+            return getattr(worker, method)(*args, **kwargs)
+    except (RuntimeError, MemoryError) as exc:  # an OOM, said in the run's terms (role, micro batch, fix)
+        from rlcamp.workers.memory import OutOfMemory, describe, is_out_of_memory
+
+        if isinstance(exc, OutOfMemory) or not is_out_of_memory(exc) or not hasattr(worker, "derived"):
+            raise
+        raise OutOfMemory(describe(worker.config, worker.derived, str(worker.device), method, exc)) from exc
