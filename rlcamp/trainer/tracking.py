@@ -122,11 +122,22 @@ class RunRecord:
     def __init__(self, info: RunInfo):
         info.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = info.run_dir
-        self.file = (info.run_dir / "metrics.jsonl").open("a")
+        self.path = info.run_dir / "metrics.jsonl"
+        _drop_cut_line(self.path)
+        self.file = self.path.open("a")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.file.flush()
+        except OSError as exc:  # a full or read-only disk: say where, not a traceback from deep inside
+            from rlcamp.trainer.checkpoint import free_space
+            from rlcamp.trainer.run import RunFolderError
+
+            raise RunFolderError(
+                f"writing step {step}'s metrics to {self.path} failed ({exc.strerror or exc}); "
+                f"{free_space(self.run_dir)} on its disk. The checkpoints already written are intact: free space "
+                "or make the folder writable, then resume with trainer.resume_mode=auto") from exc
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         with (self.run_dir / f"{table_file_stem(name)}.jsonl").open("a") as f:
@@ -134,7 +145,23 @@ class RunRecord:
                 f.write(json.dumps({"step": step, **dict(zip(columns, row))}, ensure_ascii=False, default=str) + "\n")
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # its last write failed already, and said so
+            pass
+
+
+def _drop_cut_line(path: Path) -> None:
+    """A run stopped in the middle of a line (a full disk) left it cut; the next line must not join it."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+    print(f"rlcamp: warning: {path} ended in a cut line ({len(data) - keep} bytes); dropped it", flush=True)
 
 
 def table_file_stem(name: str) -> str:

@@ -125,3 +125,58 @@ def test_a_full_disk_stops_the_run_with_the_folder_and_free_space_and_keeps_the_
         short = [o for o in overrides if not o.startswith(("trainer.total_training_steps=", "custom_reward"))]
         assert start_trainer(short + [f"trainer.total_training_steps={step}"], log).wait() == 0
     assert f"resumed from {last}" in (tmp_path / "resumed.log").read_text()
+
+
+def test_a_run_folder_turned_read_only_stops_the_run_naming_it_and_resumes_once_writable(tmp_path, small_disk):
+    import subprocess
+
+    model, data = make_tiny_setup(tmp_path)
+    (tmp_path / "slow.py").write_text(SLOW_REWARD)
+    run = small_disk / "run"
+    overrides = [o for o in tiny_run_overrides(model, data, run, **{
+        "trainer.save_freq": 1, "trainer.total_training_steps": 10, "custom_reward_function.path": tmp_path / "slow.py"})
+        if "reward_kwargs" not in o]
+    log_path = tmp_path / "ro.log"
+    with open(log_path, "w") as log:
+        proc = start_trainer(overrides, log)
+        marker = run / ckpt.LATEST
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.02)
+        # the run folder bound onto itself read-only: what the run opens from now on is refused (EROFS)
+        subprocess.run(["mount", "--bind", str(run), str(run)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(run)], check=True)
+        try:
+            code = proc.wait(timeout=120)
+        finally:
+            subprocess.run(["umount", str(run)], check=True)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+    out = log_path.read_text()
+    assert code == 2, out[-3000:]
+    assert "Read-only file system" in out and str(run) in out, out[-3000:]
+    last = ckpt.latest(run)
+    assert ckpt.damage(last) is None
+    with open(tmp_path / "resumed.log", "w") as log:
+        short = [o for o in overrides if not o.startswith(("trainer.total_training_steps=", "custom_reward"))]
+        assert start_trainer(short + [f"trainer.total_training_steps={ckpt.step_of(last) + 1}"], log).wait() == 0
+    assert f"resumed from {last}" in (tmp_path / "resumed.log").read_text()
+
+
+def test_metrics_on_a_full_disk_name_the_file_and_a_cut_line_is_dropped_at_the_next_start(small_disk, capsys):
+    from rlcamp.trainer.run import RunFolderError
+    from rlcamp.trainer.tracking import RunInfo, RunRecord
+
+    info = RunInfo("p", "e", small_disk, {}, 10)
+    record = RunRecord(info)
+    record.log({"a": 1.0}, 1)
+    filler = fill(small_disk, leave_bytes=0)
+    with pytest.raises(RunFolderError, match=r"writing step 2's metrics to .*metrics.jsonl failed \(No space left"):
+        record.log({f"k{i}": float(i) for i in range(20000)}, 2)  # ~400 kB: more than is left
+    record.close()
+    filler.unlink()
+    RunRecord(info).close()
+    lines = (small_disk / "metrics.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b"" and all(line.startswith(b'{"step"') for line in lines[:-1])
+    assert "ended in a cut line" in capsys.readouterr().out and len(lines) == 2  # step 1 kept, the cut step 2 dropped
