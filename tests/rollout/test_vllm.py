@@ -60,6 +60,23 @@ def test_an_in_place_sync_changes_the_output_to_the_new_weights(setup):
     assert not torch.equal(after, before)
 
 
+def test_a_sync_that_does_not_take_fails_loudly(setup):
+    """The check after a sync reads the engine's weights back: when the actor's new weights never reached
+    the engine (here: the check runs on the new weights' sums with the load itself left out), it raises."""
+    from rlcamp.rollout.vllm_engine import WeightSyncError, _checked
+
+    model, engine, ours, ids, mask = setup
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    sent = {k: v.to(engine.dtype).sum(dtype=torch.float64).item() for k, v in model.state_dict().items() if _checked(k, v)}
+    with pytest.raises(WeightSyncError, match=r"the weight sync into vLLM did not take: model\.\S+'s sum moved by"):
+        engine._check_sync(sent)
+    engine.load_weights(model.state_dict())  # the real sync: it takes, and the same check passes
+    greedy = SamplingParams(16, do_sample=False)
+    assert torch.equal(engine.generate(ids, mask, greedy)["responses"], ours.generate(ids, mask, greedy)["responses"])
+
+
 def test_sampled_log_probs_are_the_trainers(setup):
     model, engine, _, ids, mask = setup
     params = SamplingParams(12, temperature=0.7)
