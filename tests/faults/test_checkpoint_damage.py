@@ -127,6 +127,7 @@ def test_a_full_disk_stops_the_run_with_the_folder_and_free_space_and_keeps_the_
     assert f"resumed from {last}" in (tmp_path / "resumed.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_folder_turned_read_only_stops_the_run_naming_it_and_resumes_once_writable(tmp_path, small_disk):
     import subprocess
 

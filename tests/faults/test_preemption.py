@@ -108,6 +108,7 @@ def _stop_twice(run: Path, overrides: list[str], log_path: Path, second) -> tupl
     return code, log_path.read_text()
 
 
+@pytest.mark.slow
 def test_a_second_signal_stops_at_once_and_the_last_checkpoint_still_resumes(tmp_path):
     run, overrides = _slow_run(tmp_path, sleep=0.5)  # 16 samples a step: ~8 s of scoring
     start = time.monotonic()
