@@ -90,27 +90,32 @@ def fill(disk: Path, leave_bytes: int) -> Path:
     return filler
 
 
-def test_a_full_disk_stops_the_run_with_the_folder_and_free_space_and_keeps_the_last_checkpoint(tmp_path, small_disk):
+def start_until_first_checkpoint(tmp_path: Path, run: Path, log_path: Path):
+    """A slow-stepping run with a checkpoint every step, started and waited on until its first one; (process,
+    its overrides) — the log file stays open for the process."""
     model, data = make_tiny_setup(tmp_path)
     (tmp_path / "slow.py").write_text(SLOW_REWARD)
-    run = small_disk / "run"
     overrides = [o for o in tiny_run_overrides(model, data, run, **{
         "trainer.save_freq": 1, "trainer.total_training_steps": 10, "custom_reward_function.path": tmp_path / "slow.py"})
         if "reward_kwargs" not in o]
-    log_path = tmp_path / "full.log"
-    with open(log_path, "w") as log:
-        proc = start_trainer(overrides, log)
-        marker = run / ckpt.LATEST
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.02)
-        filler = fill(small_disk, leave_bytes=256 * 1024)  # room for the metrics' lines, not a checkpoint
-        try:
-            code = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+    proc = start_trainer(overrides, open(log_path, "w"))
+    marker = run / ckpt.LATEST
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.02)
+    return proc, overrides
+
+
+def test_a_full_disk_stops_the_run_with_the_folder_and_free_space_and_keeps_the_last_checkpoint(tmp_path, small_disk):
+    run, log_path = small_disk / "run", tmp_path / "full.log"
+    proc, overrides = start_until_first_checkpoint(tmp_path, run, log_path)
+    filler = fill(small_disk, leave_bytes=256 * 1024)  # room for the metrics' lines, not a checkpoint
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
     out = log_path.read_text()
     assert code == 2, out[-3000:]
     last = ckpt.latest(run)
@@ -131,29 +136,17 @@ def test_a_full_disk_stops_the_run_with_the_folder_and_free_space_and_keeps_the_
 def test_a_run_folder_turned_read_only_stops_the_run_naming_it_and_resumes_once_writable(tmp_path, small_disk):
     import subprocess
 
-    model, data = make_tiny_setup(tmp_path)
-    (tmp_path / "slow.py").write_text(SLOW_REWARD)
-    run = small_disk / "run"
-    overrides = [o for o in tiny_run_overrides(model, data, run, **{
-        "trainer.save_freq": 1, "trainer.total_training_steps": 10, "custom_reward_function.path": tmp_path / "slow.py"})
-        if "reward_kwargs" not in o]
-    log_path = tmp_path / "ro.log"
-    with open(log_path, "w") as log:
-        proc = start_trainer(overrides, log)
-        marker = run / ckpt.LATEST
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.02)
-        # the run folder bound onto itself read-only: what the run opens from now on is refused (EROFS)
-        subprocess.run(["mount", "--bind", str(run), str(run)], check=True)
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(run)], check=True)
-        try:
-            code = proc.wait(timeout=120)
-        finally:
-            subprocess.run(["umount", str(run)], check=True)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+    run, log_path = small_disk / "run", tmp_path / "ro.log"
+    proc, overrides = start_until_first_checkpoint(tmp_path, run, log_path)
+    # the run folder bound onto itself read-only: what the run opens from now on is refused (EROFS)
+    subprocess.run(["mount", "--bind", str(run), str(run)], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(run)], check=True)
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        subprocess.run(["umount", str(run)], check=True)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
     out = log_path.read_text()
     assert code == 2, out[-3000:]
     assert "Read-only file system" in out and str(run) in out, out[-3000:]
