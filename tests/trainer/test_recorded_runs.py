@@ -91,12 +91,14 @@ def test_metrics_match_the_recording(tmp_path, name):
         RECORDING.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         pytest.skip(f"recorded {name}")
     expected = recorded()["runs"][name]
+    # a reward model's score is a network output: its last bits follow the CPU's kernels (AVX2 or AMX)
+    exact = EXACT if not RUNS[name].get("reward_model.enable") else tuple(p for p in EXACT if p != "critic/score/")
     assert len(rows) == len(expected), "a different number of logged steps"
     for step, (got, want) in enumerate(zip(rows, expected), start=1):
         missing = sorted(set(want) - set(got))
         assert not missing, f"step {step}: metrics no longer logged: {missing}"
         for key, value in want.items():
-            if key.startswith(EXACT):
+            if key.startswith(exact):
                 assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-9), f"step {step}: {key}"
             else:
                 assert math.isclose(got[key], value, rel_tol=1e-4, abs_tol=1e-5), \
