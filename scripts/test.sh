@@ -4,13 +4,22 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
-# the report test drives a real headless Chromium: Debian's chromium + chromium-driver
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# Debian packages some tests use for real, installed when missing (root with apt): the report test
+# drives a headless Chromium; the sandbox's language tests compile and run C, C++, Java, Go, Rust and
+# JavaScript with Debian's toolchains (a test whose toolchain is missing is skipped, saying which)
+want=()
+command -v chromium >/dev/null || want+=(chromium)
+command -v chromedriver >/dev/null || want+=(chromium-driver)
+for tool in g++:g++ gcc:gcc javac:default-jdk-headless go:golang-go node:nodejs rustc:rustc; do
+  # the sandbox's jail sees only /usr/local/bin:/usr/bin:/bin (a rustup toolchain under ~/.cargo is hidden)
+  PATH=/usr/local/bin:/usr/bin:/bin command -v "${tool%%:*}" >/dev/null || want+=("${tool#*:}")
+done
+if [ ${#want[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
-      || echo "could not install chromium: the report's browser test will be skipped"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}") >/dev/null \
+      || echo "could not install ${want[*]}: the tests that need them will be skipped"
   else
-    echo "chromium/chromedriver missing (install Debian's chromium chromium-driver): the report's browser test will be skipped"
+    echo "missing Debian packages ${want[*]} (install them as root): the tests that need them will be skipped"
   fi
 fi
 log=$(mktemp)

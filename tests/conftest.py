@@ -1,12 +1,10 @@
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from rlcamp.utils.dist import free_port  # noqa: F401  (the tests' rendezvous ports)
+from tests.helpers import start_service, stop_service
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,17 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     """A real `rlcamp sandbox serve` on loopback, with a secret in its environment."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("sandbox") / "service.log", "w")
-    env = dict(os.environ, RLCAMP_TEST_SECRET="s3cr3t-token", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "rlcamp.cli.main", "sandbox", "serve", "--port", str(port),
-                             "--max-concurrent", "4", "--max-queue", "16", "--run-timeout", "3"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    from rlcamp.sandbox.client import wait_healthy
-
-    health = wait_healthy(url, 30, proc)
-    yield {"url": url, "run_url": f"{url}/run_code", "pid": proc.pid, "port": port, "health": health}
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    svc = start_service(tmp_path_factory.mktemp("sandbox") / "service.log", "--max-concurrent", "4", "--max-queue",
+                        "16", "--run-timeout", "3", env={"RLCAMP_TEST_SECRET": "s3cr3t-token"})
+    yield svc
+    stop_service(svc)

@@ -1,4 +1,4 @@
-"""Shared builders for trainer tests: tiny models, tiny data, and the overrides of a tiny run."""
+"""Shared builders for tests: tiny models, tiny data, the overrides of a tiny run, a sandbox service."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from rlcamp.data.arith import write_splits
 from rlcamp.models.tiny import build_tiny_model
+from rlcamp.utils.dist import free_port
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,3 +69,24 @@ def make_tiny_setup(root: Path, family: str = "qwen2", n_train: int = 16) -> tup
     if not (data / "train.parquet").exists():
         train, test = write_splits(data, n_test=100 - n_train)  # 1-digit sums: n_train train, the rest test
     return model, data
+
+
+def start_service(log_path: Path, *args: str, env: dict | None = None) -> dict:
+    """`rlcamp sandbox serve` on loopback with ``args``, healthy; ``["proc"]`` is its process."""
+    from rlcamp.sandbox.client import wait_healthy
+
+    port = free_port()
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "rlcamp.cli.main", "sandbox", "serve", "--port", str(port), *args],
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
+    url = f"http://127.0.0.1:{port}"
+    health = wait_healthy(url, 30, proc)
+    return {"url": url, "run_url": f"{url}/run_code", "pid": proc.pid, "port": port, "health": health, "proc": proc,
+            "log": log}
+
+
+def stop_service(svc: dict) -> int:
+    svc["proc"].terminate()
+    code = svc["proc"].wait(10)
+    svc["log"].close()
+    return code

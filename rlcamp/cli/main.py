@@ -50,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.add_argument("what", choices=["serve"])
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8080)
-    sandbox.add_argument("--max-concurrent", type=int, default=8, help="programs run at once")
+    sandbox.add_argument("--max-concurrent", type=int, default=64,
+                         help="programs run at once (the CPUs are shared among them; a sleeping one costs nothing)")
+    sandbox.add_argument("--max-wait", default="auto",
+                         help="seconds a request may wait to start before it is answered 504 (saturated; verl's client retries it); auto: "
+                              "what its client's patience leaves (compile_timeout + run_timeout + 10 s, verl's, "
+                              "less the request's own timeouts)")
+    sandbox.add_argument("--memory-budget-mb", type=int, default=None,
+                         help="the memory limits of the programs running at once add up to at most this "
+                              "(default: 3/4 of this host's memory)")
     sandbox.add_argument("--max-queue", type=int, default=1024, help="requests waiting before 429 (retry)")
     sandbox.add_argument("--run-timeout", type=float, default=10.0, help="default wall/CPU seconds per program")
     sandbox.add_argument("--memory-mb", type=int, default=1024, help="default address-space limit per program")
@@ -91,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         from rlcamp.sandbox.server import serve
 
         serve(args.host, args.port, args.max_concurrent, args.max_queue,
-              Limits(run_timeout=args.run_timeout, memory_mb=args.memory_mb))
+              Limits(run_timeout=args.run_timeout, memory_mb=args.memory_mb),
+              max_wait_s=args.max_wait if args.max_wait == "auto" else float(args.max_wait),
+              memory_budget_mb=args.memory_budget_mb)
         return 0
     if args.command == "plan":
         from rlcamp.config.loader import ConfigError

@@ -1,6 +1,6 @@
 """The trainer's side: send a program to a SandboxFusion-compatible URL, or run it embedded.
 
-Retries on overload (429/503) and connection errors with backoff; a run that keeps failing
+Retries on overload (429, 502-504: the service's saturation answer is 504) and connection errors with backoff; a run that keeps failing
 raises, naming the URL and the last error.
 """
 
@@ -64,7 +64,9 @@ class EmbeddedSandbox:
     """The same jail and limits, in this process (no URL configured): a private event loop thread."""
 
     def __init__(self, max_concurrent: int = 8, limits: Limits | None = None):
-        self.executor = Executor(max_concurrent=max_concurrent, max_queue=10**9, limits=limits or Limits())
+        # the trainer's own pool bounds what it sends: a request waits for a slot as long as it takes
+        self.executor = Executor(max_concurrent=max_concurrent, max_queue=10**9, limits=limits or Limits(),
+                                 max_wait_s=None)
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True, name="rlcamp-sandbox").start()
 

@@ -9,7 +9,9 @@ and, as root, builds the cage before exec'ing the program:
    exit status;
 3. a private /proc (only the sandbox's processes are visible), tmpfs over /tmp, /var/tmp, /dev/shm
    and over the paths to hide (the service's own source, /root, /home);
-4. the program's folder is a size-limited tmpfs with the request's files copied in;
+4. the program's folder is a size-limited tmpfs with the request's files copied in; for a compile
+   (``export`` in the spec) the namespace's init stays root, runs the compiler as the program, and
+   copies the artifacts it names (plain files only) out to the stage's ``out`` folder for the run;
 5. rlimits (CPU seconds, address space, processes, open files, file size, no core dumps), no
    supplementary groups, a uid of its own (unique per concurrent slot, so the process limit is
    per program), parent-death signal, scrubbed environment; then exec.
@@ -100,21 +102,61 @@ def main() -> None:
     if not spec["isolate"]:
         folder = os.path.join(spec["stage"], "in")
         become(spec, folder)
-        os.execve(spec["argv"][0], spec["argv"], dict(env, HOME=folder))
+        os.execvpe(spec["argv"][0], spec["argv"], dict(env, HOME=folder, **spec.get("env", {})))
     unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
     child = os.fork()
     if child:
         # the host-side parent: pass a kill on to the namespace's init, then its exit status
         signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGKILL))
         _, status = os.waitpid(child, 0)
-        os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+        os._exit(_exit_code(status))
     try:
         folder = build_cage(spec)
-        become(spec, folder)
+        if not spec.get("export"):
+            become(spec, folder)
     except OSError as exc:
         print(f"rlcamp sandbox: could not build the cage: {exc}", file=sys.stderr)
         os._exit(125)
-    os.execve(spec["argv"][0], spec["argv"], dict(env, HOME=folder))
+    env = dict(env, HOME=folder, **spec.get("env", {}))
+    if not spec.get("export"):
+        os.execvpe(spec["argv"][0], spec["argv"], env)
+    # a compile: this init stays root to hand the artifacts out once the compiler is done
+    compiler = os.fork()
+    if compiler == 0:
+        become(spec, folder)
+        os.execvpe(spec["argv"][0], spec["argv"], env)
+    _, status = os.waitpid(compiler, 0)
+    code = _exit_code(status)
+    if code == 0:
+        hand_out(folder, spec["export"], os.path.join(spec["stage"], "out"))
+    os._exit(code)
+
+
+def _exit_code(status: int) -> int:
+    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def hand_out(folder: str, patterns: list[str], out: str) -> None:
+    """Copy the compile's regular files matching ``patterns`` to ``out`` (a folder outside the cage).
+    Runs as root on files the program's uid made: links are not followed, only plain files copied."""
+    import fnmatch
+    import stat
+
+    for name in os.listdir(folder):
+        if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # a link, or gone
+        with os.fdopen(fd, "rb") as src:
+            if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                continue
+            target = os.path.join(out, name)
+            with open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.chmod(target, 0o755)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Hostile programs: each is contained, and the service is healthy and clean afterwards."""
 
 import json
-import os
 import urllib.request
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 
 import rlcamp
 from rlcamp.sandbox.client import HTTPSandbox
-from rlcamp.sandbox.executor import UID_BASE
+from rlcamp.sandbox.executor import UID_BASE, sandbox_pids
 
 SOURCE = Path(rlcamp.__file__).resolve().parent / "sandbox" / "executor.py"
 
@@ -19,16 +18,7 @@ def run(service, code, **extra):
 
 
 def sandbox_processes():
-    left = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                uid_line = next(line for line in open(f"/proc/{entry}/status") if line.startswith("Uid:"))
-            except (OSError, StopIteration):
-                continue
-            if int(uid_line.split()[1]) >= UID_BASE:
-                left.append(entry)
-    return left
+    return sandbox_pids()
 
 
 @pytest.fixture(autouse=True)
