@@ -54,25 +54,59 @@ def micro_batch_of(config, derived, method: str) -> tuple[str, str, int | None] 
 
 def device_memory(device: str) -> str:
     """'<free> free of <total> GiB' of the device (CUDA), or of this host's memory."""
+    figures = _memory_figures(device)
+    if figures is None:
+        return "memory figures unavailable"
+    free, total, limit = figures
+    if limit is not None:  # `ulimit -v` / a scheduler's cap: the process hits it first
+        return (f"{free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB on the host, but this process may "
+                f"map only {limit / 2**30:.2f} GiB (RLIMIT_AS, `ulimit -v`)")
+    return f"{free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB"
+
+
+def _memory_figures(device: str) -> tuple[int, int, int | None] | None:
+    """(free, total, address-space limit or None) in bytes; None when they cannot be read."""
     try:
         if device.startswith("cuda"):
             import torch
 
             free, total = torch.cuda.mem_get_info()
-        else:
-            import psutil
+            return free, total, None
+        import resource
 
-            import resource
+        import psutil
 
-            vm = psutil.virtual_memory()
-            free, total = vm.available, vm.total
-            limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-            if limit != resource.RLIM_INFINITY:  # `ulimit -v` / a scheduler's cap: the process hits it first
-                return (f"{free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB on the host, but this process may "
-                        f"map only {limit / 2**30:.2f} GiB (RLIMIT_AS, `ulimit -v`)")
-        return f"{free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB"
+        vm = psutil.virtual_memory()
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        return vm.available, vm.total, None if limit == resource.RLIM_INFINITY else limit
     except Exception:  # the message must not fail on the figures
-        return "memory figures unavailable"
+        return None
+
+
+def planned_fit(config, device: str, key: str, value: int) -> tuple[int, float, float] | None:
+    """The largest of value/2, value/4, ..., 1 for ``key`` whose peak `rlcamp plan` estimates within the
+    device's memory, with that estimate and the memory: (size, GiB, GiB); None when the plan cannot
+    say (no config.json at the model path, figures unreadable) or nothing smaller fits."""
+    figures = _memory_figures(device)
+    if figures is None:
+        return None
+    _, total, limit = figures
+    memory = min(total, limit or total) / 2**30
+    try:
+        from rlcamp.workorders.plan import Hardware, _with, estimate
+
+        t = config.trainer
+        kind = "cuda" if device.startswith("cuda") else "npu" if device.startswith("npu") else "cpu"
+        hardware = Hardware(t.nnodes, t.n_gpus_per_node, memory, kind)
+        size = value // 2
+        while size >= 1:
+            peak = estimate(_with(config, {key: size}), hardware).peak()
+            if peak <= memory:
+                return size, peak, memory
+            size //= 2
+    except Exception:  # the plan is advice: a message without it still names the key
+        return None
+    return None
 
 
 def describe(config, derived, device: str, method: str, exc: BaseException) -> str:
@@ -87,11 +121,13 @@ def describe(config, derived, device: str, method: str, exc: BaseException) -> s
         return f"out of memory in stage '{method}' {where}. Try: {fix}. ({first})"
     what, key, value = sized
     unit = "tokens" if key.endswith("max_token_len_per_gpu") else "responses"
-    smaller = max(1, (value or 2) // 2)
+    planned = planned_fit(config, device, key, value) if value and value > 1 else None
+    smaller = planned[0] if planned else max(1, (value or 2) // 2)
     change = f"{key}={smaller}" if value and value > 1 else (
         "actor_rollout_ref.model.enable_gradient_checkpointing=True" if method.startswith("update") else
         "more devices (trainer.n_gpus_per_node)")
+    sizing = (f"`rlcamp plan` estimates the peak at {planned[1]:.1f} GiB of {planned[2]:.1f} with it"
+              if planned else "`rlcamp plan <your launch line>` estimates each part's memory")
     return (f"out of memory in {what} (stage '{method}') {where}, with a micro batch of {value} {unit} per device "
             f"({key}={value}). Smallest change: {change} (the gradient and metrics are the same: the micro "
-            f"batches add up to the same mini batch); `rlcamp plan <your launch line>` estimates each part's "
-            f"memory. ({first})")
+            f"batches add up to the same mini batch); {sizing}. ({first})")

@@ -70,3 +70,32 @@ def test_the_messages_of_each_stage():
     assert "Smallest change: critic.ppo_max_token_len_per_gpu=4096" in text
     assert "(CUDA out of memory. Tried to allocate 2.00 GiB)" in text
     assert "lower data.max_response_length" in describe(resolved.config, resolved.derived, "cpu", "generate", oom)
+
+
+def test_the_smallest_change_comes_from_the_plan_when_it_can_size_the_model(tmp_path, monkeypatch):
+    """A 7B actor on an 80 GiB device with 64 responses per micro batch: halving is not enough; the
+    plan's estimate picks the largest micro batch that fits, and the message says its estimate."""
+    import shutil
+
+    from rlcamp.config import build_config, resolve
+    from rlcamp.workers import memory
+    from rlcamp.workorders.plan import Hardware, _with, estimate
+
+    model = tmp_path / "Qwen2-7B-Instruct"
+    model.mkdir()
+    shutil.copy(ROOT / "tests/fixtures/model_configs/Qwen2-7B-Instruct.json", model / "config.json")
+    resolved = resolve(build_config([
+        f"actor_rollout_ref.model.path={model}", f"critic.model.path={model}", "trainer.n_gpus_per_node=8",
+        "data.train_batch_size=256", "data.max_prompt_length=1024", "data.max_response_length=4096",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=64", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=64",
+        "actor_rollout_ref.model.use_fused_kernels=False", "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.n=8", "critic.ppo_micro_batch_size_per_gpu=8"]))
+    monkeypatch.setattr(memory, "_memory_figures", lambda device: (10 * 2**30, 80 * 2**30, None))
+    key = "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"
+    hardware = Hardware(1, 8, 80.0, "cuda")
+    peaks = {n: estimate(_with(resolved.config, {key: n}), hardware).peak() for n in (64, 32, 16, 8, 4, 2, 1)}
+    fits = max(n for n, peak in peaks.items() if peak <= 80.0)
+    assert peaks[32] > 80.0 and fits < 32, peaks  # the case this test is about: halving would not do
+    text = memory.describe(resolved.config, resolved.derived, "cuda:0", "update_actor", RuntimeError("CUDA out of memory"))
+    assert f"Smallest change: {key}={fits} " in text, text
+    assert f"`rlcamp plan` estimates the peak at {peaks[fits]:.1f} GiB of 80.0 with it" in text
