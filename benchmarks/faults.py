@@ -85,19 +85,6 @@ def same(a: dict, b: dict) -> list[str]:
     return wrong
 
 
-def workers(driver: int) -> list:
-    import psutil
-
-    found = []
-    for proc in psutil.Process(driver).children(recursive=True):
-        try:
-            if proc.cmdline() and proc.cmdline()[0].startswith("ray::_Host"):
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
-
-
 def wait_for(condition, proc: subprocess.Popen, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -112,6 +99,8 @@ def wait_for(condition, proc: subprocess.Popen, timeout_s: float, what: str):
 
 
 def faulty_run(args: list[str], run: Path, log: Path, kills: int, rng: random.Random) -> tuple[int, list[dict]]:
+    from rlcamp.controller.ray_group import rank_processes
+
     proc = start(args, log)
     records = []
     try:
@@ -121,7 +110,7 @@ def faulty_run(args: list[str], run: Path, log: Path, kills: int, rng: random.Ra
             wait_for(lambda: len(logged_steps(run)) > before, proc, 600, "a new logged step")
             step_s = 1.0 + rng.random() * 4.0  # somewhere in the next step or two
             time.sleep(rng.random() * step_s)
-            victims = workers(proc.pid)
+            victims = rank_processes(proc.pid)
             if not victims:
                 raise RuntimeError("no worker processes to kill")
             victim = rng.choice(victims)

@@ -41,6 +41,21 @@ def ensure_ray(num_cpus: int | None = None):
 
 
 
+def rank_processes(driver: int) -> list:
+    """The rank processes of the run whose driver is ``driver`` (psutil processes; Ray names each after
+    the actor class, ``ray::_Host``): for fault tests and the fault benchmark."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process(driver).children(recursive=True):
+        try:
+            if proc.cmdline() and proc.cmdline()[0].startswith("ray::_Host"):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
 class _Host:
     """Runs one rank's worker inside a Ray actor."""
 

@@ -7,25 +7,13 @@ import signal
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from rlcamp.controller.ray_group import rank_processes as ray_workers
 from tests.helpers import assert_same_metrics, make_tiny_setup, read_metrics, start_trainer, tiny_run_overrides
 
 TWO_RANKS = {"trainer.n_gpus_per_node": 2, "ray_init.num_cpus": 4, "trainer.stage_timeout_s": 120,
              "trainer.save_freq": 1, "actor_rollout_ref.rollout.temperature": 1.0}
-
-
-def ray_workers(driver: int) -> list[psutil.Process]:
-    """The run's rank processes (Ray names them after the actor class, rlcamp's ``_Host``)."""
-    found = []
-    for proc in psutil.Process(driver).children(recursive=True):
-        try:
-            if proc.cmdline() and proc.cmdline()[0].startswith("ray::_Host"):
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
 
 
 def kill_a_worker_after(run: Path, proc, log_path: Path, step: int, timeout_s: float = 300.0) -> int:
