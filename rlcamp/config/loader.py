@@ -176,8 +176,10 @@ _VERL_HINTS = (
     ("rollout.trace", "rollout tracing (weave / mlflow) is not implemented: remove it"),
     ("quantization", "quantised rollouts are not implemented: remove it"),
     ("tiled_mlp", "tiled MLP computation is not implemented: remove it"),
-    ("optim.", "rlcamp's optimizer is AdamW with a constant or cosine schedule (optim.lr, lr_warmup_steps[_ratio], "
-               "warmup_style, min_lr_ratio, num_cycles, weight_decay, betas, eps): remove it"),
+    ("optim.", "rlcamp's optimizer is AdamW (lr, weight_decay, betas, eps) with verl's LR schedules: warm-up "
+               "(lr_warmup_steps[_ratio]), then lr_scheduler_type (warmup_style) with min_lr_ratio and num_cycles, or "
+               "Megatron's lr_decay_style with lr_decay_steps, min_lr, lr_wsd_decay_steps, lr_wsd_decay_style: "
+               "remove it"),
     ("fsdp_config.", "rlcamp's FSDP2 settings are listed by `rlcamp config keys fsdp_config`: remove it"),
 )
 

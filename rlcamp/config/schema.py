@@ -87,7 +87,19 @@ class OptimConfig:
     lr_warmup_steps_ratio: float = doc("Warm-up length as a fraction of total training steps.", 0.0)
     min_lr_ratio: float | None = doc("Floor of the cosine schedule as a fraction of lr (null = 0).", 0.0)
     num_cycles: float = doc("Cosine cycles over training (0.5 = one half-cosine decay).", 0.5)
-    warmup_style: Literal["constant", "cosine"] = doc("Schedule after warm-up: constant or cosine.", "constant")
+    lr_scheduler_type: Literal["constant", "cosine"] = doc(
+        "Schedule after warm-up (verl's FSDP key): constant, or cosine down to min_lr_ratio.", "constant")
+    warmup_style: Literal["constant", "cosine"] | None = doc(
+        "verl's deprecated name of lr_scheduler_type; set, it is used in its place.", None)
+    lr_decay_style: Literal["constant", "linear", "cosine", "inverse-square-root", "inverse_square_root", "WSD"] = doc(
+        "Schedule after warm-up as verl's Megatron optimizer has it, from lr down to min_lr over lr_decay_steps: "
+        "linear, cosine, inverse-square-root, or WSD (warm-stable-decay: lr until the last lr_wsd_decay_steps, then "
+        "down to min_lr); not constant, it replaces lr_scheduler_type.", "constant")
+    lr_decay_steps: int | None = doc("Steps lr_decay_style's decay ends at (null: the schedule's total steps).", None)
+    min_lr: float = doc("Floor of lr_decay_style's decay, an absolute learning rate.", 0.0)
+    lr_wsd_decay_steps: int | None = doc("WSD: the last steps of lr_decay_steps, over which lr decays to min_lr.", None)
+    lr_wsd_decay_style: Literal["exponential", "linear", "cosine", "minus_sqrt"] = doc(
+        "WSD: the shape of the final decay (Megatron's).", "exponential")
     total_training_steps: int = doc("Steps the LR schedule spans; -1: the run's training steps.", -1)
     weight_decay: float = doc("AdamW weight decay.", 0.01)
     betas: list[float] = doc("AdamW betas.", factory=lambda: [0.9, 0.999])

@@ -239,6 +239,7 @@ def _check_ranges(cfg: RLConfig, problems: list[str], warnings: list[str]) -> No
             problems.append(f"{name}.lr={opt.lr} must be >= 0")
         if len(opt.betas) != 2 or not all(0.0 <= b < 1.0 for b in opt.betas):
             problems.append(f"{name}.betas={opt.betas} must be two numbers in [0, 1)")
+        problems += schedule_problems(name, opt)
     for name, ckpt in (("actor_rollout_ref.actor.checkpoint", actor.checkpoint),
                        ("critic.checkpoint", cfg.critic.checkpoint)):
         for key, allowed in (("save_contents", CHECKPOINT_CONTENTS), ("load_contents", CHECKPOINT_CONTENTS[:3])):
@@ -537,3 +538,40 @@ def resolve(loaded: LoadedConfig | RLConfig, n_train_prompts: int | None = None)
     from rlcamp.config.blockers import machine_notes, run_blockers
 
     return ResolvedConfig(cfg, derived, warnings + machine_notes(cfg), run_blockers(cfg))
+
+
+def schedule_problems(name: str, opt) -> list[str]:
+    """The LR schedule's keys agree (rlcamp.engines.schedule): one family at a time, WSD with its steps."""
+    problems = []
+    if opt.warmup_style is not None and opt.lr_scheduler_type != "constant" and opt.warmup_style != opt.lr_scheduler_type:
+        problems.append(f"{name}.warmup_style={opt.warmup_style} and {name}.lr_scheduler_type={opt.lr_scheduler_type} "
+                        "disagree: warmup_style is verl's old name of lr_scheduler_type; set lr_scheduler_type only")
+    fsdp_style = opt.warmup_style or opt.lr_scheduler_type
+    if opt.lr_decay_style == "constant":
+        for key, value, default in (("lr_wsd_decay_steps", opt.lr_wsd_decay_steps, None),
+                                    ("lr_decay_steps", opt.lr_decay_steps, None), ("min_lr", opt.min_lr, 0.0)):
+            if value != default:
+                problems.append(f"{name}.{key}={value} is read only with {name}.lr_decay_style set (it is constant): "
+                                f"set lr_decay_style=linear, cosine, inverse-square-root or WSD, or remove {key}")
+        return problems
+    if fsdp_style != "constant":
+        problems.append(f"{name}.lr_decay_style={opt.lr_decay_style} and {name}.lr_scheduler_type={fsdp_style} are two "
+                        "schedules (verl's Megatron and FSDP keys): set one of them")
+    if opt.min_lr_ratio:
+        problems.append(f"{name}.min_lr_ratio={opt.min_lr_ratio} is the floor of lr_scheduler_type=cosine; with "
+                        f"lr_decay_style the floor is {name}.min_lr (an absolute learning rate)")
+    if not 0.0 <= opt.min_lr <= opt.lr:
+        problems.append(f"{name}.min_lr={opt.min_lr} must be in [0, lr={opt.lr}]")
+    if opt.lr_decay_steps is not None and opt.lr_decay_steps < 1:
+        problems.append(f"{name}.lr_decay_steps={opt.lr_decay_steps} must be >= 1 (or null: the run's training steps)")
+    if opt.lr_decay_style == "WSD":
+        if opt.lr_wsd_decay_steps is None or opt.lr_wsd_decay_steps < 1:
+            problems.append(f"{name}.lr_decay_style=WSD needs {name}.lr_wsd_decay_steps >= 1: the last steps, over "
+                            "which lr decays to min_lr")
+        elif opt.lr_decay_steps is not None and opt.lr_wsd_decay_steps > opt.lr_decay_steps:
+            problems.append(f"{name}.lr_wsd_decay_steps={opt.lr_wsd_decay_steps} is longer than "
+                            f"lr_decay_steps={opt.lr_decay_steps}")
+    elif opt.lr_wsd_decay_steps is not None:
+        problems.append(f"{name}.lr_wsd_decay_steps={opt.lr_wsd_decay_steps} is read only with lr_decay_style=WSD "
+                        f"(it is {opt.lr_decay_style})")
+    return problems

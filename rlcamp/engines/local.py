@@ -6,23 +6,12 @@ FSDP2-sharded (DTensor parameters), which this handles alike.
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
 
 from rlcamp.config.schema import OptimConfig
-
-
-def lr_lambda(step: int, warmup_steps: int, total_steps: int, style: str, min_lr_ratio: float, num_cycles: float):
-    """LR multiplier: linear warm-up, then constant or cosine decay down to ``min_lr_ratio``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if style == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * 2.0 * num_cycles * min(progress, 1.0)))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
+from rlcamp.engines.schedule import lr_schedule
 
 
 def place_optimizer_state(optimizer: torch.optim.Optimizer, to_host: bool) -> None:
@@ -56,11 +45,7 @@ class LocalEngine:
             self.master = self._keep_master_weights(params, compute_dtype)
         self.optimizer = torch.optim.AdamW(self.master or params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                            weight_decay=optim.weight_decay, **fused)
-        min_lr = optim.min_lr_ratio or 0.0
-        if optim.total_training_steps > 0:  # optim.total_training_steps: the schedule's own length, if set
-            total_steps = optim.total_training_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_lambda(s, warmup_steps, total_steps, optim.warmup_style, min_lr, optim.num_cycles))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(optim, warmup_steps, total_steps))
 
     @staticmethod
     def _keep_master_weights(params: list[torch.nn.Parameter], compute_dtype: torch.dtype) -> list[torch.Tensor]:

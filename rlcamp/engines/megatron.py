@@ -34,7 +34,8 @@ from rlcamp.batch import Batch
 from rlcamp.config.schema import OptimConfig
 from rlcamp.engines.base import LogProbs, LossFn, Mesh, MicroBatching, Values
 from rlcamp.engines.batching import gather_outputs, micro_batches
-from rlcamp.engines.local import lr_lambda, place_optimizer_state
+from rlcamp.engines.local import place_optimizer_state
+from rlcamp.engines.schedule import lr_schedule
 from rlcamp.engines.tensor_parallel import (
     parallelize,
     tp_problems,
@@ -177,11 +178,8 @@ class MegatronEngine:
             stepped = self.zero.stepped if self.zero is not None else self.locals
             self.optimizer = torch.optim.AdamW(stepped, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                                weight_decay=optim.weight_decay, **fused)
-            min_lr = optim.min_lr_ratio or 0.0
-            total = optim.total_training_steps if optim.total_training_steps > 0 else total_steps
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer,
-                lambda s: lr_lambda(s, warmup_steps, total, optim.warmup_style, min_lr, optim.num_cycles))
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                               lr_schedule(optim, warmup_steps, total_steps))
         # param_offload: the weights wait in host memory between uses (the worker calls offload() after each);
         # optimizer_offload: the optimizer state waits there between steps
         self.host = None
