@@ -35,6 +35,10 @@ ZH = {
     "use_dynamic_bsz": "按 token 预算而不是固定条数填充微批（序列均衡）。",
     "optim.lr": "AdamW 的峰值学习率。",
     "optim.lr_warmup_steps_ratio": "预热步数占总训练步数的比例。",
+    "optim.lr_decay_style": "verl Megatron 优化器的学习率调度（预热之后）：linear、cosine、inverse-square-root 或 WSD"
+                            "（先保持峰值学习率，最后 lr_wsd_decay_steps 步降到 min_lr）；非 constant 时取代 lr_scheduler_type。",
+    "optim.lr_wsd_decay_steps": "WSD：最后多少步把学习率降到 min_lr。",
+    "optim.lr_wsd_decay_style": "WSD：最后衰减的形状（exponential、linear、cosine、minus_sqrt）。",
     "actor.use_kl_loss": "在 actor 损失中加入 KL(actor || reference) 项（GRPO 风格）。",
     "actor.use_torch_compile": "用 torch.compile 编译 log-prob / 熵的辅助函数。",
     "ref.log_prob_micro_batch_size_per_gpu": "单卡每次 reference 前向的回答数。",

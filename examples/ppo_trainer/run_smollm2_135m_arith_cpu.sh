@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PPO (GAE + critic) on SmolLM2-135M-Instruct, GSM8K-format arithmetic, one CPU.
-# The same run as `make run` / `rlcamp quickstart`. About 7-8 minutes on 2 AVX-512 cores with AVX512-BF16
-# (8 samples per prompt since #19; not yet timed on AMX or AVX2-only cores).
+# The same run as `make run` / `rlcamp quickstart`. About 5.5 minutes on 2 AVX-512 + AMX-BF16 cores, 7-8 on 2
+# AVX-512 cores with AVX512-BF16 (8 samples per prompt since #19; not yet timed on AVX2-only cores).
 #   bash examples/ppo_trainer/run_smollm2_135m_arith_cpu.sh [more key=value overrides]
 set -euo pipefail
 MODEL=$(rlcamp models prepare smollm2-135m-instruct)
@@ -20,6 +20,9 @@ python -m rlcamp.trainer.main_ppo \
   actor_rollout_ref.rollout.n=8 \
   actor_rollout_ref.rollout.temperature=0.8 \
   actor_rollout_ref.actor.optim.lr=2e-5 \
+  actor_rollout_ref.actor.optim.lr_decay_style=WSD \
+  actor_rollout_ref.actor.optim.lr_wsd_decay_steps=4 \
+  actor_rollout_ref.actor.optim.lr_wsd_decay_style=linear \
   actor_rollout_ref.actor.ppo_mini_batch_size=8 \
   actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32 \
   critic.optim.lr=5e-5 \
