@@ -34,7 +34,9 @@ def ensure_ray(num_cpus: int | None = None):
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        kwargs = {"address": address} if address else {"num_cpus": num_cpus}
+        # without RAY_ADDRESS a Ray of its own: a bare ray.init() would join the cluster named in
+        # /tmp/ray/ray_current_cluster, which a killed `ray start` leaves behind (then it refuses num_cpus)
+        kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus}
         ray.init(include_dashboard=False, log_to_driver=True, **kwargs)
     return ray
 
