@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from rlcamp.models.decode_step import DecodeState, unsupported
 from rlcamp.rollout.base import NamedTensors, RolloutEngine, named_items
 
 
@@ -70,7 +71,7 @@ class HFRollout(RolloutEngine):
     trained module itself (no ``load_weights`` after an update)."""
 
     def __init__(self, model, eos_token_ids: list[int], pad_token_id: int, dtype: torch.dtype | None = None,
-                 agree=None, logits=last_logits, shares_weights: bool = False):
+                 agree=None, logits=last_logits, shares_weights: bool = False, lean_decode: bool = True):
         self.model, self.shares_weights = model, shares_weights
         # agree(tokens, log_probs) -> the same on every rank of a tensor-parallel group (which would
         # otherwise part ways on a near-tie between logits that differ in the last bit)
@@ -80,6 +81,7 @@ class HFRollout(RolloutEngine):
         self.eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.pad_token_id = pad_token_id
         self.dtype = dtype  # autocast dtype for generation (None = the model's own)
+        self.lean_decode = lean_decode  # decode steps without the model's forward, where they are the same
 
     @torch.no_grad()
     def load_weights(self, weights: NamedTensors) -> None:
@@ -93,6 +95,14 @@ class HFRollout(RolloutEngine):
         if self.dtype is None or self.dtype == next(self.model.parameters()).dtype:
             return nullcontext()
         return torch.autocast(device.type, dtype=self.dtype)
+
+    def _decode_state(self, cache, max_len: int, device: torch.device):
+        """The lean decode step (rlcamp.models.decode_step) where it computes what the model's forward
+        would: the model's own logits (not a tensor-parallel head's), no autocast, a Llama-family model."""
+        if not self.lean_decode or self.logits is not last_logits or self.dtype not in (None, self.model.dtype) \
+                or unsupported(self.model) is not None:
+            return None
+        return DecodeState(self.model, cache, max_len)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
@@ -133,6 +143,7 @@ class HFRollout(RolloutEngine):
             if shared:  # distinct prompts come sorted: copy_of puts every sample back in its row
                 cache.batch_select_indices(copy_of)
                 logits = logits[copy_of]
+            lean = self._decode_state(cache, prompt_len + steps, device)
             for t in range(steps):
                 tokens, token_log_probs = sample_next(logits, params, generator)
                 if self.agree is not None:
@@ -145,11 +156,17 @@ class HFRollout(RolloutEngine):
                     keep = (~finished).nonzero()[:, 0]
                     if keep.numel() == 0 or t == steps - 1:
                         break
-                    cache.batch_select_indices(keep)
+                    if lean is not None:
+                        lean.keep(keep)
+                    else:
+                        cache.batch_select_indices(keep)
                     active, tokens = active[keep], tokens[keep]
                 if t == steps - 1:
                     break
                 positions_active = positions[active] + t + 1
+                if lean is not None:
+                    logits = lean.step(tokens, positions_active, full_mask[active, :prompt_len + t + 1])
+                    continue
                 logits = self.logits(self.model, input_ids=tokens[:, None],
                                      attention_mask=full_mask[active, :prompt_len + t + 1],
                                      position_ids=positions_active[:, None], past_key_values=cache, use_cache=True,
