@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up, then run the tests: the default tier (must pass), then the slow tier while time allows.
-# SLOW_BUDGET_S (default 3900) bounds the slow tier; 0 skips it. Ends with one summary line.
+# SLOW_BUDGET_S (default 3500) bounds the slow tier; 0 skips it. Ends with one summary line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
@@ -25,8 +25,8 @@ fi
 log=$(mktemp)
 .venv/bin/python -m pytest "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
-if [ $rc -eq 0 ] && [ $# -eq 0 ] && [ "${SLOW_BUDGET_S:-3900}" -gt 0 ]; then
-  budget=${SLOW_BUDGET_S:-3900}
+if [ $rc -eq 0 ] && [ $# -eq 0 ] && [ "${SLOW_BUDGET_S:-3500}" -gt 0 ]; then
+  budget=${SLOW_BUDGET_S:-3500}
   echo "== slow tier (budget ${budget}s) =="
   timeout --signal=INT "$budget" .venv/bin/python -m pytest -m slow 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
