@@ -23,6 +23,15 @@ from typing import Callable
 from rlcamp.config.schema import OptimConfig
 
 
+# the final decay of WSD, 1 -> 0 as r goes 0 -> 1 (Megatron-LM's lr_wsd_decay_style)
+WSD_SHAPES: dict[str, Callable[[float], float]] = {
+    "linear": lambda r: 1.0 - r,
+    "cosine": lambda r: 0.5 * (math.cos(math.pi * r) + 1.0),
+    "exponential": lambda r: 2.0 * 0.5 ** r - 1.0,
+    "minus_sqrt": lambda r: 1.0 - math.sqrt(r),
+}
+
+
 def cosine_multiplier(step: int, warmup_steps: int, total_steps: int, style: str, min_lr_ratio: float,
                       num_cycles: float) -> float:
     """verl's FSDP schedule: linear warm-up, then constant or cosine decay down to ``min_lr_ratio``."""
@@ -56,9 +65,7 @@ def decay_lr(step: int, *, lr: float, min_lr: float, warmup_steps: int, decay_st
         if step <= anneal_start:
             coeff = 1.0
         else:
-            into = (step - anneal_start) / wsd_decay_steps
-            coeff = {"linear": lambda r: 1.0 - r, "cosine": lambda r: 0.5 * (math.cos(math.pi * r) + 1.0),
-                     "exponential": lambda r: 2.0 * 0.5 ** r - 1.0, "minus_sqrt": lambda r: 1.0 - math.sqrt(r)}[wsd_style](into)
+            coeff = WSD_SHAPES[wsd_style]((step - anneal_start) / wsd_decay_steps)
     else:
         raise ValueError(f"lr_decay_style={style!r} is not a schedule rlcamp knows")
     return min_lr + coeff * (lr - min_lr)

@@ -1,13 +1,14 @@
 """Decode steps of a Llama-family model without transformers' per-step machinery (rlcamp's own engine).
 
-A decode step feeds one token per row. Through the model's forward every layer of every step pays
-for a ``torch.cat`` that grows the KV cache by one column, a mask built again, the rotary table
-computed again per layer, and the module and keyword bookkeeping around ~20 small operations: at 32
-rows of SmolLM2-135M on 2 CPU cores, as much time again as the matrix products themselves
-(``benchmarks/RESULTS.md``, "Decode steps"). Here the same operations run in the same order on the
-model's own weights (so the logits are the model's: ``tests/models/test_decode_step.py`` checks
-them against its forward), the rotary table is computed once a step, the KV cache is allocated
-once and written in place, and the attention is the model's own attention function.
+A decode step feeds one token per row. Through the model's forward every layer of every step grows
+the KV cache by a ``torch.cat``, builds the mask and the rotary table again, and pays the module and
+keyword bookkeeping around its small operations; rlcamp's CPU attention also copies the transposed
+keys of every layer at every step, and oneDNN reorders every bf16 weight at every product. Here the
+same operations run in the same order on the model's own weights, through the model's own attention
+function, so the tokens and log-probs are the forward's to the bit (``tests/models/test_decode_step.py``);
+the rotary table is computed once a step, the KV cache is allocated once and written in place (keys
+transposed for rlcamp's CPU attention), and bf16 weights are packed once. About 1.1x on 2 CPU cores
+(``benchmarks/RESULTS.md``, "Decode steps").
 
 The prefill stays the model's forward: its cache is copied in once. It applies to the families
 whose blocks are Llama's (``FAMILIES``) with the default RoPE, a SiLU MLP without biases and no
@@ -117,23 +118,16 @@ class DecodeState:
         self.values = [v[rows] for v in self.values]
 
     def _attend(self, attn, q, keys_t, values, mask):
-        """One query position against the filled cache: rlcamp's CPU attention (rlcamp.models.cpu_attention)
-        on the transposed keys as they lie, else the model's attention function."""
+        """One query position against the filled cache, through the model's attention function. rlcamp's
+        CPU attention transposes the keys it is given, so the transposed buffer's view is read as it lies;
+        past MATH_MAX_KEYS it hands them to SDPA, whose numbers follow the layout: the cache's own then."""
         from rlcamp.models.cpu_attention import MATH_MAX_KEYS
 
-        rows, heads, _, head_dim = q.shape
-        kv_heads, n = keys_t.shape[1], keys_t.shape[-1]
-        if not self.own_attention or n > MATH_MAX_KEYS:
-            keys = keys_t.transpose(-1, -2)  # the model's own layout; a copy in it past MATH_MAX_KEYS
-            out, _ = self.attention(attn, q, keys if not self.own_attention else keys.contiguous(), values, mask,
-                                    dropout=0.0, scaling=attn.scaling)
-            return out
-        # the query heads of a KV head are rows of one product with it, as in cpu_attention
-        scores = (q.reshape(rows, kv_heads, heads // kv_heads, head_dim) @ keys_t) * attn.scaling
-        if mask is not None:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        return (weights @ values).view(rows, heads, 1, head_dim).transpose(1, 2)
+        keys = keys_t.transpose(-1, -2)
+        if self.own_attention and keys.shape[-2] > MATH_MAX_KEYS:
+            keys = keys.contiguous()
+        out, _ = self.attention(attn, q, keys, values, mask, dropout=0.0, scaling=attn.scaling)
+        return out
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:

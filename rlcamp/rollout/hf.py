@@ -91,15 +91,16 @@ class HFRollout(RolloutEngine):
             if name in targets:
                 targets[name].copy_(value)
 
-    def _autocast(self, device: torch.device):
-        if self.dtype is None or self.dtype == next(self.model.parameters()).dtype:
-            return nullcontext()
-        return torch.autocast(device.type, dtype=self.dtype)
+    def _autocasts(self) -> bool:
+        return self.dtype is not None and self.dtype != next(self.model.parameters()).dtype
 
-    def _decode_state(self, cache, max_len: int, device: torch.device):
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.dtype) if self._autocasts() else nullcontext()
+
+    def _decode_state(self, cache, max_len: int):
         """The lean decode step (rlcamp.models.decode_step) where it computes what the model's forward
         would: the model's own logits (not a tensor-parallel head's), no autocast, a Llama-family model."""
-        if not self.lean_decode or self.logits is not last_logits or self.dtype not in (None, self.model.dtype) \
+        if not self.lean_decode or self.logits is not last_logits or self._autocasts() \
                 or unsupported(self.model) is not None:
             return None
         return DecodeState(self.model, cache, max_len)
@@ -143,7 +144,7 @@ class HFRollout(RolloutEngine):
             if shared:  # distinct prompts come sorted: copy_of puts every sample back in its row
                 cache.batch_select_indices(copy_of)
                 logits = logits[copy_of]
-            lean = self._decode_state(cache, prompt_len + steps, device)
+            lean = self._decode_state(cache, prompt_len + steps)
             for t in range(steps):
                 tokens, token_log_probs = sample_next(logits, params, generator)
                 if self.agree is not None:

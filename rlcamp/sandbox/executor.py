@@ -60,12 +60,7 @@ class Saturated(RuntimeError):
 
 
 def _mem_total_mb() -> float:
-    try:
-        import psutil
-
-        return psutil.virtual_memory().total / 2**20
-    except ImportError:
-        return 16 * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
 
 
 def mem_available_mb() -> float:

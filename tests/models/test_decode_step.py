@@ -72,3 +72,18 @@ def test_eager_attention_and_sliding_windows_are_not_lean(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "w", "qwen2", use_sliding_window=True,
                                                                   sliding_window=4, max_window_layers=0))
     assert unsupported(model) is not None
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_past_the_explicit_attentions_length_the_keys_reach_sdpa_as_the_cache_holds_them(tmp_path, monkeypatch, dtype,
+                                                                                         family):
+    """rlcamp's CPU attention hands sequences past MATH_MAX_KEYS to SDPA: the lean step's transposed keys
+    go there in the cache's own layout, so the tokens and log-probs still equal the forward's."""
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path, family), dtype=dtype)
+    assert cpu_attention.use_on_cpu(model, {})
+    monkeypatch.setattr(cpu_attention, "MATH_MAX_KEYS", 14)  # prompts of 9: SDPA from the 6th new token on
+    ids, mask = prompts(model.config.vocab_size, model.config.pad_token_id)
+    lean, plain = both(model, [], SamplingParams(16, temperature=1.0), ids, mask)
+    assert torch.equal(lean["responses"], plain["responses"])
+    assert torch.equal(lean["rollout_log_probs"], plain["rollout_log_probs"])
