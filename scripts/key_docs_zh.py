@@ -28,7 +28,7 @@ ZH = {
     "megatron.override_transformer_config.num_layers_in_last_pipeline_stage": "（自由字典）最后一个流水线阶段的层数，交给 Megatron 的 TransformerConfig。",
     "ulysses_sequence_parallel_size": "Ulysses 序列并行度（1 为关闭）：长序列切分到多张卡。",
     # batches and optimisation
-    "actor.ppo_mini_batch_size": "每个 PPO 小批的提示数（乘以 rollout.n 个回答），每个小批一次优化器更新。",
+    "actor.ppo_mini_batch_size": "每个 PPO 小批的提示数（乘以 rollout.n 个回答），每个小批一次优化器更新。只有一个小批且只训一轮时，PPO 比率取更新自身的对数概率（detach）相除，恰为 1（与 verl 相同）。",
     "actor.ppo_micro_batch_size_per_gpu": "单卡每次前向/反向的回答数（梯度累积）。",
     "critic.ppo_micro_batch_size_per_gpu": "单卡每次 critic 前向/反向的回答数。",
     "ppo_max_token_len_per_gpu": "use_dynamic_bsz 时单卡一个微批的 token 预算。",

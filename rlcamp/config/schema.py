@@ -259,7 +259,9 @@ class PolicyLossConfig:
 @dataclass(frozen=True)
 class ActorConfig:
     strategy: Strategy = doc("Training backend: fsdp / fsdp2 (torch FSDP2) or megatron.", "fsdp")
-    ppo_mini_batch_size: int = doc("Prompts per PPO mini batch (x rollout.n responses), one optimizer step each.", 256)
+    ppo_mini_batch_size: int = doc(
+        "Prompts per PPO mini batch (x rollout.n responses), one optimizer step each. With one mini batch and one "
+        "epoch the PPO ratio is the update's own log-probs over themselves, detached (exactly 1, as verl does).", 256)
     ppo_micro_batch_size: int | None = doc("Deprecated global micro batch; use ppo_micro_batch_size_per_gpu.", None)
     ppo_micro_batch_size_per_gpu: int | None = doc("Responses per forward/backward on one device (gradient accumulation).", None)
     use_dynamic_bsz: bool = doc("Fill micro batches by token budget instead of a fixed count.", False)

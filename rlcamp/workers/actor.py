@@ -6,6 +6,7 @@ A plain class: no Ray, no process groups. The worker group decides where it runs
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -259,10 +260,17 @@ class ActorRolloutRefWorker(Worker):
         # no recomputation pass reported the entropy (bypass_mode): the update's forward does
         head = LogProbs(self.rollout_cfg.temperature, entropy=a.entropy_coeff != 0 or "entropys" not in batch)
         micro = MicroBatching(plan.micro_batch_per_device, a.use_dynamic_bsz, a.ppo_max_token_len_per_gpu)
+        # one mini batch, one epoch: the weights being differentiated are the ones that made old_log_probs, so
+        # the ratio's anchor is the update's own log-probs, detached (verl's dp_actor ``on_policy``): the ratio is
+        # exactly 1, not 1 give or take the rounding between two passes. Not in bypass_mode, whose anchor is
+        # the rollout engine's log-probs by the user's choice.
+        on_policy = (a.ppo_epochs == 1 and len(batch) <= plan.mini_batch_responses_per_device
+                           and not self.config.algorithm.rollout_correction.bypass_mode)
+        loss = partial(self._policy_loss, sink=sink, on_policy=on_policy)
         norms = []
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle,
                                  self.shuffle_generator):
-            out = self.engine.forward_backward(mini, head, lambda o, m, n: self._policy_loss(o, m, n, sink), micro,
+            out = self.engine.forward_backward(mini, head, loss, micro,
                                                loss_scale_factor=a.loss_scale_factor or self.rollout_cfg.response_length,
                                                accumulation=plan.grad_accum_steps)
             sink.add("actor/pg_loss", out["loss"])
@@ -275,18 +283,20 @@ class ActorRolloutRefWorker(Worker):
         self.engine.offload()
         return sink.means()
 
-    def _policy_loss(self, outputs: dict, micro: Batch, norm: dict, sink: MetricSink):
+    def _policy_loss(self, outputs: dict, micro: Batch, norm: dict, sink: MetricSink, on_policy: bool):
         """The actor's loss of one micro batch (PPO clip, entropy bonus, KL loss, MoE aux loss), and its
-        share of the mini batch's policy loss to report."""
+        share of the mini batch's policy loss to report. ``on_policy``: the ratio's anchor is ``log_probs``
+        detached instead of the batch's old_log_probs."""
         a = self.actor_cfg
         log_probs, entropy, aux_loss = outputs["log_probs"], outputs["entropy"], outputs["aux_loss"]
         mask = micro["loss_mask"].to(self.device).float()
         old_log_probs = micro["old_log_probs"].to(self.device)
+        anchor = log_probs.detach() if on_policy else old_log_probs
         is_weights = None
         if a.tis_imp_ratio_cap > 0:  # correct for the rollout engine's numerics (see algos.tis_weights)
             is_weights = tis_weights(old_log_probs, micro["rollout_log_probs"].to(self.device), a.tis_imp_ratio_cap)
             sink.add("actor/tis_weight_mean", masked_mean(is_weights, mask))
-        pg = POLICY_LOSSES[a.policy_loss.loss_mode](old_log_probs, log_probs, micro["advantages"].to(self.device), mask,
+        pg = POLICY_LOSSES[a.policy_loss.loss_mode](anchor, log_probs, micro["advantages"].to(self.device), mask,
                          a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c, a.loss_agg_mode, is_weights=is_weights,
                          **norm)
         loss = pg.loss

@@ -193,3 +193,28 @@ def test_which_layouts_decode_on_the_trainers_tensor_parallel_shards():
                     {"expert_model_parallel_size": 2}, {"tensor_model_parallel_size": 4},
                     {"rollout_tensor_model_parallel_size": 1}, {"rollout_name": "vllm"}):
         assert not case(**changes), changes
+
+
+def test_one_mini_batch_and_one_epoch_anchor_the_ratio_on_the_updates_own_log_probs(tmp_path):
+    """verl's dp_actor ``on_policy``: with one mini batch and one epoch the ratio is exp(log_probs -
+    log_probs.detach()) = 1, whatever old_log_probs hold; with two mini batches old_log_probs anchor it."""
+    model, data = make_tiny_setup(tmp_path)
+    for minis in (1, 2):
+        overrides = tiny_run_overrides(model, data, tmp_path / f"run{minis}", **{
+            "actor_rollout_ref.actor.ppo_mini_batch_size": 8 // minis, "actor_rollout_ref.actor.optim.lr": 0.0,
+            "actor_rollout_ref.actor.clip_ratio": 0.05})
+        resolved = resolve(build_config(overrides), 16)
+        worker = ActorRolloutRefWorker(resolved.config, resolved.derived)
+        batch = rollout_batch(worker, worker.tokenizer, n_prompts=8)
+        honest, m_honest = first_gradient(worker, batch)
+        worker.model.zero_grad(set_to_none=True)  # first_gradient skipped the step that zeroes them
+        shifted = batch.index(torch.arange(len(batch)))
+        shifted["old_log_probs"] = batch["old_log_probs"] + 0.5 * batch["response_mask"]
+        moved, m_moved = first_gradient(worker, shifted)
+        assert len(honest) == len(moved) > 0
+        same = all(torch.equal(a, b) for a, b in zip(honest, moved))
+        if minis == 1:
+            assert same and m_moved["actor/pg_clipfrac"] == m_honest["actor/pg_clipfrac"] == 0.0
+            assert m_moved["actor/ppo_kl"] == 0.0
+        else:
+            assert not same and m_moved["actor/pg_clipfrac"] > 0.2  # a ratio of e^-0.5 is outside 1 +- 0.05
