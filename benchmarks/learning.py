@@ -6,6 +6,8 @@ against the training wall-clock.
     python benchmarks/learning.py --task hard --algos gae grpo --seeds 0 1 2
     python benchmarks/learning.py ... --extra key=value ...   (applied to every run, e.g. a recipe under test)
     python benchmarks/learning.py --merge a b c --label all       (one table and plot from earlier labels' runs)
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/learning.py ...
+        (an AVX-512 host on the AVX2 machine's kernels: no bf16 kernels, so fp32; the table says so)
 
 Each run is a real ``python -m rlcamp.trainer.main_ppo`` process on the task's own key list (``main`` =
 ``rlcamp quickstart``'s), one at a time, interleaved by seed (seed 0 gae, seed 0 grpo, seed 1 gae, ...), so a
@@ -38,8 +40,20 @@ RESULTS = ROOT / "benchmarks" / "results"
 FLEXIBLE = "val-aux/rlcamp/arith/flexible/mean@1"
 
 
+# torch, oneDNN and MKL each cap the instructions they use to these: on an AVX-512 / AMX host, the AVX2
+# machine's code paths (bf16 matmuls fall back to a reference loop; fp32 runs AVX2 kernels)
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def cpu_kind() -> str:
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    caps = [f"{k}={os.environ[k]}" for k in ISA_CAPS if os.environ.get(k)]
+    if caps:
+        return f"{host_kind(flags)} host, instructions capped ({', '.join(caps)})"
+    return host_kind(flags)
+
+
+def host_kind(flags: set[str]) -> str:
     if "amx_bf16" in flags:
         return "AVX-512 + AMX-BF16"
     if "avx512_bf16" in flags:
