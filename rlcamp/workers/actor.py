@@ -265,7 +265,7 @@ class ActorRolloutRefWorker(Worker):
         # exactly 1, not 1 give or take the rounding between two passes. Not in bypass_mode, whose anchor is
         # the rollout engine's log-probs by the user's choice.
         on_policy = (a.ppo_epochs == 1 and len(batch) <= plan.mini_batch_responses_per_device
-                           and not self.config.algorithm.rollout_correction.bypass_mode)
+                     and not self.config.algorithm.rollout_correction.bypass_mode)
         loss = partial(self._policy_loss, sink=sink, on_policy=on_policy)
         norms = []
         for mini in mini_batches(batch, plan.mini_batch_responses_per_device, a.ppo_epochs, a.shuffle,
